@@ -1,0 +1,72 @@
+//! The ApiVersions table: exactly the APIs and versions Courier implements.
+//!
+//! A version appears here only when every handler honours its fields; the
+//! table is what `ApiVersions` advertises and what the request decoder
+//! accepts, so the two can never disagree.
+
+use kafka_protocol::messages::ApiKey;
+
+/// One advertised API and its inclusive version range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supported {
+    pub api_key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+const fn api(api_key: ApiKey, min: i16, max: i16) -> Supported {
+    Supported { api_key, min, max }
+}
+
+/// Every API Courier serves. Minimum versions follow Apache Kafka 4.0, which
+/// removed the older ones (KIP-896); Produce starts at v3 and Fetch at v4
+/// because only v2 record batches (magic 2) are stored.
+pub const SUPPORTED: &[Supported] = &[
+    api(ApiKey::Produce, 3, 9),
+    api(ApiKey::Fetch, 4, 12),
+    api(ApiKey::ListOffsets, 1, 7),
+    api(ApiKey::Metadata, 0, 12),
+    api(ApiKey::OffsetCommit, 2, 8),
+    api(ApiKey::OffsetFetch, 1, 8),
+    api(ApiKey::FindCoordinator, 0, 4),
+    api(ApiKey::JoinGroup, 0, 9),
+    api(ApiKey::Heartbeat, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 5),
+    api(ApiKey::SyncGroup, 0, 5),
+    api(ApiKey::DescribeGroups, 0, 5),
+    api(ApiKey::ListGroups, 0, 4),
+    api(ApiKey::ApiVersions, 0, 3),
+    api(ApiKey::CreateTopics, 2, 7),
+    api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::InitProducerId, 0, 4),
+    api(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    api(ApiKey::DescribeConfigs, 1, 4),
+    api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::DeleteGroups, 0, 2),
+    api(ApiKey::IncrementalAlterConfigs, 0, 1),
+    api(ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The advertised range for `api_key`, if Courier serves it at all.
+pub fn supported(api_key: ApiKey) -> Option<Supported> {
+    SUPPORTED.iter().copied().find(|s| s.api_key == api_key)
+}
+
+/// Whether Courier serves `api_key` at `version`.
+pub fn is_supported(api_key: ApiKey, version: i16) -> bool {
+    supported(api_key).is_some_and(|s| (s.min..=s.max).contains(&version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_ranges_are_within_what_the_codec_knows() {
+        for s in SUPPORTED {
+            let known = s.api_key.valid_versions();
+            assert!(s.min <= s.max, "{:?}", s.api_key);
+            assert!(known.min <= s.min && s.max <= known.max, "{:?} {}..{} vs {}", s.api_key, s.min, s.max, known);
+        }
+    }
+}

@@ -1,1 +1,16 @@
+//! Courier's ledger and consensus layers.
+//!
+//! * [`ledger`]: blocks, their canonical encoding and hash chain, the
+//!   redb-backed block store, and chain verification.
+//! * [`contract`]: the deterministic rules every replica applies to an ordered
+//!   batch before it becomes part of a block (idempotent producer sequences).
+//! * [`catalog`]: topics and their configuration (moves into Raft later).
+//!
+//! Nothing here touches sockets or clocks: time comes in as arguments.
 #![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod contract;
+pub mod ledger;
+
+pub use ledger::{Block, BlockHash, PartitionKey, Receipt};

@@ -1,0 +1,155 @@
+//! The contract: deterministic rules applied to each ordered batch before it
+//! enters a block.
+//!
+//! Today it enforces Kafka's idempotent-producer semantics (KIP-98): per
+//! producer id and partition, batches carry an epoch and consecutive sequence
+//! numbers; a retried batch is recognised and answered with its original
+//! offset instead of being written twice. Every replica runs the same rules
+//! on the same ordered input and reaches the same state, which is why this
+//! state lives here and not in the broker.
+
+use std::collections::HashMap;
+
+use courier_protocol::records::BatchHeader;
+
+/// How many recent batches per producer are remembered for de-duplication;
+/// Kafka's producers keep at most five requests in flight when idempotent.
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+/// A batch this producer already wrote, remembered for de-duplication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RememberedBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub base_offset: i64,
+}
+
+/// What the ledger remembers of one idempotent producer on one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProducerState {
+    pub epoch: i16,
+    /// Newest last; at most [`PRODUCER_BATCHES_REMEMBERED`].
+    pub recent: Vec<RememberedBatch>,
+}
+
+impl ProducerState {
+    pub fn last_sequence(&self) -> Option<i32> {
+        self.recent.last().map(|b| b.last_sequence)
+    }
+}
+
+/// The contract's verdict on one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Append at the next offset.
+    Append,
+    /// Already written at `base_offset`; acknowledge without writing again.
+    Duplicate { base_offset: i64 },
+    /// An older epoch than the producer's current one: it has been fenced.
+    InvalidProducerEpoch,
+    /// A gap or reordering in the sequence numbers.
+    OutOfOrderSequence,
+}
+
+/// Sequence numbers wrap from `i32::MAX` to 0 (Kafka's rule).
+fn next_sequence(s: i32) -> i32 {
+    if s == i32::MAX {
+        0
+    } else {
+        s + 1
+    }
+}
+
+/// Judges `batch` against a producer's state (`None`: never seen here).
+pub fn judge(state: Option<&ProducerState>, batch: &BatchHeader) -> Verdict {
+    if !batch.is_idempotent() {
+        return Verdict::Append;
+    }
+    let Some(state) = state else {
+        return if batch.base_sequence == 0 { Verdict::Append } else { Verdict::OutOfOrderSequence };
+    };
+    if batch.producer_epoch < state.epoch {
+        return Verdict::InvalidProducerEpoch;
+    }
+    if batch.producer_epoch > state.epoch {
+        return if batch.base_sequence == 0 { Verdict::Append } else { Verdict::OutOfOrderSequence };
+    }
+    let last_sequence = batch.base_sequence.wrapping_add(batch.last_offset_delta);
+    if let Some(seen) =
+        state.recent.iter().find(|b| b.first_sequence == batch.base_sequence && b.last_sequence == last_sequence)
+    {
+        return Verdict::Duplicate { base_offset: seen.base_offset };
+    }
+    match state.last_sequence() {
+        Some(last) if batch.base_sequence == next_sequence(last) => Verdict::Append,
+        None if batch.base_sequence == 0 => Verdict::Append,
+        _ => Verdict::OutOfOrderSequence,
+    }
+}
+
+/// Records an appended batch in the producer's state.
+pub fn remember(state: &mut ProducerState, batch: &BatchHeader, base_offset: i64) {
+    if batch.producer_epoch != state.epoch {
+        state.epoch = batch.producer_epoch;
+        state.recent.clear();
+    }
+    if state.recent.len() == PRODUCER_BATCHES_REMEMBERED {
+        state.recent.remove(0);
+    }
+    state.recent.push(RememberedBatch {
+        first_sequence: batch.base_sequence,
+        last_sequence: batch.base_sequence.wrapping_add(batch.last_offset_delta),
+        base_offset,
+    });
+}
+
+/// Producer states of one partition, as the contract sees them.
+pub type ProducerTable = HashMap<i64, ProducerState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_protocol::records::{encode_batch, NewRecord, ProducerIds};
+
+    fn header(epoch: i16, seq: i32, records: usize) -> BatchHeader {
+        let recs = vec![NewRecord { value: Some(b"v"), ..Default::default() }; records];
+        let b = encode_batch(0, ProducerIds { producer_id: 9, producer_epoch: epoch, base_sequence: seq }, &recs);
+        BatchHeader::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn retried_batch_is_a_duplicate_with_its_original_offset() {
+        let mut s = ProducerState::default();
+        let first = header(0, 0, 3);
+        assert_eq!(judge(None, &first), Verdict::Append);
+        remember(&mut s, &first, 100);
+        let second = header(0, 3, 2);
+        assert_eq!(judge(Some(&s), &second), Verdict::Append);
+        remember(&mut s, &second, 103);
+        assert_eq!(judge(Some(&s), &first), Verdict::Duplicate { base_offset: 100 });
+        assert_eq!(judge(Some(&s), &second), Verdict::Duplicate { base_offset: 103 });
+    }
+
+    #[test]
+    fn gaps_old_epochs_and_fresh_epochs() {
+        let mut s = ProducerState::default();
+        remember(&mut s, &header(1, 0, 1), 0);
+        assert_eq!(judge(Some(&s), &header(1, 2, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(judge(Some(&s), &header(0, 1, 1)), Verdict::InvalidProducerEpoch);
+        assert_eq!(judge(Some(&s), &header(2, 0, 1)), Verdict::Append);
+        assert_eq!(judge(Some(&s), &header(2, 5, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(judge(None, &header(0, 7, 1)), Verdict::OutOfOrderSequence);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut s = ProducerState::default();
+        for i in 0..7 {
+            remember(&mut s, &header(0, i, 1), i as i64);
+        }
+        assert_eq!(s.recent.len(), PRODUCER_BATCHES_REMEMBERED);
+        assert_eq!(judge(Some(&s), &header(0, 6, 1)), Verdict::Duplicate { base_offset: 6 });
+        assert_eq!(judge(Some(&s), &header(0, 0, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(judge(Some(&s), &header(0, 7, 1)), Verdict::Append);
+    }
+}

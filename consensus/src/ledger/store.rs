@@ -1,0 +1,566 @@
+//! The redb-backed ledger store.
+//!
+//! One database file holds every partition ledger of a node. A write is a
+//! [`WriteSet`] — blocks of any number of partitions, with the producer state
+//! and committed offsets they change — applied in one transaction, so a disk
+//! sync is paid once per group of blocks, and a crash leaves either all of a
+//! group or none of it.
+//!
+//! Tables (keys are big-endian so byte order is numeric order):
+//! * `blocks`: partition key ‖ height → canonical block bytes
+//! * `offset_index`: partition key ‖ next_offset ‖ height → height ‖ running max timestamp
+//! * `partitions`: partition key → [`PartitionState`]
+//! * `producers`: partition key ‖ producer id → producer state
+//! * `group_offsets`: len ‖ group ‖ partition key → [`CommittedOffset`]
+//! * `topics`: topic name → catalog record; `counters`: name → u64
+
+use std::path::Path;
+
+use bytes::{Buf, BufMut, Bytes};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::block::{Block, BlockHash, PartitionKey};
+use crate::catalog::TopicRecord;
+use crate::contract::{ProducerState, ProducerTable, RememberedBatch};
+
+const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
+const OFFSET_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("offset_index");
+const PARTITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partitions");
+const PRODUCERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("producers");
+const GROUP_OFFSETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_offsets");
+const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Whether a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the commit returns: an acknowledged block survives power loss.
+    Immediate,
+    /// Leave syncing to the OS; a crash may lose the newest blocks.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ledger database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("ledger data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Where a partition's chain stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Height the next block will have (= number of blocks ever written).
+    pub next_height: u64,
+    /// The high watermark.
+    pub next_offset: i64,
+    pub last_hash: BlockHash,
+    pub log_start_offset: i64,
+    /// Largest record timestamp in the partition so far (-1 when empty).
+    pub max_timestamp: i64,
+}
+
+impl PartitionState {
+    pub const EMPTY: PartitionState = PartitionState {
+        next_height: 0,
+        next_offset: 0,
+        last_hash: BlockHash::ZERO,
+        log_start_offset: 0,
+        max_timestamp: -1,
+    };
+
+    fn encode(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        let mut w = &mut b[..];
+        w.put_u64(self.next_height);
+        w.put_i64(self.next_offset);
+        w.put_slice(&self.last_hash.0);
+        w.put_i64(self.log_start_offset);
+        w.put_i64(self.max_timestamp);
+        b
+    }
+
+    fn decode(mut b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() != 64 {
+            return Err(StoreError::Corrupt(format!("partition state of {} bytes", b.len())));
+        }
+        let next_height = b.get_u64();
+        let next_offset = b.get_i64();
+        let mut h = [0u8; 32];
+        b.copy_to_slice(&mut h);
+        Ok(Self {
+            next_height,
+            next_offset,
+            last_hash: BlockHash(h),
+            log_start_offset: b.get_i64(),
+            max_timestamp: b.get_i64(),
+        })
+    }
+}
+
+/// A consumer group's committed position in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_timestamp_ms: i64,
+    /// Height of the block whose receipt recorded this commit.
+    pub receipt_height: u64,
+}
+
+impl CommittedOffset {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32);
+        b.put_i64(self.offset);
+        b.put_i32(self.leader_epoch);
+        b.put_i64(self.commit_timestamp_ms);
+        b.put_u64(self.receipt_height);
+        if let Some(m) = &self.metadata {
+            b.put_slice(m.as_bytes());
+        }
+        b
+    }
+    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() < 28 {
+            return Err(StoreError::Corrupt("committed offset truncated".into()));
+        }
+        let mut r = b;
+        let offset = r.get_i64();
+        let leader_epoch = r.get_i32();
+        let commit_timestamp_ms = r.get_i64();
+        let receipt_height = r.get_u64();
+        let metadata = if r.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(r.to_vec()).map_err(|_| StoreError::Corrupt("metadata not UTF-8".into()))?)
+        };
+        Ok(Self { offset, leader_epoch, metadata, commit_timestamp_ms, receipt_height })
+    }
+}
+
+/// One producer's state on one partition, as written with a block.
+#[derive(Clone, Debug)]
+pub struct ProducerEntry {
+    pub partition: PartitionKey,
+    pub producer_id: i64,
+    pub state: ProducerState,
+}
+
+/// Everything one commit writes.
+#[derive(Default, Debug)]
+pub struct WriteSet {
+    /// Blocks in chain order per partition; each must extend its chain.
+    pub blocks: Vec<Block>,
+    pub producers: Vec<ProducerEntry>,
+    pub offsets: Vec<(String, PartitionKey, CommittedOffset)>,
+}
+
+fn block_key(pk: &PartitionKey, height: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..20].copy_from_slice(&pk.to_bytes());
+    k[20..].copy_from_slice(&height.to_be_bytes());
+    k
+}
+
+fn index_key(pk: &PartitionKey, next_offset: i64, height: u64) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..20].copy_from_slice(&pk.to_bytes());
+    k[20..28].copy_from_slice(&next_offset.to_be_bytes());
+    k[28..].copy_from_slice(&height.to_be_bytes());
+    k
+}
+
+fn producer_key(pk: &PartitionKey, producer_id: i64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..20].copy_from_slice(&pk.to_bytes());
+    k[20..].copy_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+fn group_prefix(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len() + 20);
+    k.put_u32(group.len() as u32);
+    k.put_slice(group.as_bytes());
+    k
+}
+
+/// The range of keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end.resize(prefix.len() + 64, 0xff);
+    end
+}
+
+fn encode_producer(s: &ProducerState) -> Vec<u8> {
+    let mut b = Vec::with_capacity(3 + 16 * s.recent.len());
+    b.put_i16(s.epoch);
+    b.put_u8(s.recent.len() as u8);
+    for r in &s.recent {
+        b.put_i32(r.first_sequence);
+        b.put_i32(r.last_sequence);
+        b.put_i64(r.base_offset);
+    }
+    b
+}
+
+fn decode_producer(mut b: &[u8]) -> Result<ProducerState, StoreError> {
+    let bad = || StoreError::Corrupt("producer state".into());
+    if b.len() < 3 {
+        return Err(bad());
+    }
+    let epoch = b.get_i16();
+    let n = b.get_u8() as usize;
+    if b.len() != n * 16 {
+        return Err(bad());
+    }
+    let recent = (0..n)
+        .map(|_| RememberedBatch { first_sequence: b.get_i32(), last_sequence: b.get_i32(), base_offset: b.get_i64() })
+        .collect();
+    Ok(ProducerState { epoch, recent })
+}
+
+/// A node's ledger database.
+pub struct LedgerStore {
+    db: Database,
+    durability: Durability,
+}
+
+impl LedgerStore {
+    /// Opens (or creates) the ledger at `path` and makes sure every table exists.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(BLOCKS)?;
+        txn.open_table(OFFSET_INDEX)?;
+        txn.open_table(PARTITIONS)?;
+        txn.open_table(PRODUCERS)?;
+        txn.open_table(GROUP_OFFSETS)?;
+        txn.open_table(TOPICS)?;
+        txn.open_table(COUNTERS)?;
+        txn.commit()?;
+        Ok(Self { db, durability })
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(match self.durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::None => redb::Durability::None,
+        })?;
+        Ok(txn)
+    }
+
+    /// Applies a write set in one transaction. Each block must extend its
+    /// partition's chain (height, previous hash, base offset); a block that
+    /// does not is a bug upstream and nothing is written.
+    pub fn commit(&self, set: &WriteSet) -> Result<Vec<PartitionState>, StoreError> {
+        let txn = self.begin_write()?;
+        let mut states = Vec::with_capacity(set.blocks.len());
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let mut index = txn.open_table(OFFSET_INDEX)?;
+            let mut partitions = txn.open_table(PARTITIONS)?;
+            for block in &set.blocks {
+                let pk = block.partition.to_bytes();
+                let state = match partitions.get(&pk[..])? {
+                    Some(v) => PartitionState::decode(v.value())?,
+                    None => PartitionState::EMPTY,
+                };
+                if block.height != state.next_height
+                    || block.prev_hash != state.last_hash
+                    || block.base_offset != state.next_offset
+                    || block.next_offset < block.base_offset
+                {
+                    return Err(StoreError::Corrupt(format!(
+                        "block {} of {:?} does not extend the chain at height {}",
+                        block.height, block.partition, state.next_height
+                    )));
+                }
+                let encoded = block.encode();
+                let hash = BlockHash::of(&encoded);
+                blocks.insert(&block_key(&block.partition, block.height)[..], &encoded[..])?;
+                let max_timestamp = state.max_timestamp.max(block.max_timestamp);
+                let mut entry = [0u8; 16];
+                entry[..8].copy_from_slice(&block.height.to_be_bytes());
+                entry[8..].copy_from_slice(&max_timestamp.to_be_bytes());
+                index.insert(&index_key(&block.partition, block.next_offset, block.height)[..], &entry[..])?;
+                let next = PartitionState {
+                    next_height: block.height + 1,
+                    next_offset: block.next_offset,
+                    last_hash: hash,
+                    log_start_offset: state.log_start_offset,
+                    max_timestamp,
+                };
+                partitions.insert(&pk[..], &next.encode()[..])?;
+                states.push(next);
+            }
+            let mut producers = txn.open_table(PRODUCERS)?;
+            for p in &set.producers {
+                producers.insert(&producer_key(&p.partition, p.producer_id)[..], &encode_producer(&p.state)[..])?;
+            }
+            let mut offsets = txn.open_table(GROUP_OFFSETS)?;
+            for (group, pk, committed) in &set.offsets {
+                let mut key = group_prefix(group);
+                key.extend_from_slice(&pk.to_bytes());
+                offsets.insert(&key[..], &committed.encode()[..])?;
+            }
+        }
+        txn.commit()?;
+        Ok(states)
+    }
+
+    pub fn partition_state(&self, pk: &PartitionKey) -> Result<PartitionState, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PARTITIONS)?;
+        match table.get(&pk.to_bytes()[..])? {
+            Some(v) => PartitionState::decode(v.value()),
+            None => Ok(PartitionState::EMPTY),
+        }
+    }
+
+    /// Every partition that has at least one block.
+    pub fn partitions(&self) -> Result<Vec<(PartitionKey, PartitionState)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PARTITIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let pk = PartitionKey::from_bytes(k.value()).ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
+            out.push((pk, PartitionState::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn producers(&self, pk: &PartitionKey) -> Result<ProducerTable, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRODUCERS)?;
+        let prefix = pk.to_bytes();
+        let end = prefix_end(&prefix);
+        let mut out = ProducerTable::new();
+        for row in table.range::<&[u8]>(&prefix[..]..&end[..])? {
+            let (k, v) = row?;
+            let key = k.value();
+            if key.len() != 28 {
+                return Err(StoreError::Corrupt("producer key".into()));
+            }
+            let id = i64::from_be_bytes(key[20..28].try_into().map_err(|_| StoreError::Corrupt("producer id".into()))?);
+            out.insert(id, decode_producer(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The canonical bytes of the block at `height`.
+    pub fn block(&self, pk: &PartitionKey, height: u64) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOCKS)?;
+        Ok(table.get(&block_key(pk, height)[..])?.map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    /// Blocks holding records at or after `offset`, in order, until their
+    /// batches add up to at least `max_bytes` (at least one block is returned
+    /// when any exists, so a record larger than `max_bytes` still makes progress).
+    pub fn read_from(&self, pk: &PartitionKey, offset: i64, max_bytes: usize) -> Result<Vec<Block>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(OFFSET_INDEX)?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let start = index_key(pk, offset.saturating_add(1), 0);
+        let end = index_key(pk, i64::MAX, u64::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for row in index.range::<&[u8]>(&start[..]..=&end[..])? {
+            let (_, v) = row?;
+            let height = u64::from_be_bytes(
+                v.value().get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("index".into()))?,
+            );
+            let raw = blocks
+                .get(&block_key(pk, height)[..])?
+                .ok_or_else(|| StoreError::Corrupt(format!("index names missing block {height}")))?;
+            let raw = Bytes::copy_from_slice(raw.value());
+            let block = Block::decode(&raw).map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
+            if block.batches.is_empty() {
+                continue;
+            }
+            bytes += block.batches.len();
+            out.push(block);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first block whose running maximum timestamp reaches `timestamp`:
+    /// the earliest block that can hold a record with a timestamp at or after it.
+    pub fn first_block_reaching(&self, pk: &PartitionKey, timestamp: i64) -> Result<Option<Block>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(OFFSET_INDEX)?;
+        let prefix = pk.to_bytes();
+        let end = prefix_end(&prefix);
+        for row in index.range::<&[u8]>(&prefix[..]..&end[..])? {
+            let (_, v) = row?;
+            let v = v.value();
+            if v.len() != 16 {
+                return Err(StoreError::Corrupt("index entry".into()));
+            }
+            let height = u64::from_be_bytes(v[..8].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
+            let running_max = i64::from_be_bytes(v[8..].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
+            if running_max >= timestamp {
+                let Some(raw) = self.block(pk, height)? else {
+                    return Err(StoreError::Corrupt(format!("index names missing block {height}")));
+                };
+                if let Ok(b) = Block::decode(&raw) {
+                    if !b.batches.is_empty() {
+                        return Ok(Some(b));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn committed_offsets(&self, group: &str) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(GROUP_OFFSETS)?;
+        let prefix = group_prefix(group);
+        let end = prefix_end(&prefix);
+        let mut out = Vec::new();
+        for row in table.range::<&[u8]>(&prefix[..]..&end[..])? {
+            let (k, v) = row?;
+            let pk = PartitionKey::from_bytes(&k.value()[prefix.len()..])
+                .ok_or_else(|| StoreError::Corrupt("group offset key".into()))?;
+            out.push((pk, CommittedOffset::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every group that has committed offsets.
+    pub fn groups_with_offsets(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(GROUP_OFFSETS)?;
+        let mut out: Vec<String> = Vec::new();
+        for row in table.iter()? {
+            let (k, _) = row?;
+            let mut k = k.value();
+            if k.len() < 4 {
+                return Err(StoreError::Corrupt("group key".into()));
+            }
+            let n = k.get_u32() as usize;
+            let name = k.get(..n).ok_or_else(|| StoreError::Corrupt("group key".into()))?;
+            let name = String::from_utf8_lossy(name).into_owned();
+            if out.last() != Some(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete_group_offsets(&self, group: &str) -> Result<usize, StoreError> {
+        let txn = self.begin_write()?;
+        let n;
+        {
+            let mut table = txn.open_table(GROUP_OFFSETS)?;
+            let prefix = group_prefix(group);
+            let end = prefix_end(&prefix);
+            let keys: Vec<Vec<u8>> = table
+                .range::<&[u8]>(&prefix[..]..&end[..])?
+                .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()?;
+            n = keys.len();
+            for k in keys {
+                table.remove(&k[..])?;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    /// Hands out the next producer id (persisted before it is returned).
+    pub fn allocate_producer_id(&self) -> Result<i64, StoreError> {
+        let txn = self.begin_write()?;
+        let id;
+        {
+            let mut counters = txn.open_table(COUNTERS)?;
+            id = counters.get("next_producer_id")?.map(|v| v.value()).unwrap_or(1000);
+            counters.insert("next_producer_id", id + 1)?;
+        }
+        txn.commit()?;
+        Ok(id as i64)
+    }
+
+    pub fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOPICS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let t: TopicRecord = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("topic {}: {e}", k.value())))?;
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    pub fn put_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(topic).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let txn = self.begin_write()?;
+        txn.open_table(TOPICS)?.insert(topic.name.as_str(), &json[..])?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a topic and every block, index entry, producer state and
+    /// committed offset of its partitions, in one transaction.
+    pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        {
+            txn.open_table(TOPICS)?.remove(topic.name.as_str())?;
+            let prefix = topic.id.to_vec();
+            let end = prefix_end(&prefix);
+            for def in [BLOCKS, OFFSET_INDEX, PARTITIONS, PRODUCERS] {
+                let mut table = txn.open_table(def)?;
+                table.retain_in::<&[u8], _>(&prefix[..]..&end[..], |_, _| false)?;
+            }
+            let mut offsets = txn.open_table(GROUP_OFFSETS)?;
+            offsets.retain(|k, _| k.len() < 20 || k[k.len() - 20..k.len() - 4] != topic.id)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl LedgerStore {
+    /// Overwrites a stored block's bytes without any check: for tests that
+    /// prove verification catches tampering.
+    pub fn tamper_block(&self, pk: &PartitionKey, height: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        txn.open_table(BLOCKS)?.insert(&block_key(pk, height)[..], bytes)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for LedgerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerStore").field("durability", &self.durability).finish()
+    }
+}

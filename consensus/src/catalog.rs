@@ -24,7 +24,10 @@ pub struct TopicRecord {
 
 impl TopicRecord {
     pub fn partition_key(&self, partition: i32) -> PartitionKey {
-        PartitionKey { topic_id: self.id, partition }
+        PartitionKey {
+            topic_id: self.id,
+            partition,
+        }
     }
 }
 
@@ -40,7 +43,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), &'static str> {
     if name.len() > 249 {
         return Err("topic name is longer than 249 characters");
     }
-    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') {
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+    {
         return Err("topic name may contain only ASCII letters, digits, '.', '_' and '-'");
     }
     Ok(())

@@ -66,19 +66,31 @@ pub fn judge(state: Option<&ProducerState>, batch: &BatchHeader) -> Verdict {
         return Verdict::Append;
     }
     let Some(state) = state else {
-        return if batch.base_sequence == 0 { Verdict::Append } else { Verdict::OutOfOrderSequence };
+        return if batch.base_sequence == 0 {
+            Verdict::Append
+        } else {
+            Verdict::OutOfOrderSequence
+        };
     };
     if batch.producer_epoch < state.epoch {
         return Verdict::InvalidProducerEpoch;
     }
     if batch.producer_epoch > state.epoch {
-        return if batch.base_sequence == 0 { Verdict::Append } else { Verdict::OutOfOrderSequence };
+        return if batch.base_sequence == 0 {
+            Verdict::Append
+        } else {
+            Verdict::OutOfOrderSequence
+        };
     }
     let last_sequence = batch.base_sequence.wrapping_add(batch.last_offset_delta);
-    if let Some(seen) =
-        state.recent.iter().find(|b| b.first_sequence == batch.base_sequence && b.last_sequence == last_sequence)
+    if let Some(seen) = state
+        .recent
+        .iter()
+        .find(|b| b.first_sequence == batch.base_sequence && b.last_sequence == last_sequence)
     {
-        return Verdict::Duplicate { base_offset: seen.base_offset };
+        return Verdict::Duplicate {
+            base_offset: seen.base_offset,
+        };
     }
     match state.last_sequence() {
         Some(last) if batch.base_sequence == next_sequence(last) => Verdict::Append,
@@ -112,8 +124,22 @@ mod tests {
     use courier_protocol::records::{encode_batch, NewRecord, ProducerIds};
 
     fn header(epoch: i16, seq: i32, records: usize) -> BatchHeader {
-        let recs = vec![NewRecord { value: Some(b"v"), ..Default::default() }; records];
-        let b = encode_batch(0, ProducerIds { producer_id: 9, producer_epoch: epoch, base_sequence: seq }, &recs);
+        let recs = vec![
+            NewRecord {
+                value: Some(b"v"),
+                ..Default::default()
+            };
+            records
+        ];
+        let b = encode_batch(
+            0,
+            ProducerIds {
+                producer_id: 9,
+                producer_epoch: epoch,
+                base_sequence: seq,
+            },
+            &recs,
+        );
         BatchHeader::parse(&b).unwrap()
     }
 
@@ -126,18 +152,33 @@ mod tests {
         let second = header(0, 3, 2);
         assert_eq!(judge(Some(&s), &second), Verdict::Append);
         remember(&mut s, &second, 103);
-        assert_eq!(judge(Some(&s), &first), Verdict::Duplicate { base_offset: 100 });
-        assert_eq!(judge(Some(&s), &second), Verdict::Duplicate { base_offset: 103 });
+        assert_eq!(
+            judge(Some(&s), &first),
+            Verdict::Duplicate { base_offset: 100 }
+        );
+        assert_eq!(
+            judge(Some(&s), &second),
+            Verdict::Duplicate { base_offset: 103 }
+        );
     }
 
     #[test]
     fn gaps_old_epochs_and_fresh_epochs() {
         let mut s = ProducerState::default();
         remember(&mut s, &header(1, 0, 1), 0);
-        assert_eq!(judge(Some(&s), &header(1, 2, 1)), Verdict::OutOfOrderSequence);
-        assert_eq!(judge(Some(&s), &header(0, 1, 1)), Verdict::InvalidProducerEpoch);
+        assert_eq!(
+            judge(Some(&s), &header(1, 2, 1)),
+            Verdict::OutOfOrderSequence
+        );
+        assert_eq!(
+            judge(Some(&s), &header(0, 1, 1)),
+            Verdict::InvalidProducerEpoch
+        );
         assert_eq!(judge(Some(&s), &header(2, 0, 1)), Verdict::Append);
-        assert_eq!(judge(Some(&s), &header(2, 5, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(
+            judge(Some(&s), &header(2, 5, 1)),
+            Verdict::OutOfOrderSequence
+        );
         assert_eq!(judge(None, &header(0, 7, 1)), Verdict::OutOfOrderSequence);
     }
 
@@ -148,8 +189,14 @@ mod tests {
             remember(&mut s, &header(0, i, 1), i as i64);
         }
         assert_eq!(s.recent.len(), PRODUCER_BATCHES_REMEMBERED);
-        assert_eq!(judge(Some(&s), &header(0, 6, 1)), Verdict::Duplicate { base_offset: 6 });
-        assert_eq!(judge(Some(&s), &header(0, 0, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(
+            judge(Some(&s), &header(0, 6, 1)),
+            Verdict::Duplicate { base_offset: 6 }
+        );
+        assert_eq!(
+            judge(Some(&s), &header(0, 0, 1)),
+            Verdict::OutOfOrderSequence
+        );
         assert_eq!(judge(Some(&s), &header(0, 7, 1)), Verdict::Append);
     }
 }

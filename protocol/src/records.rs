@@ -99,7 +99,10 @@ impl BatchHeader {
     /// [`BATCH_HEADER_BYTES`]); checks nothing but the size.
     pub fn parse(b: &[u8]) -> Result<Self, RecordsError> {
         if b.len() < BATCH_HEADER_BYTES {
-            return Err(RecordsError::Truncated { needed: BATCH_HEADER_BYTES, available: b.len() });
+            return Err(RecordsError::Truncated {
+                needed: BATCH_HEADER_BYTES,
+                available: b.len(),
+            });
         }
         Ok(Self {
             base_offset: be_i64(b, 0),
@@ -165,13 +168,19 @@ pub struct RecordLimits {
 
 /// Splits a produce request's record set into batches and validates each.
 /// The returned batches share `records`' memory.
-pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec<Batch>, RecordsError> {
+pub fn validate_record_set(
+    records: &Bytes,
+    limits: &RecordLimits,
+) -> Result<Vec<Batch>, RecordsError> {
     let mut batches = Vec::new();
     let mut at = 0;
     while at < records.len() {
         let rest = &records[at..];
         if rest.len() < BATCH_LOG_OVERHEAD_BYTES {
-            return Err(RecordsError::Truncated { needed: BATCH_LOG_OVERHEAD_BYTES, available: rest.len() });
+            return Err(RecordsError::Truncated {
+                needed: BATCH_LOG_OVERHEAD_BYTES,
+                available: rest.len(),
+            });
         }
         let length = be_i32(rest, 8);
         if length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES) as i32 {
@@ -179,7 +188,10 @@ pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec
         }
         let total = BATCH_LOG_OVERHEAD_BYTES + length as usize;
         if rest.len() < total {
-            return Err(RecordsError::Truncated { needed: total, available: rest.len() });
+            return Err(RecordsError::Truncated {
+                needed: total,
+                available: rest.len(),
+            });
         }
         let bytes = records.slice(at..at + total);
         let header = validate_batch(&bytes, limits)?;
@@ -196,14 +208,21 @@ pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec
 pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, RecordsError> {
     let header = BatchHeader::parse(b)?;
     if header.magic != 2 {
-        return Err(RecordsError::UnsupportedMagic { magic: header.magic });
+        return Err(RecordsError::UnsupportedMagic {
+            magic: header.magic,
+        });
     }
     if header.total_bytes() != b.len() || b.len() > limits.batch_bytes_max.max(BATCH_HEADER_BYTES) {
-        return Err(RecordsError::BadLength { length: header.batch_length });
+        return Err(RecordsError::BadLength {
+            length: header.batch_length,
+        });
     }
     let actual = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
     if actual != header.crc {
-        return Err(RecordsError::CrcMismatch { expected: header.crc, actual });
+        return Err(RecordsError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
     }
     if header.records_count < 0 || header.last_offset_delta != header.records_count - 1 {
         return Err(RecordsError::CountMismatch {
@@ -212,13 +231,21 @@ pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, Re
         });
     }
     let mut index = 0;
-    for_each_record(&header, &b[BATCH_HEADER_BYTES..], limits.decompressed_bytes_max, |r| {
-        if r.offset_delta != index {
-            return Err(RecordsError::BadRecord { index, reason: "offset delta out of sequence" });
-        }
-        index += 1;
-        Ok(())
-    })?;
+    for_each_record(
+        &header,
+        &b[BATCH_HEADER_BYTES..],
+        limits.decompressed_bytes_max,
+        |r| {
+            if r.offset_delta != index {
+                return Err(RecordsError::BadRecord {
+                    index,
+                    reason: "offset delta out of sequence",
+                });
+            }
+            index += 1;
+            Ok(())
+        },
+    )?;
     Ok(header)
 }
 
@@ -259,7 +286,10 @@ where
             return Err(bad("length exceeds batch"));
         }
         let end = r.at + length as usize;
-        let mut rec = Reader { b: &r.b[..end], at: r.at };
+        let mut rec = Reader {
+            b: &r.b[..end],
+            at: r.at,
+        };
         rec.byte().ok_or(bad("attributes"))?;
         let timestamp_delta = rec.varlong().ok_or(bad("timestamp delta"))?;
         let offset_delta = rec.varint().ok_or(bad("offset delta"))?;
@@ -270,17 +300,28 @@ where
             return Err(bad("negative header count"));
         }
         for _ in 0..headers_count {
-            rec.nullable_bytes().ok_or(bad("header key"))?.ok_or(bad("null header key"))?;
+            rec.nullable_bytes()
+                .ok_or(bad("header key"))?
+                .ok_or(bad("null header key"))?;
             rec.nullable_bytes().ok_or(bad("header value"))?;
         }
         if rec.at != end {
             return Err(bad("length does not match contents"));
         }
         r.at = end;
-        f(RecordView { timestamp_delta, offset_delta, key, value, headers_count })?;
+        f(RecordView {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers_count,
+        })?;
     }
     if r.at != r.b.len() {
-        return Err(RecordsError::BadRecord { index: header.records_count, reason: "trailing bytes after last record" });
+        return Err(RecordsError::BadRecord {
+            index: header.records_count,
+            reason: "trailing bytes after last record",
+        });
     }
     Ok(())
 }
@@ -293,7 +334,10 @@ pub fn decompress(codec: Compression, body: &[u8], max: usize) -> Result<Vec<u8>
     match codec {
         Compression::None => out.extend_from_slice(body),
         Compression::Gzip => {
-            flate2::read::GzDecoder::new(body).take(limit).read_to_end(&mut out).map_err(|e| fail(e.to_string()))?;
+            flate2::read::GzDecoder::new(body)
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|e| fail(e.to_string()))?;
         }
         Compression::Lz4 => {
             lz4_flex::frame::FrameDecoder::new(body)
@@ -328,7 +372,8 @@ fn snappy_decompress(body: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), S
         }
         let start = out.len();
         out.resize(start + n, 0);
-        raw.decompress(chunk, &mut out[start..]).map_err(|e| e.to_string())?;
+        raw.decompress(chunk, &mut out[start..])
+            .map_err(|e| e.to_string())?;
         Ok(())
     };
     if body.len() >= 16 && &body[..8] == XERIAL_MAGIC {
@@ -401,7 +446,12 @@ pub fn assign_offset(batch: &mut [u8], base_offset: i64, partition_leader_epoch:
 pub fn crc_matches(batch: &[u8]) -> bool {
     batch.len() >= BATCH_HEADER_BYTES
         && crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..])
-            == u32::from_be_bytes([batch[CRC_OFFSET], batch[CRC_OFFSET + 1], batch[CRC_OFFSET + 2], batch[CRC_OFFSET + 3]])
+            == u32::from_be_bytes([
+                batch[CRC_OFFSET],
+                batch[CRC_OFFSET + 1],
+                batch[CRC_OFFSET + 2],
+                batch[CRC_OFFSET + 3],
+            ])
 }
 
 /// A record to put in a batch built by [`encode_batch`].
@@ -422,11 +472,19 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
-    pub const NONE: ProducerIds = ProducerIds { producer_id: -1, producer_epoch: -1, base_sequence: -1 };
+    pub const NONE: ProducerIds = ProducerIds {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
 }
 
 /// Builds an uncompressed v2 batch (for Courier's own producers and tests).
-pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRecord<'_>]) -> Bytes {
+pub fn encode_batch(
+    base_timestamp: i64,
+    producer: ProducerIds,
+    records: &[NewRecord<'_>],
+) -> Bytes {
     fn put_varlong(out: &mut BytesMut, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         while z >= 0x80 {
@@ -488,7 +546,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: RecordLimits = RecordLimits { batch_bytes_max: 1 << 20, decompressed_bytes_max: 1 << 22 };
+    const LIMITS: RecordLimits = RecordLimits {
+        batch_bytes_max: 1 << 20,
+        decompressed_bytes_max: 1 << 22,
+    };
 
     fn sample() -> Bytes {
         let headers: &[(&[u8], Option<&[u8]>)] = &[(b"h", Some(b"v"))];
@@ -496,8 +557,18 @@ mod tests {
             1_700_000_000_000,
             ProducerIds::NONE,
             &[
-                NewRecord { key: Some(b"k1"), value: Some(b"hello"), headers, timestamp_delta: 0 },
-                NewRecord { key: None, value: None, headers: &[], timestamp_delta: 5 },
+                NewRecord {
+                    key: Some(b"k1"),
+                    value: Some(b"hello"),
+                    headers,
+                    timestamp_delta: 0,
+                },
+                NewRecord {
+                    key: None,
+                    value: None,
+                    headers: &[],
+                    timestamp_delta: 5,
+                },
             ],
         )
     }
@@ -508,14 +579,27 @@ mod tests {
         let batches = validate_record_set(&b, &LIMITS).unwrap();
         assert_eq!(batches.len(), 1);
         let h = batches[0].header;
-        assert_eq!((h.records_count, h.last_offset_delta, h.max_timestamp), (2, 1, 1_700_000_000_005));
+        assert_eq!(
+            (h.records_count, h.last_offset_delta, h.max_timestamp),
+            (2, 1, 1_700_000_000_005)
+        );
         let mut seen = vec![];
         for_each_record(&h, &b[BATCH_HEADER_BYTES..], 1 << 20, |r| {
-            seen.push((r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec), r.headers_count));
+            seen.push((
+                r.key.map(<[u8]>::to_vec),
+                r.value.map(<[u8]>::to_vec),
+                r.headers_count,
+            ));
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, vec![(Some(b"k1".to_vec()), Some(b"hello".to_vec()), 1), (None, None, 0)]);
+        assert_eq!(
+            seen,
+            vec![
+                (Some(b"k1".to_vec()), Some(b"hello".to_vec()), 1),
+                (None, None, 0)
+            ]
+        );
     }
 
     #[test]
@@ -523,7 +607,10 @@ mod tests {
         let mut b = BytesMut::from(&sample()[..]);
         let last = b.len() - 3;
         b[last] ^= 0x01;
-        assert!(matches!(validate_batch(&b, &LIMITS), Err(RecordsError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate_batch(&b, &LIMITS),
+            Err(RecordsError::CrcMismatch { .. })
+        ));
     }
 
     #[test]
@@ -532,24 +619,42 @@ mod tests {
         assign_offset(&mut b, 1234, 7);
         assert!(crc_matches(&b));
         let h = validate_batch(&b, &LIMITS).unwrap();
-        assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (1234, 7, 1235));
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+            (1234, 7, 1235)
+        );
     }
 
     #[test]
     fn truncation_and_bad_magic_are_refused() {
         let b = sample();
-        assert!(matches!(validate_record_set(&b.slice(..b.len() - 1), &LIMITS), Err(RecordsError::Truncated { .. })));
+        assert!(matches!(
+            validate_record_set(&b.slice(..b.len() - 1), &LIMITS),
+            Err(RecordsError::Truncated { .. })
+        ));
         let mut m = BytesMut::from(&b[..]);
         m[16] = 1;
-        assert_eq!(validate_batch(&m, &LIMITS), Err(RecordsError::UnsupportedMagic { magic: 1 }));
-        assert_eq!(validate_record_set(&Bytes::new(), &LIMITS).unwrap_err(), RecordsError::Empty);
+        assert_eq!(
+            validate_batch(&m, &LIMITS),
+            Err(RecordsError::UnsupportedMagic { magic: 1 })
+        );
+        assert_eq!(
+            validate_record_set(&Bytes::new(), &LIMITS).unwrap_err(),
+            RecordsError::Empty
+        );
     }
 
     #[test]
     fn oversized_batch_is_refused() {
         let b = sample();
-        let tight = RecordLimits { batch_bytes_max: b.len() - 1, decompressed_bytes_max: 1 << 20 };
-        assert!(matches!(validate_batch(&b, &tight), Err(RecordsError::BadLength { .. })));
+        let tight = RecordLimits {
+            batch_bytes_max: b.len() - 1,
+            decompressed_bytes_max: 1 << 20,
+        };
+        assert!(matches!(
+            validate_batch(&b, &tight),
+            Err(RecordsError::BadLength { .. })
+        ));
     }
 
     fn with_body(codec: i16, body: Vec<u8>, count: i32) -> Bytes {
@@ -597,8 +702,14 @@ mod tests {
     fn compression_bomb_is_refused() {
         let zeros = vec![0u8; 1 << 20];
         let b = with_body(4, zstd::encode_all(&zeros[..], 3).unwrap(), 1);
-        let tight = RecordLimits { batch_bytes_max: 1 << 20, decompressed_bytes_max: 1 << 16 };
-        assert_eq!(validate_batch(&b, &tight), Err(RecordsError::DecompressedTooLarge { max: 1 << 16 }));
+        let tight = RecordLimits {
+            batch_bytes_max: 1 << 20,
+            decompressed_bytes_max: 1 << 16,
+        };
+        assert_eq!(
+            validate_batch(&b, &tight),
+            Err(RecordsError::DecompressedTooLarge { max: 1 << 16 })
+        );
     }
 
     proptest! {

@@ -39,16 +39,26 @@ pub enum RequestError {
     UnsupportedApi { api_key: i16, correlation_id: i32 },
     /// A served API at a version outside the advertised range.
     #[error("{api_key:?} version {version} is not served")]
-    UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
     /// Header or body do not parse, or bytes are left over.
     #[error("malformed {api_key:?} v{version} request: {reason}")]
-    Malformed { api_key: ApiKey, version: i16, reason: String },
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
 }
 
 /// Decodes one frame (without its length prefix) into a request.
 pub fn decode_request(frame: Bytes) -> Result<Request, RequestError> {
     if frame.len() < 8 {
-        return Err(RequestError::TooShort { length: frame.len() });
+        return Err(RequestError::TooShort {
+            length: frame.len(),
+        });
     }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -56,19 +66,35 @@ pub fn decode_request(frame: Bytes) -> Result<Request, RequestError> {
     let api_key = ApiKey::try_from(raw_key)
         .ok()
         .filter(|k| versions::supported(*k).is_some())
-        .ok_or(RequestError::UnsupportedApi { api_key: raw_key, correlation_id })?;
+        .ok_or(RequestError::UnsupportedApi {
+            api_key: raw_key,
+            correlation_id,
+        })?;
     if !versions::is_supported(api_key, version) {
-        return Err(RequestError::UnsupportedVersion { api_key, version, correlation_id });
+        return Err(RequestError::UnsupportedVersion {
+            api_key,
+            version,
+            correlation_id,
+        });
     }
-    let malformed = |reason: String| RequestError::Malformed { api_key, version, reason };
+    let malformed = |reason: String| RequestError::Malformed {
+        api_key,
+        version,
+        reason,
+    };
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
         .map_err(|e| malformed(format!("header: {e}")))?;
-    let body = RequestKind::decode(api_key, &mut buf, version).map_err(|e| malformed(format!("body: {e}")))?;
+    let body = RequestKind::decode(api_key, &mut buf, version)
+        .map_err(|e| malformed(format!("body: {e}")))?;
     if buf.has_remaining() {
         return Err(malformed(format!("{} trailing bytes", buf.remaining())));
     }
-    Ok(Request { header, api_key, body })
+    Ok(Request {
+        header,
+        api_key,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -86,7 +112,9 @@ mod tests {
             .with_request_api_version(version)
             .with_correlation_id(7)
             .with_client_id(Some(StrBytes::from_static_str("t")));
-        header.encode(&mut buf, api_key.request_header_version(version)).unwrap();
+        header
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
         body.encode(&mut buf, version).unwrap();
         buf.freeze()
     }
@@ -96,11 +124,17 @@ mod tests {
         for v in 0..=3 {
             let body = RequestKind::ApiVersions(ApiVersionsRequest::default());
             let req = decode_request(encode(ApiKey::ApiVersions, v, &body)).unwrap();
-            assert_eq!((req.api_key, req.version(), req.correlation_id()), (ApiKey::ApiVersions, v, 7));
+            assert_eq!(
+                (req.api_key, req.version(), req.correlation_id()),
+                (ApiKey::ApiVersions, v, 7)
+            );
         }
         for v in 0..=12 {
             let body = RequestKind::Metadata(MetadataRequest::default());
-            assert!(decode_request(encode(ApiKey::Metadata, v, &body)).is_ok(), "v{v}");
+            assert!(
+                decode_request(encode(ApiKey::Metadata, v, &body)).is_ok(),
+                "v{v}"
+            );
         }
     }
 
@@ -109,12 +143,19 @@ mod tests {
         let mut frame = BytesMut::from(&[0x7f, 0x00, 0, 0, 0, 0, 0, 42][..]);
         assert!(matches!(
             decode_request(frame.split().freeze()),
-            Err(RequestError::UnsupportedApi { correlation_id: 42, .. })
+            Err(RequestError::UnsupportedApi {
+                correlation_id: 42,
+                ..
+            })
         ));
         let frame = Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 5]);
         assert!(matches!(
             decode_request(frame),
-            Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, version: 99, correlation_id: 5 })
+            Err(RequestError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                version: 99,
+                correlation_id: 5
+            })
         ));
     }
 
@@ -123,7 +164,10 @@ mod tests {
         let body = RequestKind::ApiVersions(ApiVersionsRequest::default());
         let mut frame = BytesMut::from(&encode(ApiKey::ApiVersions, 0, &body)[..]);
         frame.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(decode_request(frame.freeze()), Err(RequestError::Malformed { .. })));
+        assert!(matches!(
+            decode_request(frame.freeze()),
+            Err(RequestError::Malformed { .. })
+        ));
     }
 
     proptest! {

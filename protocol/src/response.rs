@@ -24,14 +24,24 @@ pub fn encode_response(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> Result<(), EncodeError> {
-    let err = |e: anyhow::Error| EncodeError { api_key, version, reason: e.to_string() };
+    let err = |e: anyhow::Error| EncodeError {
+        api_key,
+        version,
+        reason: e.to_string(),
+    };
     let start = out.len();
     let at = begin_frame(out);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     // ApiVersions answers with header v0 at every version so that a client
     // that sent a version we do not know can still read our answer (KIP-511).
-    let header_version = if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(version) };
-    let result = header.encode(out, header_version).and_then(|()| body.encode(out, version));
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(version)
+    };
+    let result = header
+        .encode(out, header_version)
+        .and_then(|()| body.encode(out, version));
     if let Err(e) = result {
         out.truncate(start);
         return Err(err(e));

@@ -47,6 +47,36 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DescribeCluster, 0, 1),
 ];
 
+/// A short, fixed name for logs and metric labels.
+pub fn name(api_key: ApiKey) -> &'static str {
+    match api_key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        _ => "other",
+    }
+}
+
 /// The advertised range for `api_key`, if Courier serves it at all.
 pub fn supported(api_key: ApiKey) -> Option<Supported> {
     SUPPORTED.iter().copied().find(|s| s.api_key == api_key)
@@ -66,7 +96,14 @@ mod tests {
         for s in SUPPORTED {
             let known = s.api_key.valid_versions();
             assert!(s.min <= s.max, "{:?}", s.api_key);
-            assert!(known.min <= s.min && s.max <= known.max, "{:?} {}..{} vs {}", s.api_key, s.min, s.max, known);
+            assert!(
+                known.min <= s.min && s.max <= known.max,
+                "{:?} {}..{} vs {}",
+                s.api_key,
+                s.min,
+                s.max,
+                known
+            );
         }
     }
 }

@@ -64,7 +64,10 @@ impl PartitionKey {
         let b: &[u8; 20] = b.get(..20)?.try_into().ok()?;
         let mut topic_id = [0u8; 16];
         topic_id.copy_from_slice(&b[..16]);
-        Some(Self { topic_id, partition: i32::from_be_bytes([b[16], b[17], b[18], b[19]]) })
+        Some(Self {
+            topic_id,
+            partition: i32::from_be_bytes([b[16], b[17], b[18], b[19]]),
+        })
     }
 }
 
@@ -124,7 +127,9 @@ fn get_str(b: &mut &[u8]) -> Result<String, BlockError> {
     need(b, 4)?;
     let n = b.get_u32() as usize;
     need(b, n)?;
-    let s = std::str::from_utf8(&b[..n]).map_err(|_| BlockError::BadString)?.to_owned();
+    let s = std::str::from_utf8(&b[..n])
+        .map_err(|_| BlockError::BadString)?
+        .to_owned();
     b.advance(n);
     Ok(s)
 }
@@ -140,7 +145,9 @@ fn need(b: &[u8], n: usize) -> Result<(), BlockError> {
 impl Block {
     /// The canonical encoding (what is hashed and stored).
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(FIXED_BYTES + 4 + self.batches.len() + 128 * self.receipts.len());
+        let mut out = BytesMut::with_capacity(
+            FIXED_BYTES + 4 + self.batches.len() + 128 * self.receipts.len(),
+        );
         out.put_slice(MAGIC);
         out.put_u16(BLOCK_FORMAT_VERSION);
         out.put_slice(&self.partition.topic_id);
@@ -192,7 +199,10 @@ impl Block {
         }
         let mut topic_id = [0u8; 16];
         b.copy_to_slice(&mut topic_id);
-        let partition = PartitionKey { topic_id, partition: b.get_i32() };
+        let partition = PartitionKey {
+            topic_id,
+            partition: b.get_i32(),
+        };
         let height = b.get_u64();
         let view = b.get_u64();
         let mut prev = [0u8; 32];
@@ -221,7 +231,16 @@ impl Block {
             };
             need(b, 8)?;
             let timestamp_ms = b.get_i64();
-            receipts.push(Receipt { group_id, member_id, principal, client_id, offset, leader_epoch, metadata, timestamp_ms });
+            receipts.push(Receipt {
+                group_id,
+                member_id,
+                principal,
+                client_id,
+                offset,
+                leader_epoch,
+                metadata,
+                timestamp_ms,
+            });
         }
         need(b, 4)?;
         let batches_len = b.get_u32() as usize;
@@ -252,18 +271,26 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_receipt() -> impl Strategy<Value = Receipt> {
-        (".{0,12}", ".{0,12}", any::<i64>(), any::<i32>(), proptest::option::of(".{0,20}"), any::<i64>()).prop_map(
-            |(group_id, member_id, offset, leader_epoch, metadata, timestamp_ms)| Receipt {
-                group_id,
-                member_id,
-                principal: "User:ANONYMOUS".into(),
-                client_id: "c".into(),
-                offset,
-                leader_epoch,
-                metadata,
-                timestamp_ms,
-            },
+        (
+            ".{0,12}",
+            ".{0,12}",
+            any::<i64>(),
+            any::<i32>(),
+            proptest::option::of(".{0,20}"),
+            any::<i64>(),
         )
+            .prop_map(
+                |(group_id, member_id, offset, leader_epoch, metadata, timestamp_ms)| Receipt {
+                    group_id,
+                    member_id,
+                    principal: "User:ANONYMOUS".into(),
+                    client_id: "c".into(),
+                    offset,
+                    leader_epoch,
+                    metadata,
+                    timestamp_ms,
+                },
+            )
     }
 
     prop_compose! {
@@ -304,7 +331,10 @@ mod tests {
     #[test]
     fn trailing_bytes_are_not_canonical() {
         let block = Block {
-            partition: PartitionKey { topic_id: [1; 16], partition: 0 },
+            partition: PartitionKey {
+                topic_id: [1; 16],
+                partition: 0,
+            },
             height: 0,
             view: 0,
             prev_hash: BlockHash::ZERO,
@@ -317,6 +347,9 @@ mod tests {
         };
         let mut b = block.encode().to_vec();
         b.push(0);
-        assert_eq!(Block::decode(&Bytes::from(b)), Err(BlockError::TrailingBytes(1)));
+        assert_eq!(
+            Block::decode(&Bytes::from(b)),
+            Err(BlockError::TrailingBytes(1))
+        );
     }
 }

@@ -17,7 +17,10 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use courier_protocol::records::{assign_offset, encode_batch, NewRecord, ProducerIds};
 
-    const PK: PartitionKey = PartitionKey { topic_id: [7; 16], partition: 2 };
+    const PK: PartitionKey = PartitionKey {
+        topic_id: [7; 16],
+        partition: 2,
+    };
 
     /// Appends `n` blocks of `records` one-record batches each, as the
     /// executor would: offsets assigned, hash-linked.
@@ -28,7 +31,14 @@ mod tests {
             let mut offset = state.next_offset;
             for _ in 0..records {
                 let mut b = BytesMut::from(
-                    &encode_batch(1000 + offset, ProducerIds::NONE, &[NewRecord { value: Some(b"x"), ..Default::default() }])[..],
+                    &encode_batch(
+                        1000 + offset,
+                        ProducerIds::NONE,
+                        &[NewRecord {
+                            value: Some(b"x"),
+                            ..Default::default()
+                        }],
+                    )[..],
                 );
                 assign_offset(&mut b, offset, 0);
                 batches.extend_from_slice(&b);
@@ -46,7 +56,12 @@ mod tests {
                 receipts: vec![],
                 batches: batches.freeze(),
             };
-            store.commit(&WriteSet { blocks: vec![block], ..Default::default() }).unwrap();
+            store
+                .commit(&WriteSet {
+                    blocks: vec![block],
+                    ..Default::default()
+                })
+                .unwrap();
         }
     }
 
@@ -62,12 +77,26 @@ mod tests {
         let state = store.partition_state(&PK).unwrap();
         assert_eq!((state.next_height, state.next_offset), (5, 15));
         let report = verify_partition(&store, &PK, |_| {}).unwrap();
-        assert_eq!(report, VerifyReport { blocks: 5, records: 15, receipts: 0 });
+        assert_eq!(
+            report,
+            VerifyReport {
+                blocks: 5,
+                records: 15,
+                receipts: 0
+            }
+        );
         let from_7 = store.read_from(&PK, 7, 1).unwrap();
         assert_eq!(from_7.len(), 1);
         assert_eq!((from_7[0].base_offset, from_7[0].next_offset), (6, 9));
         assert_eq!(store.read_from(&PK, 15, 1 << 20).unwrap().len(), 0);
-        assert_eq!(store.first_block_reaching(&PK, 1010).unwrap().unwrap().height, 3);
+        assert_eq!(
+            store
+                .first_block_reaching(&PK, 1010)
+                .unwrap()
+                .unwrap()
+                .height,
+            3
+        );
     }
 
     #[test]
@@ -88,7 +117,10 @@ mod tests {
             batches: Bytes::new(),
         };
         assert!(matches!(
-            store.commit(&WriteSet { blocks: vec![forged], ..Default::default() }),
+            store.commit(&WriteSet {
+                blocks: vec![forged],
+                ..Default::default()
+            }),
             Err(StoreError::Corrupt(_))
         ));
         assert_eq!(store.partition_state(&PK).unwrap().next_height, 1);
@@ -105,7 +137,9 @@ mod tests {
         raw[last] ^= 0x20;
         store.tamper_block(&PK, 2, &raw).unwrap();
         match verify_partition(&store, &PK, |_| {}) {
-            Err(VerifyError::BadBlock { height: 2, reason, .. }) => assert!(reason.contains("CRC"), "{reason}"),
+            Err(VerifyError::BadBlock {
+                height: 2, reason, ..
+            }) => assert!(reason.contains("CRC"), "{reason}"),
             other => panic!("expected block 2 to fail, got {other:?}"),
         }
         // Re-encode block 1 with a different timestamp: canonical and CRC-clean,
@@ -113,6 +147,9 @@ mod tests {
         let mut b1 = Block::decode(&store.block(&PK, 1).unwrap().unwrap()).unwrap();
         b1.max_timestamp += 1;
         store.tamper_block(&PK, 1, &b1.encode()).unwrap();
-        assert!(matches!(verify_partition(&store, &PK, |_| {}), Err(VerifyError::BadBlock { height: 2, .. })));
+        assert!(matches!(
+            verify_partition(&store, &PK, |_| {}),
+            Err(VerifyError::BadBlock { height: 2, .. })
+        ));
     }
 }

@@ -30,6 +30,7 @@ const PRODUCERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("producers
 const GROUP_OFFSETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_offsets");
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 
 /// Whether a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +100,10 @@ impl PartitionState {
 
     fn decode(mut b: &[u8]) -> Result<Self, StoreError> {
         if b.len() != 64 {
-            return Err(StoreError::Corrupt(format!("partition state of {} bytes", b.len())));
+            return Err(StoreError::Corrupt(format!(
+                "partition state of {} bytes",
+                b.len()
+            )));
         }
         let next_height = b.get_u64();
         let next_offset = b.get_i64();
@@ -150,9 +154,18 @@ impl CommittedOffset {
         let metadata = if r.is_empty() {
             None
         } else {
-            Some(String::from_utf8(r.to_vec()).map_err(|_| StoreError::Corrupt("metadata not UTF-8".into()))?)
+            Some(
+                String::from_utf8(r.to_vec())
+                    .map_err(|_| StoreError::Corrupt("metadata not UTF-8".into()))?,
+            )
         };
-        Ok(Self { offset, leader_epoch, metadata, commit_timestamp_ms, receipt_height })
+        Ok(Self {
+            offset,
+            leader_epoch,
+            metadata,
+            commit_timestamp_ms,
+            receipt_height,
+        })
     }
 }
 
@@ -210,6 +223,21 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 fn encode_producer(s: &ProducerState) -> Vec<u8> {
     let mut b = Vec::with_capacity(3 + 16 * s.recent.len());
     b.put_i16(s.epoch);
@@ -233,7 +261,11 @@ fn decode_producer(mut b: &[u8]) -> Result<ProducerState, StoreError> {
         return Err(bad());
     }
     let recent = (0..n)
-        .map(|_| RememberedBatch { first_sequence: b.get_i32(), last_sequence: b.get_i32(), base_offset: b.get_i64() })
+        .map(|_| RememberedBatch {
+            first_sequence: b.get_i32(),
+            last_sequence: b.get_i32(),
+            base_offset: b.get_i64(),
+        })
         .collect();
     Ok(ProducerState { epoch, recent })
 }
@@ -256,6 +288,7 @@ impl LedgerStore {
         txn.open_table(GROUP_OFFSETS)?;
         txn.open_table(TOPICS)?;
         txn.open_table(COUNTERS)?;
+        txn.open_table(IDENTITY)?;
         txn.commit()?;
         Ok(Self { db, durability })
     }
@@ -302,7 +335,10 @@ impl LedgerStore {
                 let mut entry = [0u8; 16];
                 entry[..8].copy_from_slice(&block.height.to_be_bytes());
                 entry[8..].copy_from_slice(&max_timestamp.to_be_bytes());
-                index.insert(&index_key(&block.partition, block.next_offset, block.height)[..], &entry[..])?;
+                index.insert(
+                    &index_key(&block.partition, block.next_offset, block.height)[..],
+                    &entry[..],
+                )?;
                 let next = PartitionState {
                     next_height: block.height + 1,
                     next_offset: block.next_offset,
@@ -315,7 +351,10 @@ impl LedgerStore {
             }
             let mut producers = txn.open_table(PRODUCERS)?;
             for p in &set.producers {
-                producers.insert(&producer_key(&p.partition, p.producer_id)[..], &encode_producer(&p.state)[..])?;
+                producers.insert(
+                    &producer_key(&p.partition, p.producer_id)[..],
+                    &encode_producer(&p.state)[..],
+                )?;
             }
             let mut offsets = txn.open_table(GROUP_OFFSETS)?;
             for (group, pk, committed) in &set.offsets {
@@ -344,7 +383,8 @@ impl LedgerStore {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let pk = PartitionKey::from_bytes(k.value()).ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
+            let pk = PartitionKey::from_bytes(k.value())
+                .ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
             out.push((pk, PartitionState::decode(v.value())?));
         }
         Ok(out)
@@ -362,7 +402,11 @@ impl LedgerStore {
             if key.len() != 28 {
                 return Err(StoreError::Corrupt("producer key".into()));
             }
-            let id = i64::from_be_bytes(key[20..28].try_into().map_err(|_| StoreError::Corrupt("producer id".into()))?);
+            let id = i64::from_be_bytes(
+                key[20..28]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("producer id".into()))?,
+            );
             out.insert(id, decode_producer(v.value())?);
         }
         Ok(out)
@@ -372,13 +416,20 @@ impl LedgerStore {
     pub fn block(&self, pk: &PartitionKey, height: u64) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOCKS)?;
-        Ok(table.get(&block_key(pk, height)[..])?.map(|v| Bytes::copy_from_slice(v.value())))
+        Ok(table
+            .get(&block_key(pk, height)[..])?
+            .map(|v| Bytes::copy_from_slice(v.value())))
     }
 
     /// Blocks holding records at or after `offset`, in order, until their
     /// batches add up to at least `max_bytes` (at least one block is returned
     /// when any exists, so a record larger than `max_bytes` still makes progress).
-    pub fn read_from(&self, pk: &PartitionKey, offset: i64, max_bytes: usize) -> Result<Vec<Block>, StoreError> {
+    pub fn read_from(
+        &self,
+        pk: &PartitionKey,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let blocks = txn.open_table(BLOCKS)?;
@@ -389,13 +440,17 @@ impl LedgerStore {
         for row in index.range::<&[u8]>(&start[..]..=&end[..])? {
             let (_, v) = row?;
             let height = u64::from_be_bytes(
-                v.value().get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("index".into()))?,
+                v.value()
+                    .get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| StoreError::Corrupt("index".into()))?,
             );
-            let raw = blocks
-                .get(&block_key(pk, height)[..])?
-                .ok_or_else(|| StoreError::Corrupt(format!("index names missing block {height}")))?;
+            let raw = blocks.get(&block_key(pk, height)[..])?.ok_or_else(|| {
+                StoreError::Corrupt(format!("index names missing block {height}"))
+            })?;
             let raw = Bytes::copy_from_slice(raw.value());
-            let block = Block::decode(&raw).map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
+            let block = Block::decode(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
             if block.batches.is_empty() {
                 continue;
             }
@@ -410,7 +465,11 @@ impl LedgerStore {
 
     /// The first block whose running maximum timestamp reaches `timestamp`:
     /// the earliest block that can hold a record with a timestamp at or after it.
-    pub fn first_block_reaching(&self, pk: &PartitionKey, timestamp: i64) -> Result<Option<Block>, StoreError> {
+    pub fn first_block_reaching(
+        &self,
+        pk: &PartitionKey,
+        timestamp: i64,
+    ) -> Result<Option<Block>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let prefix = pk.to_bytes();
@@ -421,11 +480,21 @@ impl LedgerStore {
             if v.len() != 16 {
                 return Err(StoreError::Corrupt("index entry".into()));
             }
-            let height = u64::from_be_bytes(v[..8].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
-            let running_max = i64::from_be_bytes(v[8..].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
+            let height = u64::from_be_bytes(
+                v[..8]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index".into()))?,
+            );
+            let running_max = i64::from_be_bytes(
+                v[8..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index".into()))?,
+            );
             if running_max >= timestamp {
                 let Some(raw) = self.block(pk, height)? else {
-                    return Err(StoreError::Corrupt(format!("index names missing block {height}")));
+                    return Err(StoreError::Corrupt(format!(
+                        "index names missing block {height}"
+                    )));
                 };
                 if let Ok(b) = Block::decode(&raw) {
                     if !b.batches.is_empty() {
@@ -437,7 +506,10 @@ impl LedgerStore {
         Ok(None)
     }
 
-    pub fn committed_offsets(&self, group: &str) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(GROUP_OFFSETS)?;
         let prefix = group_prefix(group);
@@ -464,7 +536,9 @@ impl LedgerStore {
                 return Err(StoreError::Corrupt("group key".into()));
             }
             let n = k.get_u32() as usize;
-            let name = k.get(..n).ok_or_else(|| StoreError::Corrupt("group key".into()))?;
+            let name = k
+                .get(..n)
+                .ok_or_else(|| StoreError::Corrupt("group key".into()))?;
             let name = String::from_utf8_lossy(name).into_owned();
             if out.last() != Some(&name) {
                 out.push(name);
@@ -499,11 +573,38 @@ impl LedgerStore {
         let id;
         {
             let mut counters = txn.open_table(COUNTERS)?;
-            id = counters.get("next_producer_id")?.map(|v| v.value()).unwrap_or(1000);
+            id = counters
+                .get("next_producer_id")?
+                .map(|v| v.value())
+                .unwrap_or(1000);
             counters.insert("next_producer_id", id + 1)?;
         }
         txn.commit()?;
         Ok(id as i64)
+    }
+
+    /// This ledger's cluster id: 16 random bytes drawn when the database is
+    /// first opened, shown as Kafka shows cluster ids (URL-safe base64).
+    pub fn cluster_id(&self) -> Result<String, StoreError> {
+        let txn = self.begin_write()?;
+        let id = {
+            let mut table = txn.open_table(IDENTITY)?;
+            let existing = table.get("cluster_id")?.map(|v| v.value().to_vec());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let mut id = [0u8; 16];
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+                        .map_err(|_| {
+                            StoreError::Corrupt("no system randomness for the cluster id".into())
+                        })?;
+                    table.insert("cluster_id", &id[..])?;
+                    id.to_vec()
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(base64_url(&id))
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
@@ -522,7 +623,8 @@ impl LedgerStore {
     pub fn put_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(topic).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let txn = self.begin_write()?;
-        txn.open_table(TOPICS)?.insert(topic.name.as_str(), &json[..])?;
+        txn.open_table(TOPICS)?
+            .insert(topic.name.as_str(), &json[..])?;
         txn.commit()?;
         Ok(())
     }
@@ -551,9 +653,15 @@ impl LedgerStore {
 impl LedgerStore {
     /// Overwrites a stored block's bytes without any check: for tests that
     /// prove verification catches tampering.
-    pub fn tamper_block(&self, pk: &PartitionKey, height: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn tamper_block(
+        &self,
+        pk: &PartitionKey,
+        height: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
-        txn.open_table(BLOCKS)?.insert(&block_key(pk, height)[..], bytes)?;
+        txn.open_table(BLOCKS)?
+            .insert(&block_key(pk, height)[..], bytes)?;
         txn.commit()?;
         Ok(())
     }
@@ -561,6 +669,8 @@ impl LedgerStore {
 
 impl std::fmt::Debug for LedgerStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LedgerStore").field("durability", &self.durability).finish()
+        f.debug_struct("LedgerStore")
+            .field("durability", &self.durability)
+            .finish()
     }
 }

@@ -24,7 +24,11 @@ pub enum VerifyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("partition {partition} block {height}: {reason}")]
-    BadBlock { partition: i32, height: u64, reason: String },
+    BadBlock {
+        partition: i32,
+        height: u64,
+        reason: String,
+    },
 }
 
 /// Verifies one partition; `progress` is called with each verified height.
@@ -34,39 +38,70 @@ pub fn verify_partition(
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
     let state = store.partition_state(pk)?;
-    let limits = RecordLimits { batch_bytes_max: usize::MAX, decompressed_bytes_max: 1 << 30 };
+    let limits = RecordLimits {
+        batch_bytes_max: usize::MAX,
+        decompressed_bytes_max: 1 << 30,
+    };
     let mut prev = BlockHash::ZERO;
     let mut next_offset = 0i64;
-    let mut report = VerifyReport { blocks: 0, records: 0, receipts: 0 };
+    let mut report = VerifyReport {
+        blocks: 0,
+        records: 0,
+        receipts: 0,
+    };
     for height in 0..state.next_height {
-        let bad = |reason: String| VerifyError::BadBlock { partition: pk.partition, height, reason };
-        let raw = store.block(pk, height)?.ok_or_else(|| bad("missing".into()))?;
+        let bad = |reason: String| VerifyError::BadBlock {
+            partition: pk.partition,
+            height,
+            reason,
+        };
+        let raw = store
+            .block(pk, height)?
+            .ok_or_else(|| bad("missing".into()))?;
         let block = Block::decode(&raw).map_err(|e| bad(format!("not a canonical block: {e}")))?;
         if block.partition != *pk || block.height != height {
-            return Err(bad(format!("claims to be {:?} height {}", block.partition, block.height)));
+            return Err(bad(format!(
+                "claims to be {:?} height {}",
+                block.partition, block.height
+            )));
         }
         if block.prev_hash != prev {
-            return Err(bad(format!("links to {:?}, previous block hashes to {:?}", block.prev_hash, prev)));
+            return Err(bad(format!(
+                "links to {:?}, previous block hashes to {:?}",
+                block.prev_hash, prev
+            )));
         }
         if block.base_offset != next_offset {
-            return Err(bad(format!("starts at offset {}, previous block ended at {next_offset}", block.base_offset)));
+            return Err(bad(format!(
+                "starts at offset {}, previous block ended at {next_offset}",
+                block.base_offset
+            )));
         }
         let mut at = 0;
         let mut expected = block.base_offset;
         while at < block.batches.len() {
-            let header = BatchHeader::parse(&block.batches[at..]).map_err(|e| bad(format!("batch: {e}")))?;
-            let end = at.checked_add(header.total_bytes()).filter(|&e| e <= block.batches.len() && header.batch_length > 0);
+            let header =
+                BatchHeader::parse(&block.batches[at..]).map_err(|e| bad(format!("batch: {e}")))?;
+            let end = at
+                .checked_add(header.total_bytes())
+                .filter(|&e| e <= block.batches.len() && header.batch_length > 0);
             let end = end.ok_or_else(|| bad(format!("batch at byte {at} overruns the block")))?;
             validate_batch(&block.batches[at..end], &limits)
                 .map_err(|e| bad(format!("batch at offset {}: {e}", header.base_offset)))?;
             if header.base_offset != expected {
-                return Err(bad(format!("batch at offset {} where {expected} was due", header.base_offset)));
+                return Err(bad(format!(
+                    "batch at offset {} where {expected} was due",
+                    header.base_offset
+                )));
             }
             expected = header.last_offset() + 1;
             at = end;
         }
         if expected != block.next_offset {
-            return Err(bad(format!("records end at {expected}, block says {}", block.next_offset)));
+            return Err(bad(format!(
+                "records end at {expected}, block says {}",
+                block.next_offset
+            )));
         }
         report.records += block.next_offset - block.base_offset;
         report.receipts += block.receipts.len() as u64;

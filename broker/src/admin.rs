@@ -1,0 +1,67 @@
+//! The admin HTTP endpoint: `/metrics` (Prometheus text) and `/health`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::shutdown::ShutdownSignal;
+use crate::{Broker, StartError};
+
+pub async fn serve(
+    broker: Arc<Broker>,
+    mut shutdown: ShutdownSignal,
+) -> Result<SocketAddr, StartError> {
+    let addr = broker.config.admin_listener.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(broker);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "admin endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    for t in broker.topics.all() {
+        for p in 0..t.partitions {
+            let s = broker.topics.state(&t.partition_key(p));
+            let labels = [("topic", t.name.clone()), ("partition", p.to_string())];
+            metrics::gauge!("courier_ledger_height", &labels).set(s.next_height as f64);
+            metrics::gauge!("courier_high_watermark", &labels).set(s.next_offset as f64);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+async fn health(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let body = format!(
+        "{{\"status\":\"ok\",\"node_id\":{},\"cluster_id\":\"{}\",\"topics\":{}}}\n",
+        broker.node.node_id,
+        broker.cluster_id,
+        broker.topics.all().len()
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}

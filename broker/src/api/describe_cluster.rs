@@ -1,0 +1,29 @@
+//! DescribeCluster: this node, the cluster id kept in the ledger.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::Broker;
+
+/// `endpoint_type` 1: brokers (2, controllers, is not served).
+const ENDPOINT_BROKERS: i8 = 1;
+
+pub fn handle(broker: &Arc<Broker>, req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let r = DescribeClusterResponse::default().with_endpoint_type(req.endpoint_type);
+    if req.endpoint_type != ENDPOINT_BROKERS {
+        return r
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(Some(str_bytes("only broker endpoints are served")));
+    }
+    let me = BrokerId(broker.node.node_id);
+    r.with_cluster_id(str_bytes(&broker.cluster_id))
+        .with_controller_id(me)
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(me)
+            .with_host(str_bytes(&broker.node.host))
+            .with_port(broker.node.port as i32)])
+}

@@ -1,0 +1,105 @@
+//! IncrementalAlterConfigs for topics: SET and DELETE, validated as a whole
+//! and persisted before the answer. Broker settings are static (file and
+//! command line) and refused here.
+
+use std::sync::Arc;
+
+use courier_consensus::catalog::TopicRecord;
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+use kafka_protocol::ResponseError;
+
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::str_bytes;
+use crate::topics::validate_topic_config;
+use crate::Broker;
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        let outcome = match res.resource_type {
+            RESOURCE_TOPIC => alter_topic(broker, &res, req.validate_only).await,
+            RESOURCE_BROKER => Err((
+                ResponseError::InvalidRequest.code(),
+                "broker settings are static: use the config file".to_owned(),
+            )),
+            other => Err((
+                ResponseError::InvalidRequest.code(),
+                format!("resource type {other} is not supported"),
+            )),
+        };
+        let r = AlterConfigsResourceResponse::default()
+            .with_resource_type(res.resource_type)
+            .with_resource_name(res.resource_name);
+        responses.push(match outcome {
+            Ok(()) => r,
+            Err((code, message)) => {
+                super::count_error(courier_protocol::ApiKey::IncrementalAlterConfigs, code);
+                r.with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message)))
+            }
+        });
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+async fn alter_topic(
+    broker: &Arc<Broker>,
+    res: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let _guard = broker.admin_lock.lock().await;
+    let name = res.resource_name.as_str();
+    let topic = broker.topics.get(name).ok_or((
+        ResponseError::UnknownTopicOrPartition.code(),
+        format!("topic {name} does not exist"),
+    ))?;
+    let mut configs = topic.configs.clone();
+    for c in &res.configs {
+        let key = c.name.to_string();
+        match (c.config_operation, &c.value) {
+            (OP_SET, Some(v)) => {
+                validate_topic_config(&key, v)
+                    .map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
+                configs.insert(key, v.to_string());
+            }
+            (OP_SET, None) => {
+                return Err((
+                    ResponseError::InvalidConfig.code(),
+                    format!("no value for {key}"),
+                ))
+            }
+            (OP_DELETE, _) => {
+                validate_topic_config(
+                    &key,
+                    &super::describe_configs::topic_default(&broker.config, &key),
+                )
+                .map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
+                configs.remove(&key);
+            }
+            (op, _) => {
+                return Err((
+                    ResponseError::InvalidRequest.code(),
+                    format!("operation {op} is not supported for {key}"),
+                ))
+            }
+        }
+    }
+    if validate_only || configs == topic.configs {
+        return Ok(());
+    }
+    super::create_partitions::persist(
+        broker,
+        TopicRecord {
+            configs,
+            ..(*topic).clone()
+        },
+    )
+    .await
+}

@@ -1,0 +1,92 @@
+//! Metadata: brokers, topics, partitions and their leaders. This node leads
+//! every partition it serves; with one replica that is the whole truth, and
+//! the PBFT issue keeps the answer true for a replicated partition (any
+//! replica's node accepts and forwards).
+
+use std::sync::Arc;
+
+use courier_consensus::catalog::TopicRecord;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::{str_bytes, topic_name};
+use crate::Broker;
+
+pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let me = BrokerId(broker.node.node_id);
+    // v0 asks for all topics with an empty list; later versions with null.
+    let requested = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    let auto_create =
+        broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
+    let mut topics = Vec::new();
+    match requested {
+        None => topics.extend(broker.topics.all().into_iter().map(|t| describe(&t, me))),
+        Some(list) => {
+            for wanted in list {
+                let found = match &wanted.name {
+                    Some(name) => broker.topics.get(name),
+                    None => broker.topics.get_by_id(wanted.topic_id.as_bytes()),
+                };
+                let entry = match (found, &wanted.name) {
+                    (Some(t), _) => describe(&t, me),
+                    (None, Some(name)) if auto_create => {
+                        match super::create_topics::create(broker, name, None, Default::default())
+                            .await
+                        {
+                            Ok(t) => describe(&t, me),
+                            Err((code, _)) => missing(Some(name.as_str()), wanted.topic_id, code),
+                        }
+                    }
+                    (None, name) => missing(
+                        name.as_ref().map(|n| n.as_str()),
+                        wanted.topic_id,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    ),
+                };
+                topics.push(entry);
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(me)
+            .with_host(str_bytes(&broker.node.host))
+            .with_port(broker.node.port as i32)])
+        .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
+        .with_controller_id(me)
+        .with_topics(topics)
+}
+
+fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTopic {
+    super::count_error(courier_protocol::ApiKey::Metadata, code);
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name.map(topic_name))
+        .with_topic_id(topic_id)
+}
+
+pub fn describe(t: &TopicRecord, me: BrokerId) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&t.name)))
+        .with_topic_id(Uuid::from_bytes(t.id))
+        .with_partitions(
+            (0..t.partitions)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(me)
+                        .with_leader_epoch(t.epoch)
+                        .with_replica_nodes(vec![me])
+                        .with_isr_nodes(vec![me])
+                })
+                .collect(),
+        )
+}

@@ -1,0 +1,62 @@
+//! OffsetForLeaderEpoch: how librdkafka and the Java client detect log
+//! truncation after a leader change (KIP-101/320). A partition's epoch is
+//! its topic's epoch, stamped into every stored batch; the end offset of
+//! the current epoch is the high watermark, and nothing is ever truncated.
+
+use std::sync::Arc;
+
+use courier_protocol::ApiKey;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+use kafka_protocol::ResponseError;
+
+use crate::Broker;
+
+pub fn handle(
+    broker: &Arc<Broker>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let record = broker.topics.get(t.topic.as_str());
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let r = EpochEndOffset::default()
+                    .with_partition(p.partition)
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1);
+                let Some(topic) = record
+                    .as_ref()
+                    .filter(|r| (0..r.partitions).contains(&p.partition))
+                else {
+                    super::count_error(
+                        ApiKey::OffsetForLeaderEpoch,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    );
+                    return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                };
+                if let Some(code) = super::fetch::epoch_error(p.current_leader_epoch, topic.epoch) {
+                    super::count_error(ApiKey::OffsetForLeaderEpoch, code);
+                    return r.with_error_code(code);
+                }
+                if p.leader_epoch > topic.epoch {
+                    // An epoch we never had: undefined, as Kafka answers.
+                    return r;
+                }
+                let state = broker.topics.state(&topic.partition_key(p.partition));
+                r.with_leader_epoch(topic.epoch)
+                    .with_end_offset(state.next_offset)
+            })
+            .collect();
+        topics.push(
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions),
+        );
+    }
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

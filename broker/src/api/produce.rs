@@ -1,0 +1,160 @@
+//! Produce: validate each partition's record set in place, queue it to the
+//! sequencer in request order, and answer once every partition's outcome is
+//! known (acks=1 and acks=all both mean "committed to the ledger"; acks=0
+//! gets no answer, as in Kafka).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_protocol::records::{validate_record_set, RecordLimits, RecordsError};
+use courier_protocol::{ApiKey, ResponseKind};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+use tokio::sync::oneshot;
+
+use super::{str_bytes, Reply};
+use crate::sequencer::{Appended, Rejected};
+use crate::Broker;
+
+/// A compressed batch may expand at most this many times over
+/// `message.max.bytes` before it is refused as a compression bomb.
+const DECOMPRESSION_RATIO_MAX: usize = 64;
+
+enum Pending {
+    Failed(i16, String),
+    Queued(oneshot::Receiver<Result<Appended, Rejected>>),
+}
+
+pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest) -> Reply {
+    let acks = req.acks;
+    let mut pending: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Pending)>)> = Vec::new();
+    for topic in req.topic_data {
+        let record = broker.topics.get(topic.name.as_str());
+        let mut parts = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            let outcome = if !matches!(acks, -1..=1) {
+                Pending::Failed(
+                    ResponseError::InvalidRequiredAcks.code(),
+                    format!("acks={acks} is not 0, 1 or -1"),
+                )
+            } else if req.transactional_id.is_some() {
+                Pending::Failed(
+                    ResponseError::InvalidRequest.code(),
+                    "transactions are not supported".into(),
+                )
+            } else {
+                match &record {
+                    Some(t) if (0..t.partitions).contains(&p.index) => {
+                        let limit = t
+                            .configs
+                            .get("max.message.bytes")
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(broker.config.message_max_bytes as usize);
+                        match check(p.records.unwrap_or_default(), limit) {
+                            Ok(batches) => Pending::Queued(
+                                broker
+                                    .sequencer
+                                    .enqueue_produce(t.partition_key(p.index), t.epoch, batches)
+                                    .await,
+                            ),
+                            Err((code, message)) => Pending::Failed(code, message),
+                        }
+                    }
+                    _ => Pending::Failed(
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        format!("{}-{} does not exist", topic.name.as_str(), p.index),
+                    ),
+                }
+            };
+            parts.push((p.index, outcome));
+        }
+        pending.push((topic.name, parts));
+    }
+    if acks == 0 {
+        return Reply::Nothing;
+    }
+    Reply::Later(Box::pin(async move {
+        let mut responses = Vec::with_capacity(pending.len());
+        for (name, parts) in pending {
+            let mut partition_responses = Vec::with_capacity(parts.len());
+            for (index, outcome) in parts {
+                let r = PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_log_append_time_ms(-1);
+                let (code, message, appended) = match outcome {
+                    Pending::Failed(code, message) => (code, Some(message), None),
+                    Pending::Queued(rx) => match rx.await.unwrap_or(Err(Rejected::ShuttingDown)) {
+                        Ok(a) => (0, None, Some(a)),
+                        Err(e) => (rejected_code(&e), Some(e.to_string()), None),
+                    },
+                };
+                super::count_error(ApiKey::Produce, code);
+                partition_responses.push(match appended {
+                    Some(a) => r
+                        .with_base_offset(a.base_offset)
+                        .with_log_start_offset(a.log_start_offset),
+                    None => r
+                        .with_error_code(code)
+                        .with_base_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_error_message(message.map(|m| str_bytes(&m))),
+                });
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
+    }))
+}
+
+/// Validates a partition's record set; the batches share the request's memory.
+fn check(
+    records: Bytes,
+    batch_bytes_max: usize,
+) -> Result<Vec<courier_protocol::records::Batch>, (i16, String)> {
+    let limits = RecordLimits {
+        batch_bytes_max: usize::MAX,
+        decompressed_bytes_max: batch_bytes_max.saturating_mul(DECOMPRESSION_RATIO_MAX),
+    };
+    let batches =
+        validate_record_set(&records, &limits).map_err(|e| (records_code(&e), e.to_string()))?;
+    for b in &batches {
+        if b.bytes.len() > batch_bytes_max {
+            return Err((
+                ResponseError::MessageTooLarge.code(),
+                format!(
+                    "batch of {} bytes exceeds max.message.bytes {batch_bytes_max}",
+                    b.bytes.len()
+                ),
+            ));
+        }
+        if b.header.is_transactional() || b.header.is_control() {
+            return Err((
+                ResponseError::InvalidRecord.code(),
+                "transactional batches are not supported".into(),
+            ));
+        }
+    }
+    Ok(batches)
+}
+
+fn records_code(e: &RecordsError) -> i16 {
+    match e {
+        RecordsError::DecompressedTooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        _ => ResponseError::CorruptMessage.code(),
+    }
+}
+
+fn rejected_code(e: &Rejected) -> i16 {
+    match e {
+        Rejected::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
+        Rejected::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
+        Rejected::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
+        Rejected::Storage(_) => ResponseError::KafkaStorageError.code(),
+        Rejected::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+    }
+}

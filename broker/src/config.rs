@@ -1,0 +1,240 @@
+//! Broker settings, by their Apache Kafka names wherever Kafka has one.
+//!
+//! Settings come from built-in defaults, then an optional TOML file
+//! (`--config`), then `--set name=value` overrides. In the TOML file a dotted
+//! name may be written bare (`auto.create.topics.enable = true`), which TOML
+//! reads as nested tables; those are flattened back into the dotted name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("--set {0}: expected name=value")]
+    BadOverride(String),
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// Every broker setting, with its Kafka default unless noted.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This node's id in metadata responses.
+    #[serde(rename = "node.id")]
+    pub node_id: i32,
+    /// Address the Kafka listener binds, `host:port` (a `PLAINTEXT://`
+    /// prefix is accepted). Courier default: 127.0.0.1:9092.
+    #[serde(rename = "listeners")]
+    pub listeners: String,
+    /// Address given to clients, when it differs from the bound one.
+    #[serde(rename = "advertised.listeners")]
+    pub advertised_listeners: Option<String>,
+    /// Where the ledger lives. Courier default: ./courier-data.
+    #[serde(rename = "log.dirs")]
+    pub log_dirs: PathBuf,
+    #[serde(rename = "auto.create.topics.enable")]
+    pub auto_create_topics_enable: bool,
+    #[serde(rename = "num.partitions")]
+    pub num_partitions: i32,
+    /// Largest record batch accepted (a topic may override with `max.message.bytes`).
+    #[serde(rename = "message.max.bytes")]
+    pub message_max_bytes: i32,
+    /// Largest request frame; anything bigger closes the connection.
+    #[serde(rename = "socket.request.max.bytes")]
+    pub socket_request_max_bytes: i32,
+    /// Recorded and reported; enforcement arrives with the retention work.
+    #[serde(rename = "log.retention.ms")]
+    pub log_retention_ms: i64,
+    #[serde(rename = "log.retention.bytes")]
+    pub log_retention_bytes: i64,
+    #[serde(rename = "group.initial.rebalance.delay.ms")]
+    pub group_initial_rebalance_delay_ms: i64,
+    #[serde(rename = "group.min.session.timeout.ms")]
+    pub group_min_session_timeout_ms: i32,
+    #[serde(rename = "group.max.session.timeout.ms")]
+    pub group_max_session_timeout_ms: i32,
+    /// Courier: fsync every committed block before acknowledging it.
+    #[serde(rename = "ledger.fsync")]
+    pub ledger_fsync: bool,
+    /// Courier: `host:port` of the admin HTTP endpoint (metrics, health);
+    /// empty disables it. Default 127.0.0.1:9644.
+    #[serde(rename = "admin.listener")]
+    pub admin_listener: String,
+    /// Courier: requests one connection may have in flight before reading stops.
+    #[serde(rename = "connection.requests.inflight.max")]
+    pub connection_requests_inflight_max: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listeners: "127.0.0.1:9092".into(),
+            advertised_listeners: None,
+            log_dirs: PathBuf::from("./courier-data"),
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 104_857_600,
+            log_retention_ms: 604_800_000,
+            log_retention_bytes: -1,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            ledger_fsync: true,
+            admin_listener: "127.0.0.1:9644".into(),
+            connection_requests_inflight_max: 32,
+        }
+    }
+}
+
+fn flatten(prefix: &str, value: toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let name = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        v => {
+            out.insert(prefix.to_owned(), v);
+        }
+    }
+}
+
+/// Reads a `--set` value: a TOML scalar when it parses as one, else a string.
+fn parse_scalar(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+impl BrokerConfig {
+    /// Defaults, then `file`, then `overrides` (`name=value`).
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut flat = BTreeMap::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            flatten("", toml::Value::Table(table), &mut flat);
+        }
+        for o in overrides {
+            let (name, value) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            flat.insert(name.trim().to_owned(), parse_scalar(value.trim()));
+        }
+        let table: toml::Table = flat.into_iter().collect();
+        let config: BrokerConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.num_partitions < 1 {
+            return bad("num.partitions must be at least 1".into());
+        }
+        if self.message_max_bytes < 1024 || self.message_max_bytes > self.socket_request_max_bytes {
+            return bad(
+                "message.max.bytes must be at least 1024 and at most socket.request.max.bytes"
+                    .into(),
+            );
+        }
+        if self.connection_requests_inflight_max == 0 {
+            return bad("connection.requests.inflight.max must be at least 1".into());
+        }
+        self.listen_addr()?;
+        Ok(())
+    }
+
+    /// The listener's `host:port`, without a security-protocol prefix.
+    pub fn listen_addr(&self) -> Result<String, ConfigError> {
+        strip_protocol(&self.listeners)
+    }
+}
+
+fn strip_protocol(listener: &str) -> Result<String, ConfigError> {
+    let addr = match listener.split_once("://") {
+        Some(("PLAINTEXT", a)) => a,
+        Some((p, _)) => {
+            return Err(ConfigError::Invalid(format!(
+                "listener protocol {p} is not supported yet (only PLAINTEXT)"
+            )))
+        }
+        None => listener,
+    };
+    Ok(addr.to_owned())
+}
+
+/// Splits an advertised `host:port` (with optional `PLAINTEXT://`).
+pub fn host_port(listener: &str) -> Result<(String, u16), ConfigError> {
+    let addr = strip_protocol(listener)?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::Invalid(format!("{listener}: expected host:port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| ConfigError::Invalid(format!("{listener}: bad port")))?;
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides_with_kafka_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "auto.create.topics.enable = false\n\"num.partitions\" = 3\n[log]\ndirs = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::load(
+            Some(&path),
+            &["num.partitions=6".into(), "ledger.fsync=false".into()],
+        )
+        .unwrap();
+        assert!(!c.auto_create_topics_enable);
+        assert_eq!(c.num_partitions, 6);
+        assert_eq!(c.log_dirs, PathBuf::from("/tmp/x"));
+        assert!(!c.ledger_fsync);
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_reported() {
+        assert!(BrokerConfig::load(None, &["no.such.setting=1".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["num.partitions=0".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["num.partitions".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["listeners=SSL://x:1".into()]).is_err());
+    }
+}

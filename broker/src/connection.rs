@@ -1,0 +1,166 @@
+//! One client connection: reads frames, decodes requests, hands them to the
+//! handlers, and writes responses back in request order.
+//!
+//! Kafka processes a connection's requests one at a time. Courier keeps that
+//! order with one exception that matters for throughput: consecutive Produce
+//! requests are *queued* to the sequencer in order and answered as their
+//! blocks commit, so a producer with several requests in flight gets them
+//! group-committed together. Before any other request runs, every earlier
+//! response has been written, so a later request always sees the effects of
+//! the earlier ones. At most `connection.requests.inflight.max` responses
+//! are pending; past that the connection stops reading (back-pressure).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use courier_protocol::frame::decode_frame;
+use courier_protocol::request::{decode_request, RequestError};
+use courier_protocol::response::encode_response;
+use courier_protocol::{ApiKey, ResponseKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::api::{self, Reply, RequestContext, ResponseFuture};
+use crate::shutdown::ShutdownSignal;
+use crate::Broker;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A response the writer will send once its body is ready.
+struct Outgoing {
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: ResponseFuture,
+    started: Instant,
+}
+
+/// Serves one connection until the peer closes it, sends something that is
+/// not a request we can answer, or the broker shuts down.
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: ShutdownSignal,
+) {
+    let span = info_span!("connection", %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (mut reader, writer) = stream.into_split();
+        let inflight_max = broker.config.connection_requests_inflight_max;
+        let (tx, rx) = mpsc::channel::<Outgoing>(inflight_max);
+        let (written_tx, mut written) = watch::channel(0u64);
+        let writer = tokio::spawn(write_responses(writer, rx, written_tx).in_current_span());
+        let frame_max = broker.config.socket_request_max_bytes as usize;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut enqueued = 0u64;
+        'conn: loop {
+            let frame = loop {
+                match decode_frame(&mut buf, frame_max) {
+                    Ok(Some(frame)) => break frame,
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "closing connection: bad frame");
+                        metrics::counter!("courier_connections_closed_total", "reason" => "bad_frame").increment(1);
+                        break 'conn;
+                    }
+                }
+                buf.reserve(READ_CHUNK_BYTES);
+                tokio::select! {
+                    read = reader.read_buf(&mut buf) => match read {
+                        Ok(0) | Err(_) => break 'conn,
+                        Ok(_) => {}
+                    },
+                    _ = shutdown.wait() => break 'conn,
+                }
+            };
+            metrics::counter!("courier_bytes_in_total").increment(frame.len() as u64 + 4);
+            let started = Instant::now();
+            let request = match decode_request(frame.freeze()) {
+                Ok(r) => r,
+                Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, .. }) => {
+                    // KIP-511: answer in v0 with our table so the client can pick.
+                    let body = api::api_versions::unsupported_version();
+                    let out = Outgoing { api_key: ApiKey::ApiVersions, version: 0, correlation_id, body: Box::pin(async { body }), started };
+                    if tx.send(out).await.is_err() {
+                        break;
+                    }
+                    enqueued += 1;
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "closing connection: request cannot be served");
+                    metrics::counter!("courier_connections_closed_total", "reason" => "bad_request").increment(1);
+                    break;
+                }
+            };
+            let api_key = request.api_key;
+            let version = request.version();
+            let correlation_id = request.correlation_id();
+            let ctx = RequestContext {
+                client_id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                peer,
+                principal: "User:ANONYMOUS".into(),
+            };
+            // Every request but Produce sees all earlier responses written first.
+            if api_key != ApiKey::Produce && written.wait_for(|w| *w >= enqueued).await.is_err() {
+                break;
+            }
+            let span = info_span!("request", api = ?api_key, version, correlation_id, client_id = %ctx.client_id);
+            let reply = api::dispatch(&broker, &ctx, request).instrument(span).await;
+            let body = match reply {
+                Reply::Now(body) => Box::pin(async move { body }) as ResponseFuture,
+                Reply::Later(fut) => fut,
+                Reply::Nothing => continue,
+                Reply::Close => break,
+            };
+            if tx.send(Outgoing { api_key, version, correlation_id, body, started }).await.is_err() {
+                break;
+            }
+            enqueued += 1;
+        }
+        drop(tx);
+        let _ = writer.await;
+        debug!("connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn write_responses(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    written: watch::Sender<u64>,
+) {
+    let mut out = BytesMut::new();
+    while let Some(next) = rx.recv().await {
+        let body: ResponseKind = next.body.await;
+        out.clear();
+        if let Err(e) = encode_response(
+            &mut out,
+            next.api_key,
+            next.version,
+            next.correlation_id,
+            &body,
+        ) {
+            // Our own bug; the client cannot be answered in this version.
+            tracing::error!(error = %e, "closing connection: response encoding failed");
+            break;
+        }
+        let api = api::api_name(next.api_key);
+        metrics::counter!("courier_bytes_out_total").increment(out.len() as u64);
+        metrics::histogram!("courier_request_seconds", "api" => api)
+            .record(next.started.elapsed().as_secs_f64());
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+        written.send_modify(|w| *w += 1);
+    }
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,171 @@
+//! The Courier broker: Kafka listener, request handlers, group coordinator,
+//! the sequencer that writes the ledger, and the admin endpoint.
+//!
+//! Data flows one way: socket → [`connection`] (framing, decode) →
+//! [`api`] handler → [`sequencer`] / [`topics`] / [`groups`] → ledger, and
+//! back. Handlers never see redb or the contract directly.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod groups;
+pub mod metrics;
+pub mod sequencer;
+pub mod server;
+pub mod shutdown;
+pub mod topics;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use courier_consensus::ledger::{Durability, LedgerStore, StoreError};
+use tokio::sync::Mutex;
+
+pub use config::BrokerConfig;
+use groups::GroupCoordinator;
+use sequencer::Sequencer;
+use shutdown::Shutdown;
+use topics::Topics;
+
+/// File name of the ledger database inside `log.dirs`.
+pub const LEDGER_FILE: &str = "ledger.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the ledger: {0}")]
+    Ledger(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+/// How clients reach this node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node_id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Everything handlers share.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub node: NodeInfo,
+    pub cluster_id: String,
+    pub store: Arc<LedgerStore>,
+    pub topics: Arc<Topics>,
+    pub sequencer: Sequencer,
+    pub groups: GroupCoordinator,
+    /// Serialises structural changes (create, delete, add partitions, alter).
+    pub admin_lock: Mutex<()>,
+}
+
+impl Broker {
+    pub fn ledger_path(config: &BrokerConfig) -> PathBuf {
+        config.log_dirs.join(LEDGER_FILE)
+    }
+}
+
+/// A running broker: its address, and how to stop it.
+pub struct RunningBroker {
+    pub broker: Arc<Broker>,
+    pub kafka_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shutdown: Shutdown,
+    server: tokio::task::JoinHandle<()>,
+    sequencer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    /// Stops accepting, lets connections finish their current request,
+    /// drains the sequencer, and returns once the ledger is closed.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        let _ = (&mut self.server).await;
+        self.broker.groups.stop();
+        let thread = self.sequencer.take();
+        drop(self.broker);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Opens the ledger, binds the listeners and starts serving.
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    std::fs::create_dir_all(&config.log_dirs).map_err(|source| StartError::DataDir {
+        path: config.log_dirs.clone(),
+        source,
+    })?;
+    let durability = if config.ledger_fsync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    let store = Arc::new(LedgerStore::open(
+        &Broker::ledger_path(&config),
+        durability,
+    )?);
+    let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
+    let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone());
+
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let kafka_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: addr.clone(),
+        source,
+    })?;
+    let (host, port) = match &config.advertised_listeners {
+        Some(a) => config::host_port(a)?,
+        None => (kafka_addr.ip().to_string(), kafka_addr.port()),
+    };
+    let shutdown = Shutdown::new();
+    let groups = GroupCoordinator::new(&config, shutdown.signal());
+    let broker = Arc::new(Broker {
+        node: NodeInfo {
+            node_id: config.node_id,
+            host,
+            port,
+        },
+        cluster_id: store.cluster_id()?,
+        config,
+        store,
+        topics,
+        sequencer,
+        groups,
+        admin_lock: Mutex::new(()),
+    });
+    metrics::install();
+    let admin_addr = if broker.config.admin_listener.is_empty() {
+        None
+    } else {
+        Some(admin::serve(broker.clone(), shutdown.signal()).await?)
+    };
+    let server = tokio::spawn(server::serve(broker.clone(), listener, shutdown.signal()));
+    Ok(RunningBroker {
+        broker,
+        kafka_addr,
+        admin_addr,
+        shutdown,
+        server,
+        sequencer: Some(sequencer_thread),
+    })
+}

@@ -1,0 +1,485 @@
+//! The sequencer: the one writer of the node's ledger.
+//!
+//! Handlers submit work (a partition's record batches, a consumer group's
+//! offset commit, a topic deletion) and await the outcome. The sequencer runs
+//! on its own thread: it takes everything that has queued up, applies the
+//! contract to each batch in arrival order, builds at most one block per
+//! partition, writes them all in one transaction (one fsync for the whole
+//! round: group commit), and only then answers. Whatever arrives during the
+//! write forms the next round, so batching grows with load by itself.
+//!
+//! This is the single-replica ordering; the PBFT issue replaces what happens
+//! between "round cut" and "blocks committed" with a consensus round, behind
+//! the same [`Sequencer`] handle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use courier_consensus::catalog::TopicRecord;
+use courier_consensus::contract::{judge, remember, ProducerTable, Verdict};
+use courier_consensus::ledger::{
+    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt,
+    StoreError, WriteSet,
+};
+use courier_protocol::records::{assign_offset, Batch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info_span};
+
+use crate::topics::Topics;
+
+/// Submissions queued before submitters wait (back-pressure).
+pub const QUEUE_SUBMISSIONS_MAX: usize = 4096;
+/// A round stops taking submissions past this many batch bytes…
+pub const ROUND_BYTES_MAX: usize = 64 << 20;
+/// …or this many submissions.
+pub const ROUND_SUBMISSIONS_MAX: usize = 8192;
+
+/// Where a produce landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// Why a produce was not appended.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Rejected {
+    #[error("producer epoch is older than the current one")]
+    InvalidProducerEpoch,
+    #[error("sequence number out of order")]
+    OutOfOrderSequence,
+    #[error("ledger write failed: {0}")]
+    Storage(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error("topic or partition no longer exists")]
+    UnknownTopicOrPartition,
+}
+
+enum Submission {
+    Produce {
+        pk: PartitionKey,
+        leader_epoch: i32,
+        batches: Vec<Batch>,
+        reply: oneshot::Sender<Result<Appended, Rejected>>,
+    },
+    Receipt {
+        pk: PartitionKey,
+        receipt: Receipt,
+        reply: oneshot::Sender<Result<(), Rejected>>,
+    },
+    DeleteTopic {
+        topic: TopicRecord,
+        reply: oneshot::Sender<Result<(), Rejected>>,
+    },
+}
+
+/// The handlers' side of the sequencer.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Submission>,
+    commits: watch::Receiver<u64>,
+}
+
+impl Sequencer {
+    /// Starts the sequencer thread. It ends when every handle is dropped,
+    /// after finishing the round in progress.
+    pub fn start(
+        store: Arc<LedgerStore>,
+        topics: Arc<Topics>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
+        let (commits_tx, commits) = watch::channel(0);
+        let worker = Worker {
+            store,
+            topics,
+            rx,
+            commits: commits_tx,
+            working: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("courier-sequencer".into())
+            .spawn(move || worker.run())
+            .expect("spawning the sequencer thread");
+        (Self { tx, commits }, thread)
+    }
+
+    /// Appends a partition's batches; resolves once they are durable (or
+    /// recognised as duplicates of durable ones).
+    pub async fn produce(
+        &self,
+        pk: PartitionKey,
+        leader_epoch: i32,
+        batches: Vec<Batch>,
+    ) -> Result<Appended, Rejected> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Submission::Produce {
+            pk,
+            leader_epoch,
+            batches,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(Rejected::ShuttingDown))
+    }
+
+    /// Enqueues a produce and returns the wait for its outcome, so a
+    /// connection can keep reading while the write is in flight and still
+    /// append in request order.
+    pub async fn enqueue_produce(
+        &self,
+        pk: PartitionKey,
+        leader_epoch: i32,
+        batches: Vec<Batch>,
+    ) -> oneshot::Receiver<Result<Appended, Rejected>> {
+        let (reply, rx) = oneshot::channel();
+        // If the sequencer is gone the sender is dropped and `rx` reports it.
+        let _ = self
+            .tx
+            .send(Submission::Produce {
+                pk,
+                leader_epoch,
+                batches,
+                reply,
+            })
+            .await;
+        rx
+    }
+
+    /// Records a consumer group's committed offset as a receipt on the
+    /// partition's ledger.
+    pub async fn commit_offset(&self, pk: PartitionKey, receipt: Receipt) -> Result<(), Rejected> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Submission::Receipt { pk, receipt, reply })
+            .await?;
+        rx.await.unwrap_or(Err(Rejected::ShuttingDown))
+    }
+
+    /// Deletes a topic's ledgers, ordered after every write already queued.
+    pub async fn delete_topic(&self, topic: TopicRecord) -> Result<(), Rejected> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Submission::DeleteTopic { topic, reply })
+            .await?;
+        rx.await.unwrap_or(Err(Rejected::ShuttingDown))
+    }
+
+    async fn submit(&self, s: Submission) -> Result<(), Rejected> {
+        self.tx.send(s).await.map_err(|_| Rejected::ShuttingDown)
+    }
+
+    /// Changes after every committed round: what long-polling fetches wait on.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+}
+
+/// What the contract needs of one partition between rounds.
+struct Working {
+    state: PartitionState,
+    producers: ProducerTable,
+}
+
+/// A block being assembled during a round.
+struct Draft {
+    base_offset: i64,
+    next_offset: i64,
+    max_timestamp: i64,
+    batches: BytesMut,
+    receipts: Vec<Receipt>,
+}
+
+enum Reply {
+    Produce(
+        oneshot::Sender<Result<Appended, Rejected>>,
+        Result<Appended, Rejected>,
+    ),
+    Receipt(oneshot::Sender<Result<(), Rejected>>),
+}
+
+struct Worker {
+    store: Arc<LedgerStore>,
+    topics: Arc<Topics>,
+    rx: mpsc::Receiver<Submission>,
+    commits: watch::Sender<u64>,
+    working: HashMap<PartitionKey, Working>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut round = Vec::new();
+        while let Some(first) = self.rx.blocking_recv() {
+            round.push(first);
+            let mut bytes = 0;
+            while round.len() < ROUND_SUBMISSIONS_MAX && bytes < ROUND_BYTES_MAX {
+                match self.rx.try_recv() {
+                    Ok(s) => {
+                        if let Submission::Produce { batches, .. } = &s {
+                            bytes += batches.iter().map(|b| b.bytes.len()).sum::<usize>();
+                        }
+                        round.push(s);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.run_round(&mut round);
+        }
+    }
+
+    fn working(&mut self, pk: PartitionKey) -> Result<&mut Working, StoreError> {
+        if !self.working.contains_key(&pk) {
+            let state = self.store.partition_state(&pk)?;
+            let producers = self.store.producers(&pk)?;
+            self.working.insert(pk, Working { state, producers });
+        }
+        Ok(self.working.get_mut(&pk).expect("inserted above"))
+    }
+
+    /// Executes one round. Deletions split it: writes queued before a
+    /// deletion are committed first, so order is kept.
+    fn run_round(&mut self, round: &mut Vec<Submission>) {
+        let started = Instant::now();
+        let span = info_span!("round", submissions = round.len());
+        let _enter = span.enter();
+        let mut drafts: BTreeMap<PartitionKey, Draft> = BTreeMap::new();
+        let mut replies = Vec::new();
+        let mut touched: HashMap<(PartitionKey, i64), ()> = HashMap::new();
+        let mut offsets = Vec::new();
+        for sub in round.drain(..) {
+            match sub {
+                Submission::Produce {
+                    pk,
+                    leader_epoch,
+                    batches,
+                    reply,
+                } => {
+                    let outcome =
+                        self.execute_produce(pk, leader_epoch, &batches, &mut drafts, &mut touched);
+                    replies.push(Reply::Produce(reply, outcome));
+                }
+                Submission::Receipt { pk, receipt, reply } => match self.working(pk) {
+                    Ok(w) => {
+                        let next = w.state.next_offset;
+                        let height = w.state.next_height;
+                        let draft = drafts.entry(pk).or_insert_with(|| Draft::empty(next));
+                        offsets.push((
+                            receipt.group_id.clone(),
+                            pk,
+                            CommittedOffset {
+                                offset: receipt.offset,
+                                leader_epoch: receipt.leader_epoch,
+                                metadata: receipt.metadata.clone(),
+                                commit_timestamp_ms: receipt.timestamp_ms,
+                                receipt_height: height,
+                            },
+                        ));
+                        draft.receipts.push(receipt);
+                        replies.push(Reply::Receipt(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Rejected::Storage(e.to_string())));
+                    }
+                },
+                Submission::DeleteTopic { topic, reply } => {
+                    self.commit(
+                        std::mem::take(&mut drafts),
+                        std::mem::take(&mut touched),
+                        std::mem::take(&mut offsets),
+                        std::mem::take(&mut replies),
+                    );
+                    let outcome = self
+                        .store
+                        .delete_topic(&topic)
+                        .map_err(|e| Rejected::Storage(e.to_string()));
+                    self.working.retain(|pk, _| pk.topic_id != topic.id);
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        self.commit(drafts, touched, offsets, replies);
+        metrics::histogram!("courier_sequencer_round_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Applies the contract to one submission's batches, all or nothing.
+    fn execute_produce(
+        &mut self,
+        pk: PartitionKey,
+        leader_epoch: i32,
+        batches: &[Batch],
+        drafts: &mut BTreeMap<PartitionKey, Draft>,
+        touched: &mut HashMap<(PartitionKey, i64), ()>,
+    ) -> Result<Appended, Rejected> {
+        // The handler looked the topic up before queueing; a deletion ordered
+        // in between must win, or blocks would outlive their topic.
+        match self.topics.get_by_id(&pk.topic_id) {
+            Some(t) if (0..t.partitions).contains(&pk.partition) => {}
+            _ => return Err(Rejected::UnknownTopicOrPartition),
+        }
+        let working = self
+            .working(pk)
+            .map_err(|e| Rejected::Storage(e.to_string()))?;
+        let draft = drafts
+            .entry(pk)
+            .or_insert_with(|| Draft::empty(working.state.next_offset));
+        let rollback = (draft.batches.len(), draft.next_offset, draft.max_timestamp);
+        let saved: Vec<(i64, Option<_>)> = batches
+            .iter()
+            .filter(|b| b.header.is_idempotent())
+            .map(|b| {
+                (
+                    b.header.producer_id,
+                    working.producers.get(&b.header.producer_id).cloned(),
+                )
+            })
+            .collect();
+        let mut first_offset = None;
+        for batch in batches {
+            let h = &batch.header;
+            let verdict = judge(working.producers.get(&h.producer_id), h);
+            let rejected = match verdict {
+                Verdict::Append => None,
+                Verdict::Duplicate { base_offset } => {
+                    first_offset.get_or_insert(base_offset);
+                    continue;
+                }
+                Verdict::InvalidProducerEpoch => Some(Rejected::InvalidProducerEpoch),
+                Verdict::OutOfOrderSequence => Some(Rejected::OutOfOrderSequence),
+            };
+            if let Some(rejected) = rejected {
+                draft.batches.truncate(rollback.0);
+                draft.next_offset = rollback.1;
+                draft.max_timestamp = rollback.2;
+                for (pid, state) in &saved {
+                    match state {
+                        Some(s) => working.producers.insert(*pid, s.clone()),
+                        None => working.producers.remove(pid),
+                    };
+                }
+                debug!(?pk, %rejected, "batch rejected by contract");
+                return Err(rejected);
+            }
+            let base = draft.next_offset;
+            let start = draft.batches.len();
+            draft.batches.extend_from_slice(&batch.bytes);
+            assign_offset(&mut draft.batches[start..], base, leader_epoch);
+            draft.next_offset = base + h.records_count as i64;
+            draft.max_timestamp = draft.max_timestamp.max(h.max_timestamp);
+            if h.is_idempotent() {
+                remember(working.producers.entry(h.producer_id).or_default(), h, base);
+                touched.insert((pk, h.producer_id), ());
+            }
+            first_offset.get_or_insert(base);
+        }
+        Ok(Appended {
+            base_offset: first_offset.unwrap_or(draft.base_offset),
+            log_start_offset: working.state.log_start_offset,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        drafts: BTreeMap<PartitionKey, Draft>,
+        touched: HashMap<(PartitionKey, i64), ()>,
+        offsets: Vec<(String, PartitionKey, CommittedOffset)>,
+        replies: Vec<Reply>,
+    ) {
+        if drafts.is_empty() && replies.is_empty() {
+            return;
+        }
+        let mut set = WriteSet {
+            offsets,
+            ..Default::default()
+        };
+        for (pk, draft) in drafts {
+            if draft.batches.is_empty() && draft.receipts.is_empty() {
+                continue;
+            }
+            let Some(w) = self.working.get(&pk) else {
+                continue;
+            };
+            set.blocks.push(Block {
+                partition: pk,
+                height: w.state.next_height,
+                view: 0,
+                prev_hash: w.state.last_hash,
+                base_offset: w.state.next_offset,
+                next_offset: draft.next_offset,
+                max_timestamp: draft.max_timestamp,
+                config_version: 0,
+                receipts: draft.receipts,
+                batches: draft.batches.freeze(),
+            });
+        }
+        for (pk, producer_id) in touched.into_keys() {
+            if let Some(state) = self
+                .working
+                .get(&pk)
+                .and_then(|w| w.producers.get(&producer_id))
+            {
+                set.producers.push(ProducerEntry {
+                    partition: pk,
+                    producer_id,
+                    state: state.clone(),
+                });
+            }
+        }
+        let written = Instant::now();
+        match self.store.commit(&set) {
+            Ok(states) => {
+                metrics::histogram!("courier_ledger_commit_seconds")
+                    .record(written.elapsed().as_secs_f64());
+                metrics::counter!("courier_ledger_blocks_total").increment(set.blocks.len() as u64);
+                let updates: Vec<_> = set.blocks.iter().map(|b| b.partition).zip(states).collect();
+                for (pk, state) in &updates {
+                    if let Some(w) = self.working.get_mut(pk) {
+                        w.state = *state;
+                    }
+                }
+                self.topics.set_states(updates);
+                self.commits.send_modify(|n| *n += 1);
+                for r in replies {
+                    match r {
+                        Reply::Produce(tx, outcome) => {
+                            let _ = tx.send(outcome);
+                        }
+                        Reply::Receipt(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "ledger commit failed; the round is refused");
+                // In-memory contract state ran ahead of the disk: reload it.
+                for b in &set.blocks {
+                    self.working.remove(&b.partition);
+                }
+                let failed = Rejected::Storage(e.to_string());
+                for r in replies {
+                    match r {
+                        Reply::Produce(tx, _) => {
+                            let _ = tx.send(Err(failed.clone()));
+                        }
+                        Reply::Receipt(tx) => {
+                            let _ = tx.send(Err(failed.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Draft {
+    fn empty(next_offset: i64) -> Self {
+        Self {
+            base_offset: next_offset,
+            next_offset,
+            max_timestamp: -1,
+            batches: BytesMut::new(),
+            receipts: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The Kafka listener: accepts connections and gives each its own task, so
+//! a slow or hostile client costs only its own task and buffers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::connection;
+use crate::shutdown::ShutdownSignal;
+use crate::Broker;
+
+/// How long connections get to finish their current request at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: ShutdownSignal) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    metrics::counter!("courier_connections_total").increment(1);
+                    connections.spawn(connection::serve(broker.clone(), stream, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    drop(listener);
+    info!(
+        open = connections.len(),
+        "listener closed; waiting for connections"
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        connections.abort_all();
+    }
+}

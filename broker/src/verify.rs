@@ -1,0 +1,69 @@
+//! `courier ledger verify`: re-walks every partition chain in a data
+//! directory and reports the first bad block.
+
+use std::path::Path;
+
+use courier_consensus::ledger::{
+    verify_partition, Durability, LedgerStore, StoreError, VerifyError,
+};
+
+/// One verified partition.
+#[derive(Debug, Clone)]
+pub struct PartitionSummary {
+    pub topic: String,
+    pub partition: i32,
+    pub blocks: u64,
+    pub records: i64,
+    pub receipts: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerCheckError {
+    #[error("cannot open the ledger at {path} (is a broker still running on it?): {source}")]
+    Open { path: String, source: StoreError },
+    #[error("{topic}: {source}")]
+    Bad { topic: String, source: VerifyError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Verifies every partition; `on_block` is called once per verified block,
+/// `total` is told the number of blocks up front.
+pub fn verify_data_dir(
+    data_dir: &Path,
+    total: impl FnOnce(u64),
+    mut on_block: impl FnMut(),
+) -> Result<Vec<PartitionSummary>, LedgerCheckError> {
+    let path = data_dir.join(crate::LEDGER_FILE);
+    let store =
+        LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let topics = store.topics()?;
+    let partitions = store.partitions()?;
+    total(partitions.iter().map(|(_, s)| s.next_height).sum());
+    let mut out = Vec::new();
+    for (pk, _) in partitions {
+        let topic = topics
+            .iter()
+            .find(|t| t.id == pk.topic_id)
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
+        let report = verify_partition(&store, &pk, |_| on_block()).map_err(|source| {
+            LedgerCheckError::Bad {
+                topic: topic.clone(),
+                source,
+            }
+        })?;
+        out.push(PartitionSummary {
+            topic,
+            partition: pk.partition,
+            blocks: report.blocks,
+            records: report.records,
+            receipts: report.receipts,
+        });
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(out)
+}

@@ -164,7 +164,8 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConf
         };
         results.push(match entries {
             Ok(mut entries) => {
-                if let Some(keys) = &res.configuration_keys {
+                // Null asks for every setting; so does an empty list.
+                if let Some(keys) = res.configuration_keys.as_ref().filter(|k| !k.is_empty()) {
                     entries.retain(|e| keys.iter().any(|k| k.as_str() == e.name.as_str()));
                 }
                 r.with_configs(entries)

@@ -13,7 +13,8 @@ pub async fn handle(broker: &Arc<Broker>, req: InitProducerIdRequest) -> InitPro
     let r = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if req.transactional_id.is_some() {
+    // Clients send null when not transactional; an empty id means the same.
+    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
         super::count_error(
             courier_protocol::ApiKey::InitProducerId,
             ResponseError::InvalidRequest.code(),

@@ -4,9 +4,10 @@
 //! Data flows one way: socket → [`connection`] (framing, decode) →
 //! [`api`] handler → [`sequencer`] / [`topics`] / [`groups`] → ledger, and
 //! back. Handlers never see redb or the contract directly.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
+mod alloc;
 pub mod api;
 pub mod config;
 pub mod connection;

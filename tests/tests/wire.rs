@@ -135,8 +135,8 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                         ]),
                 ]),
         ),
-        ApiKey::OffsetFetch if version >= 8 => RequestKind::OffsetFetch(
-            OffsetFetchRequest::default().with_groups(vec![
+        ApiKey::OffsetFetch if version >= 8 => {
+            RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![
                 offset_fetch_request::OffsetFetchRequestGroup::default()
                     .with_group_id(group)
                     .with_topics(Some(vec![
@@ -144,8 +144,8 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                             .with_name(tn("sweep"))
                             .with_partition_indexes(vec![0]),
                     ])),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::OffsetFetch => RequestKind::OffsetFetch(
             OffsetFetchRequest::default()
                 .with_group_id(group)
@@ -236,16 +236,16 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                         ]),
                 ]),
         ),
-        ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(
-            DescribeConfigsRequest::default().with_resources(vec![
+        ApiKey::DescribeConfigs => {
+            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
                 describe_configs_request::DescribeConfigsResource::default()
                     .with_resource_type(2)
                     .with_resource_name(s("sweep")),
                 describe_configs_request::DescribeConfigsResource::default()
                     .with_resource_type(4)
                     .with_resource_name(s("1")),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::CreatePartitions => RequestKind::CreatePartitions(
             CreatePartitionsRequest::default()
                 .with_timeout_ms(1000)
@@ -420,6 +420,14 @@ async fn bad_frames_close_only_their_own_connection() {
     w.send_raw_frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0, 0, 0, 5, 0, 200])
         .await;
     assert!(w.is_closed().await, "garbage Metadata body");
+    still_serving(&broker, 2).await;
+
+    // A 14-byte Metadata request claiming i32::MAX topics: the codec would
+    // pre-allocate ~100 GB for it (see broker/src/alloc.rs).
+    let mut w = Wire::connect(broker.addr()).await;
+    w.send_raw_frame(&[0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff])
+        .await;
+    assert!(w.is_closed().await, "absurd array count");
     still_serving(&broker, 2).await;
 
     // A frame too short to hold a header.

@@ -686,3 +686,128 @@ async fn pipelined_produces_are_answered_in_order_with_contiguous_offsets() {
         assert_eq!(produce_result(resp), (0, 2 * i as i64));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_topic_configs_persist_across_a_restart() {
+    let mut broker = TestBroker::start(&[]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    create_topic(&mut w, "t", 1).await;
+    let alter = |op: i8, name: &str, value: Option<&str>| {
+        RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("t"))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(s(name))
+                            .with_config_operation(op)
+                            .with_value(value.map(s)),
+                    ]),
+            ]),
+        )
+    };
+    let code = |r: ResponseKind| match r {
+        ResponseKind::IncrementalAlterConfigs(r) => r.responses[0].error_code,
+        _ => panic!(),
+    };
+    assert_eq!(
+        code(
+            w.call(
+                ApiKey::IncrementalAlterConfigs,
+                1,
+                &alter(0, "retention.ms", Some("1234"))
+            )
+            .await
+        ),
+        0
+    );
+    assert_eq!(
+        code(
+            w.call(
+                ApiKey::IncrementalAlterConfigs,
+                1,
+                &alter(0, "max.message.bytes", Some("4096"))
+            )
+            .await
+        ),
+        0
+    );
+    assert_eq!(
+        code(
+            w.call(
+                ApiKey::IncrementalAlterConfigs,
+                1,
+                &alter(0, "no.such.thing", Some("1"))
+            )
+            .await
+        ),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        code(
+            w.call(
+                ApiKey::IncrementalAlterConfigs,
+                1,
+                &alter(0, "retention.ms", Some("soon"))
+            )
+            .await
+        ),
+        ResponseError::InvalidConfig.code()
+    );
+    drop(w);
+    broker.restart(&[]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    let describe = RequestKind::DescribeConfigs(
+        DescribeConfigsRequest::default().with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("t")),
+        ]),
+    );
+    let ResponseKind::DescribeConfigs(r) = w.call(ApiKey::DescribeConfigs, 4, &describe).await
+    else {
+        panic!()
+    };
+    let value = |n: &str| {
+        r.results[0]
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == n)
+            .and_then(|c| c.value.as_ref())
+            .map(|v| v.to_string())
+    };
+    assert_eq!(value("retention.ms").as_deref(), Some("1234"));
+    assert_eq!(value("max.message.bytes").as_deref(), Some("4096"));
+    // The altered max.message.bytes is enforced.
+    let big = "y".repeat(5000);
+    let (code, _) = produce_result(
+        w.call(
+            ApiKey::Produce,
+            9,
+            &produce_request("t", batch(&[&big], ProducerIds::NONE), -1),
+        )
+        .await,
+    );
+    assert_eq!(code, ResponseError::MessageTooLarge.code());
+    // DELETE restores the default.
+    let ResponseKind::IncrementalAlterConfigs(_) = w
+        .call(
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            &alter(1, "max.message.bytes", None),
+        )
+        .await
+    else {
+        panic!()
+    };
+    let (code, _) = produce_result(
+        w.call(
+            ApiKey::Produce,
+            9,
+            &produce_request("t", batch(&[&big], ProducerIds::NONE), -1),
+        )
+        .await,
+    );
+    assert_eq!(code, 0);
+}

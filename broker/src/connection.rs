@@ -32,12 +32,19 @@ use crate::Broker;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A response body: ready now, or when queued work completes.
+#[allow(clippy::large_enum_variant)] // one per request, moved once
+enum Body {
+    Ready(ResponseKind),
+    Pending(ResponseFuture),
+}
+
 /// A response the writer will send once its body is ready.
 struct Outgoing {
     api_key: ApiKey,
     version: i16,
     correlation_id: i32,
-    body: ResponseFuture,
+    body: Body,
     started: Instant,
 }
 
@@ -82,12 +89,13 @@ pub async fn serve(
             };
             metrics::counter!("courier_bytes_in_total").increment(frame.len() as u64 + 4);
             let started = Instant::now();
-            let request = match decode_request(frame.freeze()) {
+            let frame = frame.freeze();
+            let request = match decode_request(frame.clone()) {
                 Ok(r) => r,
                 Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, .. }) => {
                     // KIP-511: answer in v0 with our table so the client can pick.
-                    let body = api::api_versions::unsupported_version();
-                    let out = Outgoing { api_key: ApiKey::ApiVersions, version: 0, correlation_id, body: Box::pin(async { body }), started };
+                    let body = Body::Ready(api::api_versions::unsupported_version());
+                    let out = Outgoing { api_key: ApiKey::ApiVersions, version: 0, correlation_id, body, started };
                     if tx.send(out).await.is_err() {
                         break;
                     }
@@ -96,10 +104,14 @@ pub async fn serve(
                 }
                 Err(e) => {
                     warn!(error = %e, "closing connection: request cannot be served");
+                    debug!(frame_head = %hex_head(&frame), "refused frame");
                     metrics::counter!("courier_connections_closed_total", "reason" => "bad_request").increment(1);
                     break;
                 }
             };
+            if request.trailing_bytes > 0 {
+                debug!(api = ?request.api_key, trailing = request.trailing_bytes, "ignoring bytes after the request body");
+            }
             let api_key = request.api_key;
             let version = request.version();
             let correlation_id = request.correlation_id();
@@ -115,8 +127,8 @@ pub async fn serve(
             let span = info_span!("request", api = ?api_key, version, correlation_id, client_id = %ctx.client_id);
             let reply = api::dispatch(&broker, &ctx, request).instrument(span).await;
             let body = match reply {
-                Reply::Now(body) => Box::pin(async move { body }) as ResponseFuture,
-                Reply::Later(fut) => fut,
+                Reply::Now(body) => Body::Ready(body),
+                Reply::Later(fut) => Body::Pending(fut),
                 Reply::Nothing => continue,
                 Reply::Close => break,
             };
@@ -133,6 +145,16 @@ pub async fn serve(
     .await
 }
 
+/// The first bytes of a frame, in hex, for logs.
+fn hex_head(frame: &[u8]) -> String {
+    const HEAD_BYTES: usize = 128;
+    frame
+        .iter()
+        .take(HEAD_BYTES)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 async fn write_responses(
     mut writer: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -140,7 +162,10 @@ async fn write_responses(
 ) {
     let mut out = BytesMut::new();
     while let Some(next) = rx.recv().await {
-        let body: ResponseKind = next.body.await;
+        let body = match next.body {
+            Body::Ready(body) => body,
+            Body::Pending(fut) => fut.await,
+        };
         out.clear();
         if let Err(e) = encode_response(
             &mut out,

@@ -226,7 +226,7 @@ impl GroupCoordinator {
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
         let rx = match self.start_join(req) {
             Ok(rx) => rx,
-            Err(outcome) => return outcome,
+            Err(outcome) => return *outcome,
         };
         rx.await.unwrap_or(JoinOutcome {
             error: e(ResponseError::CoordinatorNotAvailable),
@@ -234,7 +234,11 @@ impl GroupCoordinator {
         })
     }
 
-    fn start_join(&self, req: JoinRequest) -> Result<oneshot::Receiver<JoinOutcome>, JoinOutcome> {
+    /// Registers a join; `Err` is an immediate answer.
+    fn start_join(
+        &self,
+        req: JoinRequest,
+    ) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
         let fail = |error: ResponseError| JoinOutcome {
             error: error.code(),
             member_id: req.member_id.clone(),
@@ -242,24 +246,24 @@ impl GroupCoordinator {
         };
         let s = &self.inner.settings;
         if req.group_id.is_empty() {
-            return Err(fail(ResponseError::InvalidGroupId));
+            return Err(Box::new(fail(ResponseError::InvalidGroupId)));
         }
         if req.session_timeout_ms < s.session_min_ms || req.session_timeout_ms > s.session_max_ms {
-            return Err(fail(ResponseError::InvalidSessionTimeout));
+            return Err(Box::new(fail(ResponseError::InvalidSessionTimeout)));
         }
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
-            return Err(fail(ResponseError::InconsistentGroupProtocol));
+            return Err(Box::new(fail(ResponseError::InconsistentGroupProtocol)));
         }
         let mut groups = self.lock();
         if !groups.contains_key(&req.group_id) && groups.len() >= GROUPS_MAX {
-            return Err(fail(ResponseError::CoordinatorNotAvailable));
+            return Err(Box::new(fail(ResponseError::CoordinatorNotAvailable)));
         }
         let group = groups
             .entry(req.group_id.clone())
             .or_insert_with(Group::new);
         if let Some(pt) = &group.protocol_type {
             if !group.members.is_empty() && pt != &req.protocol_type {
-                return Err(fail(ResponseError::InconsistentGroupProtocol));
+                return Err(Box::new(fail(ResponseError::InconsistentGroupProtocol)));
             }
         }
         if !group.members.is_empty()
@@ -270,7 +274,7 @@ impl GroupCoordinator {
                     .all(|m| m.protocols.iter().any(|(mn, _)| mn == n))
             })
         {
-            return Err(fail(ResponseError::InconsistentGroupProtocol));
+            return Err(Box::new(fail(ResponseError::InconsistentGroupProtocol)));
         }
         let now = Instant::now();
         let member_id = if req.member_id.is_empty() {
@@ -285,23 +289,23 @@ impl GroupCoordinator {
             );
             if req.require_known_member_id {
                 group.pending.insert(id.clone(), now);
-                return Err(JoinOutcome {
+                return Err(Box::new(JoinOutcome {
                     error: e(ResponseError::MemberIdRequired),
                     member_id: id,
                     ..Default::default()
-                });
+                }));
             }
             id
         } else {
             if !group.members.contains_key(&req.member_id)
                 && group.pending.remove(&req.member_id).is_none()
             {
-                return Err(fail(ResponseError::UnknownMemberId));
+                return Err(Box::new(fail(ResponseError::UnknownMemberId)));
             }
             req.member_id.clone()
         };
         if !group.members.contains_key(&member_id) && group.members.len() >= MEMBERS_PER_GROUP_MAX {
-            return Err(fail(ResponseError::GroupMaxSizeReached));
+            return Err(Box::new(fail(ResponseError::GroupMaxSizeReached)));
         }
         let (tx, rx) = oneshot::channel();
         let member = group
@@ -337,8 +341,12 @@ impl GroupCoordinator {
                 // A follower rejoining with nothing new: hand back the
                 // current generation without disturbing the others.
                 let outcome = join_outcome(group, &member_id);
-                if let Some(m) = group.members.get_mut(&member_id) {
-                    m.join_waiter.take().map(|w| w.send(outcome));
+                if let Some(w) = group
+                    .members
+                    .get_mut(&member_id)
+                    .and_then(|m| m.join_waiter.take())
+                {
+                    let _ = w.send(outcome);
                 }
             }
             GroupState::PreparingRebalance => {}
@@ -408,7 +416,7 @@ impl GroupCoordinator {
         }
         let now = Instant::now();
         let delay_over = group.initial_delay_until.is_none_or(|t| now >= t);
-        if !force && !(group.all_rejoined() && delay_over) {
+        if !(force || (group.all_rejoined() && delay_over)) {
             return;
         }
         group.members.retain(|_, m| m.join_waiter.is_some());

@@ -17,6 +17,10 @@ pub struct Request {
     pub header: RequestHeader,
     pub api_key: ApiKey,
     pub body: RequestKind,
+    /// Bytes left after the body's last field. Kafka's broker ignores them
+    /// and some clients send them (librdkafka 2.16 with Metadata v12), so
+    /// Courier ignores them too, and reports how many for logging.
+    pub trailing_bytes: usize,
 }
 
 impl Request {
@@ -44,7 +48,7 @@ pub enum RequestError {
         version: i16,
         correlation_id: i32,
     },
-    /// Header or body do not parse, or bytes are left over.
+    /// Header or body do not parse.
     #[error("malformed {api_key:?} v{version} request: {reason}")]
     Malformed {
         api_key: ApiKey,
@@ -87,13 +91,11 @@ pub fn decode_request(frame: Bytes) -> Result<Request, RequestError> {
         .map_err(|e| malformed(format!("header: {e}")))?;
     let body = RequestKind::decode(api_key, &mut buf, version)
         .map_err(|e| malformed(format!("body: {e}")))?;
-    if buf.has_remaining() {
-        return Err(malformed(format!("{} trailing bytes", buf.remaining())));
-    }
     Ok(Request {
         header,
         api_key,
         body,
+        trailing_bytes: buf.remaining(),
     })
 }
 
@@ -160,14 +162,31 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_malformed() {
+    fn trailing_bytes_are_ignored_and_counted_as_kafka_does() {
         let body = RequestKind::ApiVersions(ApiVersionsRequest::default());
         let mut frame = BytesMut::from(&encode(ApiKey::ApiVersions, 0, &body)[..]);
         frame.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(
-            decode_request(frame.freeze()),
-            Err(RequestError::Malformed { .. })
-        ));
+        let req = decode_request(frame.freeze()).unwrap();
+        assert_eq!((req.api_key, req.trailing_bytes), (ApiKey::ApiVersions, 3));
+    }
+
+    /// What librdkafka 2.16 sends for "all topics": Metadata v12 with three
+    /// bytes after the last field.
+    #[test]
+    fn librdkafka_2_16_metadata_v12_is_accepted() {
+        let frame = Bytes::from_static(&[
+            0x00, 0x03, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x03, 0x00, 0x07, b'r', b'd', b'k', b'a',
+            b'f', b'k', b'a', 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        ]);
+        let req = decode_request(frame).unwrap();
+        assert_eq!(
+            (req.api_key, req.version(), req.trailing_bytes),
+            (ApiKey::Metadata, 12, 3)
+        );
+        let RequestKind::Metadata(m) = req.body else {
+            panic!("not metadata")
+        };
+        assert!(m.topics.is_none(), "all topics");
     }
 
     proptest! {

@@ -758,13 +758,12 @@ async fn altered_topic_configs_persist_across_a_restart() {
     drop(w);
     broker.restart(&[]).await;
     let mut w = Wire::connect(broker.addr()).await;
-    let describe = RequestKind::DescribeConfigs(
-        DescribeConfigsRequest::default().with_resources(vec![
+    let describe =
+        RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             describe_configs_request::DescribeConfigsResource::default()
                 .with_resource_type(2)
                 .with_resource_name(s("t")),
-        ]),
-    );
+        ]));
     let ResponseKind::DescribeConfigs(r) = w.call(ApiKey::DescribeConfigs, 4, &describe).await
     else {
         panic!()

@@ -40,7 +40,9 @@ use crate::Broker;
 /// A response body that is not ready yet.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
 
-/// What a handler gives the connection.
+/// What a handler gives the connection. Moved once per request; boxing
+/// the ready response would cost an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// The response, ready to send.
     Now(ResponseKind),

@@ -1,0 +1,214 @@
+//! Produce/consume benchmark driver, using librdkafka (the `rdkafka` crate).
+//!
+//! For each case (record size × partition count) it creates a fresh topic,
+//! produces `--records` records with acks=all as fast as librdkafka will
+//! take them, records every acknowledgement latency (enqueue → delivery
+//! report), then consumes them all back from the beginning. Every loop is
+//! bounded by count and by `--max-seconds`.
+//!
+//! ```text
+//! courier-bench --bootstrap 127.0.0.1:9092 --records 200000
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Records per case.
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Record sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "1024,100")]
+    sizes: Vec<usize>,
+    /// Partition counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,6")]
+    partitions: Vec<i32>,
+    /// Upper bound on each phase of each case.
+    #[arg(long, default_value_t = 120)]
+    max_seconds: u64,
+    /// Label printed with each result line.
+    #[arg(long, default_value = "courier")]
+    label: String,
+}
+
+/// Collects acknowledgement latencies from librdkafka's delivery callback.
+struct Acks {
+    latencies_us: Mutex<Vec<u32>>,
+    failures: Mutex<u64>,
+}
+
+struct BenchContext(Arc<Acks>);
+
+impl ClientContext for BenchContext {}
+
+impl ProducerContext for BenchContext {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+        let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match result {
+            Ok(_) => self
+                .0
+                .latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(us),
+            Err(_) => *self.0.failures.lock().unwrap_or_else(|p| p.into_inner()) += 1,
+        }
+    }
+}
+
+struct CaseResult {
+    produce_mb_s: f64,
+    produce_records_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    consume_mb_s: f64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn produce(args: &Args, topic: &str, size: usize) -> anyhow::Result<(Duration, Vec<u32>)> {
+    let acks = Arc::new(Acks {
+        latencies_us: Mutex::new(Vec::with_capacity(args.records)),
+        failures: Mutex::new(0),
+    });
+    let producer: ThreadedProducer<BenchContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create_with_context(BenchContext(acks.clone()))?;
+    let payload = vec![b'x'; size];
+    let limit = Duration::from_secs(args.max_seconds);
+    let start = Instant::now();
+    for i in 0..args.records {
+        let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
+            BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(&payload[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                    if start.elapsed() > limit {
+                        bail!("producer stalled at record {i}");
+                    }
+                }
+                Err((e, _)) => bail!("send failed at record {i}: {e}"),
+            }
+        }
+    }
+    producer.flush(limit).context("flush")?;
+    let elapsed = start.elapsed();
+    let failures = *acks.failures.lock().unwrap_or_else(|p| p.into_inner());
+    if failures > 0 {
+        bail!("{failures} records were not acknowledged");
+    }
+    let mut lat = std::mem::take(&mut *acks.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+    lat.sort_unstable();
+    Ok((elapsed, lat))
+}
+
+fn consume(args: &Args, topic: &str, partitions: i32) -> anyhow::Result<(Duration, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let limit = Duration::from_secs(args.max_seconds);
+    let start = Instant::now();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    while count < args.records {
+        if start.elapsed() > limit {
+            bail!(
+                "consumer read {count} of {} records in {limit:?}",
+                args.records
+            );
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            count += 1;
+        }
+    }
+    Ok((start.elapsed(), bytes))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "{:<10} {:>6} {:>4} {:>10} {:>12} {:>9} {:>9} {:>12}",
+        "target", "size", "part", "prod MB/s", "prod rec/s", "p50 ms", "p99 ms", "cons MB/s"
+    );
+    let run = Instant::now().elapsed().as_nanos() ^ std::process::id() as u128;
+    for &size in &args.sizes {
+        for &partitions in &args.partitions {
+            let topic = format!("bench-{size}b-{partitions}p-{run:x}");
+            create_topic(&args.bootstrap, &topic, partitions).await?;
+            let (produce_time, lat) = produce(&args, &topic, size)?;
+            let (consume_time, consumed_bytes) = consume(&args, &topic, partitions)?;
+            let total_mb = (args.records * size) as f64 / 1e6;
+            let r = CaseResult {
+                produce_mb_s: total_mb / produce_time.as_secs_f64(),
+                produce_records_s: args.records as f64 / produce_time.as_secs_f64(),
+                p50_ms: percentile(&lat, 0.50),
+                p99_ms: percentile(&lat, 0.99),
+                consume_mb_s: consumed_bytes as f64 / 1e6 / consume_time.as_secs_f64(),
+            };
+            println!(
+                "{:<10} {:>6} {:>4} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>12.1}",
+                args.label,
+                size,
+                partitions,
+                r.produce_mb_s,
+                r.produce_records_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.consume_mb_s
+            );
+        }
+    }
+    Ok(())
+}

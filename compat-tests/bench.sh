@@ -18,6 +18,6 @@ trap cleanup EXIT
 pid=$!
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 echo "courier dev (1 replica, ledger.fsync=true), $records records per case, $(nproc) cores shared with the client"
-"$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" --label courier-1r "$@"
+"$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" --label courier-1r --broker-pid "$pid" "$@"
 kill -INT "$pid"; wait "$pid" || true; pid=
 rm -f "$data.log"

@@ -40,14 +40,20 @@ pid=
 echo "ok   ledger verifies after every client ran"
 
 # Change one byte of the stored record by hand.
-"$python" - "$data/ledger/ledger.redb" <<'PY'
-import sys
-path = sys.argv[1]
-data = bytearray(open(path, "rb").read())
-at = data.find(b"COURIER-TAMPER-MARKER-0123456789")
-assert at >= 0, "marker not found in the ledger file"
-data[at] ^= 0x01
-open(path, "wb").write(data)
+"$python" - "$data/ledger" <<'PY'
+import os, sys
+marker = b"COURIER-TAMPER-MARKER-0123456789"
+for name in sorted(os.listdir(sys.argv[1])):
+    path = os.path.join(sys.argv[1], name)
+    data = bytearray(open(path, "rb").read())
+    at = data.find(marker)
+    if at >= 0:
+        data[at] ^= 0x01
+        open(path, "wb").write(data)
+        print(f"flipped one bit of the stored record in {name}")
+        break
+else:
+    sys.exit("marker not found in the ledger files")
 PY
 if "$courier" ledger verify --data-dir "$data/ledger"; then
   echo "FAIL ledger verify accepted a hand-corrupted block"; exit 1

@@ -12,10 +12,7 @@ use axum::Router;
 use crate::shutdown::ShutdownSignal;
 use crate::{Broker, StartError};
 
-pub async fn serve(
-    broker: Arc<Broker>,
-    mut shutdown: ShutdownSignal,
-) -> Result<SocketAddr, StartError> {
+pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<SocketAddr, StartError> {
     let addr = broker.config.admin_listener.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -13,15 +13,9 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid TOML: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("--set {0}: expected name=value")]
     BadOverride(String),
     #[error("invalid settings: {0}")]
@@ -105,11 +99,7 @@ fn flatten(prefix: &str, value: toml::Value, out: &mut BTreeMap<String, toml::Va
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let name = if prefix.is_empty() {
-                    k
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let name = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                 flatten(&name, v, out);
             }
         }
@@ -136,17 +126,14 @@ impl BrokerConfig {
                 path: path.to_owned(),
                 source,
             })?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
             flatten("", toml::Value::Table(table), &mut flat);
         }
         for o in overrides {
-            let (name, value) = o
-                .split_once('=')
-                .ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            let (name, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
             flat.insert(name.trim().to_owned(), parse_scalar(value.trim()));
         }
         let table: toml::Table = flat.into_iter().collect();
@@ -163,10 +150,7 @@ impl BrokerConfig {
             return bad("num.partitions must be at least 1".into());
         }
         if self.message_max_bytes < 1024 || self.message_max_bytes > self.socket_request_max_bytes {
-            return bad(
-                "message.max.bytes must be at least 1024 and at most socket.request.max.bytes"
-                    .into(),
-            );
+            return bad("message.max.bytes must be at least 1024 and at most socket.request.max.bytes".into());
         }
         if self.connection_requests_inflight_max == 0 {
             return bad("connection.requests.inflight.max must be at least 1".into());
@@ -219,11 +203,7 @@ mod tests {
             "auto.create.topics.enable = false\n\"num.partitions\" = 3\n[log]\ndirs = \"/tmp/x\"\n",
         )
         .unwrap();
-        let c = BrokerConfig::load(
-            Some(&path),
-            &["num.partitions=6".into(), "ledger.fsync=false".into()],
-        )
-        .unwrap();
+        let c = BrokerConfig::load(Some(&path), &["num.partitions=6".into(), "ledger.fsync=false".into()]).unwrap();
         assert!(!c.auto_create_topics_enable);
         assert_eq!(c.num_partitions, 6);
         assert_eq!(c.log_dirs, PathBuf::from("/tmp/x"));

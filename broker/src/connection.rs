@@ -50,12 +50,7 @@ struct Outgoing {
 
 /// Serves one connection until the peer closes it, sends something that is
 /// not a request we can answer, or the broker shuts down.
-pub async fn serve(
-    broker: Arc<Broker>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: ShutdownSignal,
-) {
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut shutdown: ShutdownSignal) {
     let span = info_span!("connection", %peer);
     async move {
         let _ = stream.set_nodelay(true);
@@ -148,18 +143,10 @@ pub async fn serve(
 /// The first bytes of a frame, in hex, for logs.
 fn hex_head(frame: &[u8]) -> String {
     const HEAD_BYTES: usize = 128;
-    frame
-        .iter()
-        .take(HEAD_BYTES)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    frame.iter().take(HEAD_BYTES).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn write_responses(
-    mut writer: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
-    written: watch::Sender<u64>,
-) {
+async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, written: watch::Sender<u64>) {
     let mut out = BytesMut::new();
     while let Some(next) = rx.recv().await {
         let body = match next.body {
@@ -167,21 +154,14 @@ async fn write_responses(
             Body::Pending(fut) => fut.await,
         };
         out.clear();
-        if let Err(e) = encode_response(
-            &mut out,
-            next.api_key,
-            next.version,
-            next.correlation_id,
-            &body,
-        ) {
+        if let Err(e) = encode_response(&mut out, next.api_key, next.version, next.correlation_id, &body) {
             // Our own bug; the client cannot be answered in this version.
             tracing::error!(error = %e, "closing connection: response encoding failed");
             break;
         }
         let api = api::api_name(next.api_key);
         metrics::counter!("courier_bytes_out_total").increment(out.len() as u64);
-        metrics::histogram!("courier_request_seconds", "api" => api)
-            .record(next.started.elapsed().as_secs_f64());
+        metrics::histogram!("courier_request_seconds", "api" => api).record(next.started.elapsed().as_secs_f64());
         if writer.write_all(&out).await.is_err() {
             break;
         }

@@ -193,9 +193,7 @@ impl GroupCoordinator {
         let inner = Arc::new(Inner {
             groups: Mutex::new(HashMap::new()),
             settings: Settings {
-                initial_delay: Duration::from_millis(
-                    config.group_initial_rebalance_delay_ms.max(0) as u64,
-                ),
+                initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms.max(0) as u64),
                 session_min_ms: config.group_min_session_timeout_ms,
                 session_max_ms: config.group_max_session_timeout_ms,
             },
@@ -209,12 +207,7 @@ impl GroupCoordinator {
 
     /// Stops the session sweeper.
     pub fn stop(&self) {
-        if let Some(h) = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = self.sweeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
             h.abort();
         }
     }
@@ -235,10 +228,7 @@ impl GroupCoordinator {
     }
 
     /// Registers a join; `Err` is an immediate answer.
-    fn start_join(
-        &self,
-        req: JoinRequest,
-    ) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
+    fn start_join(&self, req: JoinRequest) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
         let fail = |error: ResponseError| JoinOutcome {
             error: error.code(),
             member_id: req.member_id.clone(),
@@ -258,9 +248,7 @@ impl GroupCoordinator {
         if !groups.contains_key(&req.group_id) && groups.len() >= GROUPS_MAX {
             return Err(Box::new(fail(ResponseError::CoordinatorNotAvailable)));
         }
-        let group = groups
-            .entry(req.group_id.clone())
-            .or_insert_with(Group::new);
+        let group = groups.entry(req.group_id.clone()).or_insert_with(Group::new);
         if let Some(pt) = &group.protocol_type {
             if !group.members.is_empty() && pt != &req.protocol_type {
                 return Err(Box::new(fail(ResponseError::InconsistentGroupProtocol)));
@@ -297,9 +285,7 @@ impl GroupCoordinator {
             }
             id
         } else {
-            if !group.members.contains_key(&req.member_id)
-                && group.pending.remove(&req.member_id).is_none()
-            {
+            if !group.members.contains_key(&req.member_id) && group.pending.remove(&req.member_id).is_none() {
                 return Err(Box::new(fail(ResponseError::UnknownMemberId)));
             }
             req.member_id.clone()
@@ -308,28 +294,24 @@ impl GroupCoordinator {
             return Err(Box::new(fail(ResponseError::GroupMaxSizeReached)));
         }
         let (tx, rx) = oneshot::channel();
-        let member = group
-            .members
-            .entry(member_id.clone())
-            .or_insert_with(|| Member {
-                group_instance_id: None,
-                client_id: String::new(),
-                client_host: String::new(),
-                session_timeout: Duration::ZERO,
-                rebalance_timeout: Duration::ZERO,
-                protocols: Vec::new(),
-                assignment: Bytes::new(),
-                last_seen: now,
-                join_waiter: None,
-                sync_waiter: None,
-            });
+        let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
+            group_instance_id: None,
+            client_id: String::new(),
+            client_host: String::new(),
+            session_timeout: Duration::ZERO,
+            rebalance_timeout: Duration::ZERO,
+            protocols: Vec::new(),
+            assignment: Bytes::new(),
+            last_seen: now,
+            join_waiter: None,
+            sync_waiter: None,
+        });
         let changed = member.protocols != req.protocols;
         member.group_instance_id = req.group_instance_id.clone();
         member.client_id = req.client_id.clone();
         member.client_host = req.client_host.clone();
         member.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
-        member.rebalance_timeout =
-            Duration::from_millis(req.rebalance_timeout_ms.max(req.session_timeout_ms) as u64);
+        member.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(req.session_timeout_ms) as u64);
         member.protocols = req.protocols.clone();
         member.last_seen = now;
         member.join_waiter = Some(tx);
@@ -341,11 +323,7 @@ impl GroupCoordinator {
                 // A follower rejoining with nothing new: hand back the
                 // current generation without disturbing the others.
                 let outcome = join_outcome(group, &member_id);
-                if let Some(w) = group
-                    .members
-                    .get_mut(&member_id)
-                    .and_then(|m| m.join_waiter.take())
-                {
+                if let Some(w) = group.members.get_mut(&member_id).and_then(|m| m.join_waiter.take()) {
                     let _ = w.send(outcome);
                 }
             }
@@ -384,11 +362,7 @@ impl GroupCoordinator {
         group.rebalance_epoch += 1;
         group.rebalance_deadline = now + timeout;
         self.arm_timer(group_id, group.rebalance_epoch, group.initial_delay_until);
-        self.arm_timer(
-            group_id,
-            group.rebalance_epoch,
-            Some(group.rebalance_deadline),
-        );
+        self.arm_timer(group_id, group.rebalance_epoch, Some(group.rebalance_deadline));
     }
 
     fn arm_timer(&self, group_id: &str, epoch: u64, at: Option<Instant>) {
@@ -427,11 +401,7 @@ impl GroupCoordinator {
             group.protocol = None;
             return;
         }
-        if group
-            .leader
-            .as_ref()
-            .is_none_or(|l| !group.members.contains_key(l))
-        {
+        if group.leader.as_ref().is_none_or(|l| !group.members.contains_key(l)) {
             group.leader = group.members.keys().next().cloned();
         }
         group.protocol = group.select_protocol();
@@ -477,9 +447,7 @@ impl GroupCoordinator {
                 assignment,
             };
             match group.state {
-                GroupState::PreparingRebalance | GroupState::Empty => {
-                    return fail(ResponseError::RebalanceInProgress)
-                }
+                GroupState::PreparingRebalance | GroupState::Empty => return fail(ResponseError::RebalanceInProgress),
                 GroupState::Stable => {
                     let a = group
                         .members
@@ -552,10 +520,7 @@ impl GroupCoordinator {
     pub fn leave(&self, group_id: &str, members: &[String]) -> Vec<i16> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return members
-                .iter()
-                .map(|_| e(ResponseError::UnknownMemberId))
-                .collect();
+            return members.iter().map(|_| e(ResponseError::UnknownMemberId)).collect();
         };
         let codes: Vec<i16> = members
             .iter()
@@ -625,13 +590,7 @@ impl GroupCoordinator {
     pub fn list(&self) -> Vec<(String, String, &'static str)> {
         self.lock()
             .iter()
-            .map(|(id, g)| {
-                (
-                    id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state.name(),
-                )
-            })
+            .map(|(id, g)| (id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
             .collect()
     }
 
@@ -694,9 +653,9 @@ impl GroupCoordinator {
                 .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
             // A member parked in JoinGroup is waiting on us, not late.
             let before = group.members.len();
-            group.members.retain(|_, m| {
-                m.join_waiter.is_some() || now.duration_since(m.last_seen) < m.session_timeout
-            });
+            group
+                .members
+                .retain(|_, m| m.join_waiter.is_some() || now.duration_since(m.last_seen) < m.session_timeout);
             let gone = before - group.members.len();
             if gone > 0 {
                 tracing::info!(group = %id, expired = gone, "member sessions expired");

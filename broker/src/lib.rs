@@ -38,17 +38,11 @@ pub const LEDGER_FILE: &str = "ledger.redb";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open the ledger: {0}")]
     Ledger(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
 }
@@ -116,10 +110,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     } else {
         Durability::None
     };
-    let store = Arc::new(LedgerStore::open(
-        &Broker::ledger_path(&config),
-        durability,
-    )?);
+    let store = Arc::new(LedgerStore::open(&Broker::ledger_path(&config), durability)?);
     let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
     let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone());
 

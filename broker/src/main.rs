@@ -66,9 +66,7 @@ enum LedgerCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
@@ -154,7 +152,10 @@ fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                     p.topic, p.partition, p.blocks, p.records, p.receipts
                 );
             }
-            println!("ledger sound: {} partitions, {blocks} blocks, {records} records, {receipts} receipts", partitions.len());
+            println!(
+                "ledger sound: {} partitions, {blocks} blocks, {records} records, {receipts} receipts",
+                partitions.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(courier::verify::LedgerCheckError::Bad { topic, source }) => {

@@ -20,8 +20,7 @@ use bytes::BytesMut;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{judge, remember, ProducerTable, Verdict};
 use courier_consensus::ledger::{
-    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt,
-    StoreError, WriteSet,
+    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, StoreError, WriteSet,
 };
 use courier_protocol::records::{assign_offset, Batch};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -86,10 +85,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the sequencer thread. It ends when every handle is dropped,
     /// after finishing the round in progress.
-    pub fn start(
-        store: Arc<LedgerStore>,
-        topics: Arc<Topics>,
-    ) -> (Self, std::thread::JoinHandle<()>) {
+    pub fn start(store: Arc<LedgerStore>, topics: Arc<Topics>) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
         let (commits_tx, commits) = watch::channel(0);
         let worker = Worker {
@@ -152,16 +148,14 @@ impl Sequencer {
     /// partition's ledger.
     pub async fn commit_offset(&self, pk: PartitionKey, receipt: Receipt) -> Result<(), Rejected> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Submission::Receipt { pk, receipt, reply })
-            .await?;
+        self.submit(Submission::Receipt { pk, receipt, reply }).await?;
         rx.await.unwrap_or(Err(Rejected::ShuttingDown))
     }
 
     /// Deletes a topic's ledgers, ordered after every write already queued.
     pub async fn delete_topic(&self, topic: TopicRecord) -> Result<(), Rejected> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Submission::DeleteTopic { topic, reply })
-            .await?;
+        self.submit(Submission::DeleteTopic { topic, reply }).await?;
         rx.await.unwrap_or(Err(Rejected::ShuttingDown))
     }
 
@@ -191,10 +185,7 @@ struct Draft {
 }
 
 enum Reply {
-    Produce(
-        oneshot::Sender<Result<Appended, Rejected>>,
-        Result<Appended, Rejected>,
-    ),
+    Produce(oneshot::Sender<Result<Appended, Rejected>>, Result<Appended, Rejected>),
     Receipt(oneshot::Sender<Result<(), Rejected>>),
 }
 
@@ -254,8 +245,7 @@ impl Worker {
                     batches,
                     reply,
                 } => {
-                    let outcome =
-                        self.execute_produce(pk, leader_epoch, &batches, &mut drafts, &mut touched);
+                    let outcome = self.execute_produce(pk, leader_epoch, &batches, &mut drafts, &mut touched);
                     replies.push(Reply::Produce(reply, outcome));
                 }
                 Submission::Receipt { pk, receipt, reply } => match self.working(pk) {
@@ -298,8 +288,7 @@ impl Worker {
             }
         }
         self.commit(drafts, touched, offsets, replies);
-        metrics::histogram!("courier_sequencer_round_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("courier_sequencer_round_seconds").record(started.elapsed().as_secs_f64());
     }
 
     /// Applies the contract to one submission's batches, all or nothing.
@@ -317,9 +306,7 @@ impl Worker {
             Some(t) if (0..t.partitions).contains(&pk.partition) => {}
             _ => return Err(Rejected::UnknownTopicOrPartition),
         }
-        let working = self
-            .working(pk)
-            .map_err(|e| Rejected::Storage(e.to_string()))?;
+        let working = self.working(pk).map_err(|e| Rejected::Storage(e.to_string()))?;
         let draft = drafts
             .entry(pk)
             .or_insert_with(|| Draft::empty(working.state.next_offset));
@@ -413,11 +400,7 @@ impl Worker {
             });
         }
         for (pk, producer_id) in touched.into_keys() {
-            if let Some(state) = self
-                .working
-                .get(&pk)
-                .and_then(|w| w.producers.get(&producer_id))
-            {
+            if let Some(state) = self.working.get(&pk).and_then(|w| w.producers.get(&producer_id)) {
                 set.producers.push(ProducerEntry {
                     partition: pk,
                     producer_id,
@@ -428,8 +411,7 @@ impl Worker {
         let written = Instant::now();
         match self.store.commit(&set) {
             Ok(states) => {
-                metrics::histogram!("courier_ledger_commit_seconds")
-                    .record(written.elapsed().as_secs_f64());
+                metrics::histogram!("courier_ledger_commit_seconds").record(written.elapsed().as_secs_f64());
                 metrics::counter!("courier_ledger_blocks_total").increment(set.blocks.len() as u64);
                 let updates: Vec<_> = set.blocks.iter().map(|b| b.partition).zip(states).collect();
                 for (pk, state) in &updates {

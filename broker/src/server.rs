@@ -36,10 +36,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: Shu
         }
     }
     drop(listener);
-    info!(
-        open = connections.len(),
-        "listener closed; waiting for connections"
-    );
+    info!(open = connections.len(), "listener closed; waiting for connections");
     if tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })

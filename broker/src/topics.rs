@@ -94,11 +94,7 @@ impl Topics {
 
     /// Committed position of a partition (empty if it has no block yet).
     pub fn state(&self, pk: &PartitionKey) -> PartitionState {
-        self.read()
-            .states
-            .get(pk)
-            .copied()
-            .unwrap_or(PartitionState::EMPTY)
+        self.read().states.get(pk).copied().unwrap_or(PartitionState::EMPTY)
     }
 
     pub fn set_states(&self, states: impl IntoIterator<Item = (PartitionKey, PartitionState)>) {

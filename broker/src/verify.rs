@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use courier_consensus::ledger::{
-    verify_partition, Durability, LedgerStore, StoreError, VerifyError,
-};
+use courier_consensus::ledger::{verify_partition, Durability, LedgerStore, StoreError, VerifyError};
 
 /// One verified partition.
 #[derive(Debug, Clone)]
@@ -35,11 +33,10 @@ pub fn verify_data_dir(
     mut on_block: impl FnMut(),
 ) -> Result<Vec<PartitionSummary>, LedgerCheckError> {
     let path = data_dir.join(crate::LEDGER_FILE);
-    let store =
-        LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let store = LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     let topics = store.topics()?;
     let partitions = store.partitions()?;
     total(partitions.iter().map(|(_, s)| s.next_height).sum());
@@ -50,11 +47,9 @@ pub fn verify_data_dir(
             .find(|t| t.id == pk.topic_id)
             .map(|t| t.name.clone())
             .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
-        let report = verify_partition(&store, &pk, |_| on_block()).map_err(|source| {
-            LedgerCheckError::Bad {
-                topic: topic.clone(),
-                source,
-            }
+        let report = verify_partition(&store, &pk, |_| on_block()).map_err(|source| LedgerCheckError::Bad {
+            topic: topic.clone(),
+            source,
         })?;
         out.push(PartitionSummary {
             topic,

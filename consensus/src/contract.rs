@@ -152,33 +152,18 @@ mod tests {
         let second = header(0, 3, 2);
         assert_eq!(judge(Some(&s), &second), Verdict::Append);
         remember(&mut s, &second, 103);
-        assert_eq!(
-            judge(Some(&s), &first),
-            Verdict::Duplicate { base_offset: 100 }
-        );
-        assert_eq!(
-            judge(Some(&s), &second),
-            Verdict::Duplicate { base_offset: 103 }
-        );
+        assert_eq!(judge(Some(&s), &first), Verdict::Duplicate { base_offset: 100 });
+        assert_eq!(judge(Some(&s), &second), Verdict::Duplicate { base_offset: 103 });
     }
 
     #[test]
     fn gaps_old_epochs_and_fresh_epochs() {
         let mut s = ProducerState::default();
         remember(&mut s, &header(1, 0, 1), 0);
-        assert_eq!(
-            judge(Some(&s), &header(1, 2, 1)),
-            Verdict::OutOfOrderSequence
-        );
-        assert_eq!(
-            judge(Some(&s), &header(0, 1, 1)),
-            Verdict::InvalidProducerEpoch
-        );
+        assert_eq!(judge(Some(&s), &header(1, 2, 1)), Verdict::OutOfOrderSequence);
+        assert_eq!(judge(Some(&s), &header(0, 1, 1)), Verdict::InvalidProducerEpoch);
         assert_eq!(judge(Some(&s), &header(2, 0, 1)), Verdict::Append);
-        assert_eq!(
-            judge(Some(&s), &header(2, 5, 1)),
-            Verdict::OutOfOrderSequence
-        );
+        assert_eq!(judge(Some(&s), &header(2, 5, 1)), Verdict::OutOfOrderSequence);
         assert_eq!(judge(None, &header(0, 7, 1)), Verdict::OutOfOrderSequence);
     }
 
@@ -189,14 +174,8 @@ mod tests {
             remember(&mut s, &header(0, i, 1), i as i64);
         }
         assert_eq!(s.recent.len(), PRODUCER_BATCHES_REMEMBERED);
-        assert_eq!(
-            judge(Some(&s), &header(0, 6, 1)),
-            Verdict::Duplicate { base_offset: 6 }
-        );
-        assert_eq!(
-            judge(Some(&s), &header(0, 0, 1)),
-            Verdict::OutOfOrderSequence
-        );
+        assert_eq!(judge(Some(&s), &header(0, 6, 1)), Verdict::Duplicate { base_offset: 6 });
+        assert_eq!(judge(Some(&s), &header(0, 0, 1)), Verdict::OutOfOrderSequence);
         assert_eq!(judge(Some(&s), &header(0, 7, 1)), Verdict::Append);
     }
 }

@@ -19,10 +19,7 @@ pub enum FrameError {
 
 /// Takes one whole frame (without its prefix) off the front of `buf`, or
 /// returns `Ok(None)` when more bytes are needed.
-pub fn decode_frame(
-    buf: &mut BytesMut,
-    frame_bytes_max: usize,
-) -> Result<Option<BytesMut>, FrameError> {
+pub fn decode_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Option<BytesMut>, FrameError> {
     if buf.len() < LENGTH_PREFIX_BYTES {
         return Ok(None);
     }
@@ -78,10 +75,7 @@ mod tests {
     #[test]
     fn oversized_length_is_refused_before_buffering() {
         let mut buf = BytesMut::from(&0x7fff_ffffi32.to_be_bytes()[..]);
-        assert!(matches!(
-            decode_frame(&mut buf, 1024),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_frame(&mut buf, 1024), Err(FrameError::TooLarge { .. })));
         assert!(buf.capacity() < 1024);
         let mut buf = BytesMut::from(&(-1i32).to_be_bytes()[..]);
         assert_eq!(

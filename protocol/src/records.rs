@@ -168,10 +168,7 @@ pub struct RecordLimits {
 
 /// Splits a produce request's record set into batches and validates each.
 /// The returned batches share `records`' memory.
-pub fn validate_record_set(
-    records: &Bytes,
-    limits: &RecordLimits,
-) -> Result<Vec<Batch>, RecordsError> {
+pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec<Batch>, RecordsError> {
     let mut batches = Vec::new();
     let mut at = 0;
     while at < records.len() {
@@ -208,9 +205,7 @@ pub fn validate_record_set(
 pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, RecordsError> {
     let header = BatchHeader::parse(b)?;
     if header.magic != 2 {
-        return Err(RecordsError::UnsupportedMagic {
-            magic: header.magic,
-        });
+        return Err(RecordsError::UnsupportedMagic { magic: header.magic });
     }
     if header.total_bytes() != b.len() || b.len() > limits.batch_bytes_max.max(BATCH_HEADER_BYTES) {
         return Err(RecordsError::BadLength {
@@ -231,21 +226,16 @@ pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, Re
         });
     }
     let mut index = 0;
-    for_each_record(
-        &header,
-        &b[BATCH_HEADER_BYTES..],
-        limits.decompressed_bytes_max,
-        |r| {
-            if r.offset_delta != index {
-                return Err(RecordsError::BadRecord {
-                    index,
-                    reason: "offset delta out of sequence",
-                });
-            }
-            index += 1;
-            Ok(())
-        },
-    )?;
+    for_each_record(&header, &b[BATCH_HEADER_BYTES..], limits.decompressed_bytes_max, |r| {
+        if r.offset_delta != index {
+            return Err(RecordsError::BadRecord {
+                index,
+                reason: "offset delta out of sequence",
+            });
+        }
+        index += 1;
+        Ok(())
+    })?;
     Ok(header)
 }
 
@@ -372,8 +362,7 @@ fn snappy_decompress(body: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), S
         }
         let start = out.len();
         out.resize(start + n, 0);
-        raw.decompress(chunk, &mut out[start..])
-            .map_err(|e| e.to_string())?;
+        raw.decompress(chunk, &mut out[start..]).map_err(|e| e.to_string())?;
         Ok(())
     };
     if body.len() >= 16 && &body[..8] == XERIAL_MAGIC {
@@ -480,11 +469,7 @@ impl ProducerIds {
 }
 
 /// Builds an uncompressed v2 batch (for Courier's own producers and tests).
-pub fn encode_batch(
-    base_timestamp: i64,
-    producer: ProducerIds,
-    records: &[NewRecord<'_>],
-) -> Bytes {
+pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRecord<'_>]) -> Bytes {
     fn put_varlong(out: &mut BytesMut, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         while z >= 0x80 {
@@ -585,20 +570,13 @@ mod tests {
         );
         let mut seen = vec![];
         for_each_record(&h, &b[BATCH_HEADER_BYTES..], 1 << 20, |r| {
-            seen.push((
-                r.key.map(<[u8]>::to_vec),
-                r.value.map(<[u8]>::to_vec),
-                r.headers_count,
-            ));
+            seen.push((r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec), r.headers_count));
             Ok(())
         })
         .unwrap();
         assert_eq!(
             seen,
-            vec![
-                (Some(b"k1".to_vec()), Some(b"hello".to_vec()), 1),
-                (None, None, 0)
-            ]
+            vec![(Some(b"k1".to_vec()), Some(b"hello".to_vec()), 1), (None, None, 0)]
         );
     }
 

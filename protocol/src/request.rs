@@ -60,9 +60,7 @@ pub enum RequestError {
 /// Decodes one frame (without its length prefix) into a request.
 pub fn decode_request(frame: Bytes) -> Result<Request, RequestError> {
     if frame.len() < 8 {
-        return Err(RequestError::TooShort {
-            length: frame.len(),
-        });
+        return Err(RequestError::TooShort { length: frame.len() });
     }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -89,8 +87,7 @@ pub fn decode_request(frame: Bytes) -> Result<Request, RequestError> {
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
         .map_err(|e| malformed(format!("header: {e}")))?;
-    let body = RequestKind::decode(api_key, &mut buf, version)
-        .map_err(|e| malformed(format!("body: {e}")))?;
+    let body = RequestKind::decode(api_key, &mut buf, version).map_err(|e| malformed(format!("body: {e}")))?;
     Ok(Request {
         header,
         api_key,
@@ -133,10 +130,7 @@ mod tests {
         }
         for v in 0..=12 {
             let body = RequestKind::Metadata(MetadataRequest::default());
-            assert!(
-                decode_request(encode(ApiKey::Metadata, v, &body)).is_ok(),
-                "v{v}"
-            );
+            assert!(decode_request(encode(ApiKey::Metadata, v, &body)).is_ok(), "v{v}");
         }
     }
 
@@ -145,10 +139,7 @@ mod tests {
         let mut frame = BytesMut::from(&[0x7f, 0x00, 0, 0, 0, 0, 0, 42][..]);
         assert!(matches!(
             decode_request(frame.split().freeze()),
-            Err(RequestError::UnsupportedApi {
-                correlation_id: 42,
-                ..
-            })
+            Err(RequestError::UnsupportedApi { correlation_id: 42, .. })
         ));
         let frame = Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 5]);
         assert!(matches!(
@@ -175,8 +166,8 @@ mod tests {
     #[test]
     fn librdkafka_2_16_metadata_v12_is_accepted() {
         let frame = Bytes::from_static(&[
-            0x00, 0x03, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x03, 0x00, 0x07, b'r', b'd', b'k', b'a',
-            b'f', b'k', b'a', 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+            0x00, 0x03, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x03, 0x00, 0x07, b'r', b'd', b'k', b'a', b'f', b'k', b'a', 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
         ]);
         let req = decode_request(frame).unwrap();
         assert_eq!(

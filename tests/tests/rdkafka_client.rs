@@ -7,9 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::TestBroker;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -77,8 +75,7 @@ async fn consume(c: &StreamConsumer, n: usize) -> Vec<OwnedMessage> {
 fn assign_from_start(c: &StreamConsumer, topic: &str, partitions: i32) {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
     }
     c.assign(&tpl).expect("assign");
 }
@@ -175,8 +172,7 @@ async fn all_four_compression_codecs_round_trip_and_verify() {
         }
     }
     broker.stop().await;
-    let sound =
-        courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
+    let sound = courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
     assert_eq!(sound.iter().map(|p| p.records).sum::<i64>(), 1200);
 }
 
@@ -184,10 +180,7 @@ async fn all_four_compression_codecs_round_trip_and_verify() {
 async fn idempotent_producer_writes_each_record_once_in_order() {
     let broker = TestBroker::start(&[]).await;
     create_topic(&broker, "exactly", 1).await;
-    let p = producer(
-        &broker,
-        &[("enable.idempotence", "true"), ("linger.ms", "2")],
-    );
+    let p = producer(&broker, &[("enable.idempotence", "true"), ("linger.ms", "2")]);
     let sends: Vec<_> = (0..1000)
         .map(|i| {
             p.send_result(FutureRecord::to("exactly").key("k").payload(&i.to_string()))
@@ -217,10 +210,7 @@ fn assigned(c: &StreamConsumer) -> BTreeSet<i32> {
 async fn poll_until(consumers: &[&StreamConsumer], done: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached in {WAIT:?}"
-        );
+        assert!(Instant::now() < deadline, "condition not reached in {WAIT:?}");
         for c in consumers {
             let _ = tokio::time::timeout(Duration::from_millis(100), c.recv()).await;
         }
@@ -231,10 +221,7 @@ async fn poll_until(consumers: &[&StreamConsumer], done: impl Fn() -> bool) {
 async fn a_group_of_two_consumers_rebalances_and_splits_the_partitions() {
     let broker = TestBroker::start(&[]).await;
     create_topic(&broker, "shared", 4).await;
-    let settings = [
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ];
+    let settings = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
     let a = consumer(&broker, "pair", &settings);
     a.subscribe(&["shared"]).expect("subscribe");
     poll_until(&[&a], || assigned(&a).len() == 4).await;
@@ -256,12 +243,9 @@ async fn committed_offsets_survive_restarting_consumer_and_broker() {
     create_topic(&broker, "resume", 1).await;
     let p = producer(&broker, &[]);
     for i in 0..10 {
-        p.send(
-            FutureRecord::to("resume").key("k").payload(&i.to_string()),
-            WAIT,
-        )
-        .await
-        .expect("delivered");
+        p.send(FutureRecord::to("resume").key("k").payload(&i.to_string()), WAIT)
+            .await
+            .expect("delivered");
     }
     drop(p);
     {
@@ -277,10 +261,7 @@ async fn committed_offsets_survive_restarting_consumer_and_broker() {
     let c = consumer(&broker, "resumer", &[("enable.auto.commit", "false")]);
     c.subscribe(&["resume"]).expect("subscribe");
     let rest = consume(&c, 3).await;
-    assert_eq!(
-        rest.iter().map(|m| m.offset()).collect::<Vec<_>>(),
-        vec![7, 8, 9]
-    );
+    assert_eq!(rest.iter().map(|m| m.offset()).collect::<Vec<_>>(), vec![7, 8, 9]);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("resume", 0);
     let committed = c.committed_offsets(tpl, WAIT).expect("committed offsets");
@@ -298,10 +279,7 @@ async fn offsets_for_times_finds_the_first_record_at_or_after_a_timestamp() {
     let t0 = 1_600_000_000_000i64;
     for i in 0..10 {
         p.send(
-            FutureRecord::to("timed")
-                .key("k")
-                .payload("v")
-                .timestamp(t0 + i * 1000),
+            FutureRecord::to("timed").key("k").payload("v").timestamp(t0 + i * 1000),
             WAIT,
         )
         .await
@@ -310,8 +288,7 @@ async fn offsets_for_times_finds_the_first_record_at_or_after_a_timestamp() {
     let c = consumer(&broker, "timer", &[]);
     let lookup = |ts: i64| {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("timed", 0, Offset::Offset(ts))
-            .expect("tpl");
+        tpl.add_partition_offset("timed", 0, Offset::Offset(ts)).expect("tpl");
         let r = c.offsets_for_times(tpl, WAIT).expect("offsets_for_times");
         r.find_partition("timed", 0).map(|e| e.offset())
     };
@@ -328,10 +305,7 @@ async fn topics_are_created_grown_described_and_deleted_with_the_admin_client() 
     let opts = AdminOptions::new().operation_timeout(Some(WAIT));
     create_topic(&broker, "admin-made", 3).await;
     let dup = admin
-        .create_topics(
-            &[NewTopic::new("admin-made", 3, TopicReplication::Fixed(1))],
-            &opts,
-        )
+        .create_topics(&[NewTopic::new("admin-made", 3, TopicReplication::Fixed(1))], &opts)
         .await
         .expect("call");
     assert!(dup[0].is_err(), "creating an existing topic fails");
@@ -362,18 +336,12 @@ async fn topics_are_created_grown_described_and_deleted_with_the_admin_client() 
 
     let p = producer(&broker, &[]);
     p.send(
-        FutureRecord::to("admin-made")
-            .key("k")
-            .payload("before")
-            .partition(4),
+        FutureRecord::to("admin-made").key("k").payload("before").partition(4),
         WAIT,
     )
     .await
     .expect("delivered");
-    let deleted = admin
-        .delete_topics(&["admin-made"], &opts)
-        .await
-        .expect("call");
+    let deleted = admin.delete_topics(&["admin-made"], &opts).await.expect("call");
     deleted[0].as_ref().expect("deleted");
     let md = admin
         .inner()
@@ -386,10 +354,7 @@ async fn topics_are_created_grown_described_and_deleted_with_the_admin_client() 
     create_topic(&broker, "admin-made", 1).await;
     let p = producer(&broker, &[]);
     let d = p
-        .send(
-            FutureRecord::to("admin-made").key("k").payload("after"),
-            WAIT,
-        )
+        .send(FutureRecord::to("admin-made").key("k").payload("after"), WAIT)
         .await
         .expect("delivered");
     assert_eq!(d.offset, 0);

@@ -37,11 +37,9 @@ fn produce_request(topic: &str, records: Bytes, acks: i16) -> RequestKind {
             .with_timeout_ms(5000)
             .with_topic_data(vec![produce_request::TopicProduceData::default()
                 .with_name(tn(topic))
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(records)),
-                ])]),
+                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records))])]),
     )
 }
 
@@ -54,14 +52,12 @@ fn produce_result(resp: ResponseKind) -> (i16, i64) {
 }
 
 async fn create_topic(wire: &mut Wire, name: &str, partitions: i32) {
-    let req = RequestKind::CreateTopics(
-        CreateTopicsRequest::default()
-            .with_timeout_ms(5000)
-            .with_topics(vec![create_topics_request::CreatableTopic::default()
+    let req = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(
+        vec![create_topics_request::CreatableTopic::default()
                 .with_name(tn(name))
                 .with_num_partitions(partitions)
-                .with_replication_factor(-1)]),
-    );
+                .with_replication_factor(-1)],
+    ));
     let ResponseKind::CreateTopics(r) = wire.call(ApiKey::CreateTopics, 7, &req).await else {
         panic!()
     };
@@ -69,17 +65,15 @@ async fn create_topic(wire: &mut Wire, name: &str, partitions: i32) {
 }
 
 async fn high_watermark(wire: &mut Wire, topic: &str) -> i64 {
-    let req = RequestKind::ListOffsets(
-        ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+    let req = RequestKind::ListOffsets(ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
+        vec![list_offsets_request::ListOffsetsTopic::default()
                 .with_name(tn(topic))
                 .with_partitions(vec![
                     list_offsets_request::ListOffsetsPartition::default()
                         .with_partition_index(0)
                         .with_timestamp(-1),
-                ])]),
-    );
+                ])],
+    ));
     let ResponseKind::ListOffsets(r) = wire.call(ApiKey::ListOffsets, 7, &req).await else {
         panic!()
     };
@@ -104,36 +98,30 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                         .with_fetch_offset(0)
                         .with_partition_max_bytes(1 << 20)])]),
         ),
-        ApiKey::ListOffsets => RequestKind::ListOffsets(
-            ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+        ApiKey::ListOffsets => {
+            RequestKind::ListOffsets(ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(
+                vec![list_offsets_request::ListOffsetsTopic::default()
                     .with_name(tn("sweep"))
-                    .with_partitions(vec![
-                        list_offsets_request::ListOffsetsPartition::default()
-                            .with_partition_index(0)
-                            .with_timestamp(0),
-                    ])]),
-        ),
-        ApiKey::Metadata => {
-            RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default().with_name(Some(tn("sweep"))),
-            ])))
+                    .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(0)])],
+            ))
         }
+        ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(tn("sweep"))),
+        ]))),
         ApiKey::OffsetCommit => RequestKind::OffsetCommit(
             OffsetCommitRequest::default()
                 .with_group_id(group)
                 .with_generation_id_or_member_epoch(-1)
-                .with_topics(vec![
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(tn("sweep"))
-                        .with_partitions(vec![
-                            offset_commit_request::OffsetCommitRequestPartition::default()
-                                .with_partition_index(0)
-                                .with_committed_offset(1)
-                                .with_committed_metadata(Some(s("m"))),
-                        ]),
-                ]),
+                .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(tn("sweep"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1)
+                            .with_committed_metadata(Some(s("m"))),
+                    ])]),
         ),
         ApiKey::OffsetFetch if version >= 8 => {
             RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![
@@ -146,21 +134,19 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                     ])),
             ]))
         }
-        ApiKey::OffsetFetch => RequestKind::OffsetFetch(
-            OffsetFetchRequest::default()
-                .with_group_id(group)
-                .with_topics(Some(vec![
-                    offset_fetch_request::OffsetFetchRequestTopic::default()
-                        .with_name(tn("sweep"))
-                        .with_partition_indexes(vec![0]),
-                ])),
-        ),
+        ApiKey::OffsetFetch => {
+            RequestKind::OffsetFetch(OffsetFetchRequest::default().with_group_id(group).with_topics(Some(
+                vec![offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(tn("sweep"))
+                    .with_partition_indexes(vec![0])],
+            )))
+        }
         ApiKey::FindCoordinator if version >= 4 => RequestKind::FindCoordinator(
             FindCoordinatorRequest::default().with_coordinator_keys(vec![s("sweep-group")]),
         ),
-        ApiKey::FindCoordinator => RequestKind::FindCoordinator(
-            FindCoordinatorRequest::default().with_key(s("sweep-group")),
-        ),
+        ApiKey::FindCoordinator => {
+            RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(s("sweep-group")))
+        }
         ApiKey::JoinGroup => RequestKind::JoinGroup(
             JoinGroupRequest::default()
                 .with_group_id(group)
@@ -172,13 +158,11 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                 .with_group_id(group)
                 .with_member_id(s("nobody")),
         ),
-        ApiKey::LeaveGroup if version >= 3 => RequestKind::LeaveGroup(
-            LeaveGroupRequest::default()
-                .with_group_id(group)
-                .with_members(vec![
-                    leave_group_request::MemberIdentity::default().with_member_id(s("nobody"))
-                ]),
-        ),
+        ApiKey::LeaveGroup if version >= 3 => {
+            RequestKind::LeaveGroup(LeaveGroupRequest::default().with_group_id(group).with_members(vec![
+                leave_group_request::MemberIdentity::default().with_member_id(s("nobody")),
+            ]))
+        }
         ApiKey::LeaveGroup => RequestKind::LeaveGroup(
             LeaveGroupRequest::default()
                 .with_group_id(group)
@@ -198,14 +182,14 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                 .with_client_software_name(s("wire"))
                 .with_client_software_version(s("1")),
         ),
-        ApiKey::CreateTopics => RequestKind::CreateTopics(
-            CreateTopicsRequest::default()
-                .with_timeout_ms(1000)
-                .with_topics(vec![create_topics_request::CreatableTopic::default()
+        ApiKey::CreateTopics => {
+            RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(1000).with_topics(
+                vec![create_topics_request::CreatableTopic::default()
                     .with_name(tn(&format!("made-v{version}")))
                     .with_num_partitions(2)
-                    .with_replication_factor(1)]),
-        ),
+                    .with_replication_factor(1)],
+            ))
+        }
         ApiKey::DeleteTopics if version >= 6 => RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_timeout_ms(1000)
@@ -226,15 +210,13 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
         ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
             OffsetForLeaderEpochRequest::default()
                 .with_replica_id(BrokerId(-1))
-                .with_topics(vec![
-                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                        .with_topic(tn("sweep"))
-                        .with_partitions(vec![
-                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                                .with_partition(0)
-                                .with_leader_epoch(0),
-                        ]),
-                ]),
+                .with_topics(vec![offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(tn("sweep"))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_leader_epoch(0),
+                    ])]),
         ),
         ApiKey::DescribeConfigs => {
             RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
@@ -246,20 +228,18 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                     .with_resource_name(s("1")),
             ]))
         }
-        ApiKey::CreatePartitions => RequestKind::CreatePartitions(
-            CreatePartitionsRequest::default()
-                .with_timeout_ms(1000)
-                .with_topics(vec![
-                    create_partitions_request::CreatePartitionsTopic::default()
-                        .with_name(tn(&format!("made-v{}", version + 2 + 3)))
-                        .with_count(3),
-                ]),
-        ),
-        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
-            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("nope"))]),
-        ),
-        ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(
-            IncrementalAlterConfigsRequest::default().with_resources(vec![
+        ApiKey::CreatePartitions => {
+            RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_timeout_ms(1000).with_topics(
+                vec![create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(tn(&format!("made-v{}", version + 2 + 3)))
+                    .with_count(3)],
+            ))
+        }
+        ApiKey::DeleteGroups => {
+            RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("nope"))]))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
                 incremental_alter_configs_request::AlterConfigsResource::default()
                     .with_resource_type(2)
                     .with_resource_name(s("sweep"))
@@ -269,8 +249,8 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
                             .with_config_operation(0)
                             .with_value(Some(s("3600000"))),
                     ]),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::DescribeCluster => {
             RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
         }
@@ -312,22 +292,14 @@ async fn every_advertised_api_version_answers_a_decodable_response() {
                     assert_eq!(r.topics[0].partitions.len(), 1);
                 }
                 (ApiKey::ListOffsets, ResponseKind::ListOffsets(r)) => {
-                    assert_eq!(
-                        r.topics[0].partitions[0].offset, 0,
-                        "ListOffsets v{version}"
-                    )
+                    assert_eq!(r.topics[0].partitions[0].offset, 0, "ListOffsets v{version}")
                 }
                 (ApiKey::OffsetCommit, ResponseKind::OffsetCommit(r)) => {
-                    assert_eq!(
-                        r.topics[0].partitions[0].error_code, 0,
-                        "OffsetCommit v{version}"
-                    )
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "OffsetCommit v{version}")
                 }
                 (ApiKey::DescribeConfigs, ResponseKind::DescribeConfigs(r)) => {
                     assert!(
-                        r.results
-                            .iter()
-                            .all(|x| x.error_code == 0 && !x.configs.is_empty()),
+                        r.results.iter().all(|x| x.error_code == 0 && !x.configs.is_empty()),
                         "DescribeConfigs v{version}"
                     )
                 }
@@ -335,10 +307,7 @@ async fn every_advertised_api_version_answers_a_decodable_response() {
                     assert_eq!(r.api_keys.len(), SUPPORTED.len())
                 }
                 (ApiKey::InitProducerId, ResponseKind::InitProducerId(r)) => {
-                    assert!(
-                        r.error_code == 0 && r.producer_id.0 >= 0,
-                        "InitProducerId v{version}"
-                    )
+                    assert!(r.error_code == 0 && r.producer_id.0 >= 0, "InitProducerId v{version}")
                 }
                 (ApiKey::JoinGroup, ResponseKind::JoinGroup(r)) => {
                     assert_eq!(r.error_code, ResponseError::InvalidSessionTimeout.code())
@@ -351,8 +320,7 @@ async fn every_advertised_api_version_answers_a_decodable_response() {
     assert!(answered > 100, "swept {answered} API versions");
     drop(wire);
     broker.stop().await;
-    let sound =
-        courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
+    let sound = courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
     assert!(
         sound
             .iter()
@@ -370,11 +338,7 @@ async fn still_serving(broker: &TestBroker, expected_hw: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_own_connection() {
-    let broker = TestBroker::start(&[
-        "socket.request.max.bytes=2000000",
-        "message.max.bytes=1000000",
-    ])
-    .await;
+    let broker = TestBroker::start(&["socket.request.max.bytes=2000000", "message.max.bytes=1000000"]).await;
     let mut setup = Wire::connect(broker.addr()).await;
     // Requests before ApiVersions are served: Kafka does not require it first.
     create_topic(&mut setup, "t", 1).await;
@@ -403,15 +367,13 @@ async fn bad_frames_close_only_their_own_connection() {
 
     // An API key no Kafka version has.
     let mut w = Wire::connect(broker.addr()).await;
-    w.send_raw_frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
-        .await;
+    w.send_raw_frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]).await;
     assert!(w.is_closed().await, "unknown API key");
     still_serving(&broker, 2).await;
 
     // A served API at a version we do not serve.
     let mut w = Wire::connect(broker.addr()).await;
-    w.send_raw_frame(&[0, 3, 0, 99, 0, 0, 0, 1, 0xff, 0xff])
-        .await;
+    w.send_raw_frame(&[0, 3, 0, 99, 0, 0, 0, 1, 0xff, 0xff]).await;
     assert!(w.is_closed().await, "unsupported Metadata version");
     still_serving(&broker, 2).await;
 
@@ -448,21 +410,15 @@ async fn unknown_api_versions_version_gets_the_table_in_v0() {
     let broker = TestBroker::start(&[]).await;
     let mut w = Wire::connect(broker.addr()).await;
     // ApiVersions v77, header v2 with an empty tagged-field section.
-    w.send_raw_frame(&[0, 18, 0, 77, 0, 0, 0, 9, 0xff, 0xff, 0])
-        .await;
+    w.send_raw_frame(&[0, 18, 0, 77, 0, 0, 0, 9, 0xff, 0xff, 0]).await;
     let (id, resp) = w
         .recv(ApiKey::ApiVersions, 0)
         .await
         .expect("an answer, not a closed connection");
-    let ResponseKind::ApiVersions(r) = resp else {
-        panic!()
-    };
+    let ResponseKind::ApiVersions(r) = resp else { panic!() };
     assert_eq!(id, 9);
     assert_eq!(r.error_code, ResponseError::UnsupportedVersion.code());
-    assert!(r
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == 18 && k.max_version == 3));
+    assert!(r.api_keys.iter().any(|k| k.api_key == 18 && k.max_version == 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,35 +439,20 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     let last = flipped.len() - 2;
     flipped[last] ^= 0x40;
     let (code, _) = produce_result(
-        w.call(
-            ApiKey::Produce,
-            9,
-            &produce_request("t", flipped.freeze(), -1),
-        )
-        .await,
+        w.call(ApiKey::Produce, 9, &produce_request("t", flipped.freeze(), -1))
+            .await,
     );
     assert_eq!(code, ResponseError::CorruptMessage.code(), "CRC mismatch");
 
     let truncated = good.slice(..good.len() - 3);
-    let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", truncated, -1))
-            .await,
-    );
-    assert_eq!(
-        code,
-        ResponseError::CorruptMessage.code(),
-        "truncated batch"
-    );
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", truncated, -1)).await);
+    assert_eq!(code, ResponseError::CorruptMessage.code(), "truncated batch");
 
     let (code, _) = produce_result(
         w.call(ApiKey::Produce, 9, &produce_request("t", Bytes::new(), -1))
             .await,
     );
-    assert_eq!(
-        code,
-        ResponseError::CorruptMessage.code(),
-        "empty record set"
-    );
+    assert_eq!(code, ResponseError::CorruptMessage.code(), "empty record set");
 
     let big = "x".repeat(3000);
     let (code, _) = produce_result(
@@ -522,26 +463,15 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
         )
         .await,
     );
-    assert_eq!(
-        code,
-        ResponseError::MessageTooLarge.code(),
-        "over message.max.bytes"
-    );
+    assert_eq!(code, ResponseError::MessageTooLarge.code(), "over message.max.bytes");
 
     let (code, _) = produce_result(
-        w.call(
-            ApiKey::Produce,
-            9,
-            &produce_request("nope", good.clone(), -1),
-        )
-        .await,
+        w.call(ApiKey::Produce, 9, &produce_request("nope", good.clone(), -1))
+            .await,
     );
     assert_eq!(code, ResponseError::UnknownTopicOrPartition.code());
 
-    let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", good.clone(), 2))
-            .await,
-    );
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", good.clone(), 2)).await);
     assert_eq!(code, ResponseError::InvalidRequiredAcks.code());
 
     assert_eq!(
@@ -551,8 +481,7 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     );
     drop(w);
     broker.stop().await;
-    let sound =
-        courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
+    let sound = courier::verify::verify_data_dir(&broker.dir, |_| {}, || {}).expect("ledger verifies");
     assert_eq!(sound.iter().map(|p| p.records).sum::<i64>(), 1);
 }
 
@@ -591,31 +520,20 @@ async fn idempotent_retries_are_deduplicated_and_gaps_refused() {
     );
     // The same batch again (a retry after a lost response): same offset, not written twice.
     assert_eq!(
-        produce_result(
-            w.call(ApiKey::Produce, 9, &produce_request("t", first, -1))
-                .await
-        ),
+        produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", first, -1)).await),
         (0, 0)
     );
     assert_eq!(
         produce_result(
-            w.call(
-                ApiKey::Produce,
-                9,
-                &produce_request("t", batch(&["c"], ids(2)), -1)
-            )
-            .await
+            w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["c"], ids(2)), -1))
+                .await
         ),
         (0, 2)
     );
     // A gap in the sequence.
     let (code, _) = produce_result(
-        w.call(
-            ApiKey::Produce,
-            9,
-            &produce_request("t", batch(&["e"], ids(9)), -1),
-        )
-        .await,
+        w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["e"], ids(9)), -1))
+            .await,
     );
     assert_eq!(code, ResponseError::OutOfOrderSequenceNumber.code());
     // A newer epoch fences the old one.
@@ -626,22 +544,14 @@ async fn idempotent_retries_are_deduplicated_and_gaps_refused() {
     };
     assert_eq!(
         produce_result(
-            w.call(
-                ApiKey::Produce,
-                9,
-                &produce_request("t", batch(&["f"], new_epoch), -1)
-            )
-            .await
+            w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["f"], new_epoch), -1))
+                .await
         ),
         (0, 3)
     );
     let (code, _) = produce_result(
-        w.call(
-            ApiKey::Produce,
-            9,
-            &produce_request("t", batch(&["g"], ids(3)), -1),
-        )
-        .await,
+        w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["g"], ids(3)), -1))
+            .await,
     );
     assert_eq!(code, ResponseError::InvalidProducerEpoch.code());
     assert_eq!(high_watermark(&mut w, "t").await, 4);
@@ -693,8 +603,7 @@ async fn altered_topic_configs_persist_across_a_restart() {
     let mut w = Wire::connect(broker.addr()).await;
     create_topic(&mut w, "t", 1).await;
     let alter = |op: i8, name: &str, value: Option<&str>| {
-        RequestKind::IncrementalAlterConfigs(
-            IncrementalAlterConfigsRequest::default().with_resources(vec![
+        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
                 incremental_alter_configs_request::AlterConfigsResource::default()
                     .with_resource_type(2)
                     .with_resource_name(s("t"))
@@ -704,8 +613,7 @@ async fn altered_topic_configs_persist_across_a_restart() {
                             .with_config_operation(op)
                             .with_value(value.map(s)),
                     ]),
-            ]),
-        )
+            ]))
     };
     let code = |r: ResponseKind| match r {
         ResponseKind::IncrementalAlterConfigs(r) => r.responses[0].error_code,
@@ -758,14 +666,12 @@ async fn altered_topic_configs_persist_across_a_restart() {
     drop(w);
     broker.restart(&[]).await;
     let mut w = Wire::connect(broker.addr()).await;
-    let describe =
-        RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
+    let describe = RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             describe_configs_request::DescribeConfigsResource::default()
                 .with_resource_type(2)
                 .with_resource_name(s("t")),
         ]));
-    let ResponseKind::DescribeConfigs(r) = w.call(ApiKey::DescribeConfigs, 4, &describe).await
-    else {
+    let ResponseKind::DescribeConfigs(r) = w.call(ApiKey::DescribeConfigs, 4, &describe).await else {
         panic!()
     };
     let value = |n: &str| {
@@ -791,11 +697,7 @@ async fn altered_topic_configs_persist_across_a_restart() {
     assert_eq!(code, ResponseError::MessageTooLarge.code());
     // DELETE restores the default.
     let ResponseKind::IncrementalAlterConfigs(_) = w
-        .call(
-            ApiKey::IncrementalAlterConfigs,
-            1,
-            &alter(1, "max.message.bytes", None),
-        )
+        .call(ApiKey::IncrementalAlterConfigs, 1, &alter(1, "max.message.bytes", None))
         .await
     else {
         panic!()

@@ -12,10 +12,7 @@ use super::str_bytes;
 use crate::topics::MAX_PARTITIONS;
 use crate::Broker;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: CreatePartitionsRequest,
-) -> CreatePartitionsResponse {
+pub async fn handle(broker: &Arc<Broker>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let outcome = grow(
@@ -61,7 +58,10 @@ async fn grow(
     if count <= topic.partitions || count > MAX_PARTITIONS {
         return Err((
             ResponseError::InvalidPartitions.code(),
-            format!("topic has {} partitions; the new count must be larger and at most {MAX_PARTITIONS}", topic.partitions),
+            format!(
+                "topic has {} partitions; the new count must be larger and at most {MAX_PARTITIONS}",
+                topic.partitions
+            ),
         ));
     }
     if validate_only {

@@ -49,10 +49,10 @@ pub async fn create(
         .map_err(|e| (ResponseError::UnknownServerError.code(), e))?;
     broker.topics.insert(record);
     tracing::info!(topic = name, "topic created");
-    broker.topics.get(name).ok_or((
-        ResponseError::UnknownServerError.code(),
-        "topic vanished".into(),
-    ))
+    broker
+        .topics
+        .get(name)
+        .ok_or((ResponseError::UnknownServerError.code(), "topic vanished".into()))
 }
 
 pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
@@ -62,11 +62,7 @@ pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTop
         let configs: BTreeMap<String, String> = t
             .configs
             .iter()
-            .filter_map(|c| {
-                c.value
-                    .as_ref()
-                    .map(|v| (c.name.to_string(), v.to_string()))
-            })
+            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
             .collect();
         let partitions = if t.num_partitions == -1 {
             broker.config.num_partitions
@@ -84,14 +80,12 @@ pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTop
                 "replication is set by the partition's consensus cluster; use -1 or 1".to_owned(),
             ))
         } else if req.validate_only {
-            new_topic(&name, partitions, configs, [1; 16]).and_then(|r| {
-                match broker.topics.get(&name) {
-                    Some(_) => Err((
-                        ResponseError::TopicAlreadyExists.code(),
-                        format!("topic {name} already exists"),
-                    )),
-                    None => Ok(Arc::new(r)),
-                }
+            new_topic(&name, partitions, configs, [1; 16]).and_then(|r| match broker.topics.get(&name) {
+                Some(_) => Err((
+                    ResponseError::TopicAlreadyExists.code(),
+                    format!("topic {name} already exists"),
+                )),
+                None => Ok(Arc::new(r)),
             })
         } else {
             create(broker, &name, Some(partitions), configs).await

@@ -18,8 +18,7 @@ pub async fn handle(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGro
             Ok(had_state) => {
                 let store = broker.store.clone();
                 let group = name.clone();
-                match tokio::task::spawn_blocking(move || store.delete_group_offsets(&group)).await
-                {
+                match tokio::task::spawn_blocking(move || store.delete_group_offsets(&group)).await {
                     Ok(Ok(n)) if n > 0 || had_state => 0,
                     Ok(Ok(_)) => ResponseError::GroupIdNotFound.code(),
                     _ => ResponseError::KafkaStorageError.code(),
@@ -27,11 +26,7 @@ pub async fn handle(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGro
             }
         };
         super::count_error(courier_protocol::ApiKey::DeleteGroups, code);
-        results.push(
-            DeletableGroupResult::default()
-                .with_group_id(id)
-                .with_error_code(code),
-        );
+        results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(code));
     }
     DeleteGroupsResponse::default().with_results(results)
 }

@@ -12,11 +12,7 @@ use uuid::Uuid;
 use super::{str_bytes, topic_name};
 use crate::Broker;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: DeleteTopicsRequest,
-    version: i16,
-) -> DeleteTopicsResponse {
+pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     // v6 names topics by name or id in `topics`; earlier versions by name.
     let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
         req.topics

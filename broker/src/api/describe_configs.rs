@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use courier_consensus::catalog::TopicRecord;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
 
@@ -49,13 +47,7 @@ fn kind_code(kind: ConfigKind) -> i8 {
     }
 }
 
-fn entry(
-    name: &str,
-    value: String,
-    read_only: bool,
-    source: i8,
-    config_type: i8,
-) -> DescribeConfigsResourceResult {
+fn entry(name: &str, value: String, read_only: bool, source: i8, config_type: i8) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default()
         .with_name(str_bytes(name))
         .with_value(Some(str_bytes(&value)))
@@ -68,13 +60,7 @@ fn topic_entries(config: &BrokerConfig, topic: &TopicRecord) -> Vec<DescribeConf
     TOPIC_CONFIGS
         .iter()
         .map(|(name, kind)| match topic.configs.get(*name) {
-            Some(v) => entry(
-                name,
-                v.clone(),
-                false,
-                SOURCE_DYNAMIC_TOPIC,
-                kind_code(*kind),
-            ),
+            Some(v) => entry(name, v.clone(), false, SOURCE_DYNAMIC_TOPIC, kind_code(*kind)),
             None => entry(
                 name,
                 topic_default(config, name),
@@ -96,26 +82,14 @@ fn broker_entries(c: &BrokerConfig) -> Vec<DescribeConfigsResourceResult> {
             TYPE_BOOLEAN,
         ),
         s("num.partitions", c.num_partitions.to_string(), TYPE_INT),
-        s(
-            "message.max.bytes",
-            c.message_max_bytes.to_string(),
-            TYPE_INT,
-        ),
+        s("message.max.bytes", c.message_max_bytes.to_string(), TYPE_INT),
         s(
             "socket.request.max.bytes",
             c.socket_request_max_bytes.to_string(),
             TYPE_INT,
         ),
-        s(
-            "log.retention.ms",
-            c.log_retention_ms.to_string(),
-            TYPE_LONG,
-        ),
-        s(
-            "log.retention.bytes",
-            c.log_retention_bytes.to_string(),
-            TYPE_LONG,
-        ),
+        s("log.retention.ms", c.log_retention_ms.to_string(), TYPE_LONG),
+        s("log.retention.bytes", c.log_retention_bytes.to_string(), TYPE_LONG),
         s(
             "group.initial.rebalance.delay.ms",
             c.group_initial_rebalance_delay_ms.to_string(),
@@ -153,10 +127,7 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConf
             RESOURCE_BROKER if name.is_empty() || name == broker.node.node_id.to_string() => {
                 Ok(broker_entries(&broker.config))
             }
-            RESOURCE_BROKER => Err((
-                ResponseError::InvalidRequest.code(),
-                format!("no broker {name} here"),
-            )),
+            RESOURCE_BROKER => Err((ResponseError::InvalidRequest.code(), format!("no broker {name} here"))),
             other => Err((
                 ResponseError::InvalidRequest.code(),
                 format!("resource type {other} is not supported"),
@@ -172,8 +143,7 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConf
             }
             Err((code, message)) => {
                 super::count_error(courier_protocol::ApiKey::DescribeConfigs, code);
-                r.with_error_code(code)
-                    .with_error_message(Some(str_bytes(&message)))
+                r.with_error_code(code).with_error_message(Some(str_bytes(&message)))
             }
         });
     }

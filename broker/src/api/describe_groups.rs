@@ -24,17 +24,15 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeGroupsRequest) -> DescribeGroup
                     .with_members(
                         d.members
                             .into_iter()
-                            .map(
-                                |(member_id, instance, client_id, host, metadata, assignment)| {
-                                    DescribedGroupMember::default()
-                                        .with_member_id(str_bytes(&member_id))
-                                        .with_group_instance_id(instance.as_deref().map(str_bytes))
-                                        .with_client_id(str_bytes(&client_id))
-                                        .with_client_host(str_bytes(&host))
-                                        .with_member_metadata(metadata)
-                                        .with_member_assignment(assignment)
-                                },
-                            )
+                            .map(|(member_id, instance, client_id, host, metadata, assignment)| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(str_bytes(&member_id))
+                                    .with_group_instance_id(instance.as_deref().map(str_bytes))
+                                    .with_client_id(str_bytes(&client_id))
+                                    .with_client_host(str_bytes(&host))
+                                    .with_member_metadata(metadata)
+                                    .with_member_assignment(assignment)
+                            })
                             .collect(),
                     ),
             }

@@ -37,8 +37,7 @@ struct Read {
 pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
     if version >= 7 && req.session_id != 0 {
         super::count_error(ApiKey::Fetch, ResponseError::FetchSessionIdNotFound.code());
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
     }
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
@@ -69,13 +68,9 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
             let data = PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_aborted_transactions(Some(vec![]));
-            let Some(topic) = record
-                .as_ref()
-                .filter(|r| (0..r.partitions).contains(&p.partition))
-            else {
+            let Some(topic) = record.as_ref().filter(|r| (0..r.partitions).contains(&p.partition)) else {
                 errors = true;
-                partitions
-                    .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                partitions.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
             };
             if let Some(code) = epoch_error(p.current_leader_epoch, topic.epoch) {
@@ -118,8 +113,7 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
         let store = broker.store.clone();
         let response_max = req.max_bytes.max(0) as usize;
         let jobs: Vec<Read> = reads.iter().map(|(_, _, r)| *r).collect();
-        let result =
-            tokio::task::spawn_blocking(move || read_partitions(&store, &jobs, response_max)).await;
+        let result = tokio::task::spawn_blocking(move || read_partitions(&store, &jobs, response_max)).await;
         match result {
             Ok(Ok(records)) => {
                 for ((ti, pi, _), bytes) in reads.iter().zip(records) {
@@ -132,8 +126,7 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
                 tracing::error!(error = %e, "ledger read failed");
                 errors = true;
                 for (ti, pi, _) in &reads {
-                    topics[*ti].partitions[*pi].error_code =
-                        ResponseError::KafkaStorageError.code();
+                    topics[*ti].partitions[*pi].error_code = ResponseError::KafkaStorageError.code();
                 }
             }
             Err(e) => {
@@ -147,11 +140,7 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
             super::count_error(ApiKey::Fetch, p.error_code);
         }
     }
-    (
-        FetchResponse::default().with_responses(topics),
-        total,
-        errors,
-    )
+    (FetchResponse::default().with_responses(topics), total, errors)
 }
 
 /// KIP-320 fencing: a client that knows a newer epoch than ours is ahead of
@@ -166,11 +155,7 @@ pub fn epoch_error(client_epoch: i32, epoch: i32) -> Option<i16> {
     }
 }
 
-fn read_partitions(
-    store: &LedgerStore,
-    reads: &[Read],
-    response_max: usize,
-) -> Result<Vec<Bytes>, StoreError> {
+fn read_partitions(store: &LedgerStore, reads: &[Read], response_max: usize) -> Result<Vec<Bytes>, StoreError> {
     let mut out = Vec::with_capacity(reads.len());
     let mut total = 0usize;
     for r in reads {

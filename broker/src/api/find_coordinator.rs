@@ -12,11 +12,7 @@ use crate::Broker;
 
 const KEY_TYPE_GROUP: i8 = 0;
 
-pub fn handle(
-    broker: &Arc<Broker>,
-    req: FindCoordinatorRequest,
-    version: i16,
-) -> FindCoordinatorResponse {
+pub fn handle(broker: &Arc<Broker>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let me = BrokerId(broker.node.node_id);
     let error = if req.key_type == KEY_TYPE_GROUP {
         0
@@ -29,9 +25,7 @@ pub fn handle(
             .coordinator_keys
             .iter()
             .map(|key| {
-                let c = Coordinator::default()
-                    .with_key(key.clone())
-                    .with_error_code(error);
+                let c = Coordinator::default().with_key(key.clone()).with_error_code(error);
                 if error == 0 {
                     c.with_node_id(me)
                         .with_host(str_bytes(&broker.node.host))

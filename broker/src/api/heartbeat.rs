@@ -7,11 +7,9 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use crate::Broker;
 
 pub fn handle(broker: &Arc<Broker>, req: HeartbeatRequest) -> HeartbeatResponse {
-    let code = broker.groups.heartbeat(
-        req.group_id.as_str(),
-        req.generation_id,
-        req.member_id.as_str(),
-    );
+    let code = broker
+        .groups
+        .heartbeat(req.group_id.as_str(), req.generation_id, req.member_id.as_str());
     super::count_error(courier_protocol::ApiKey::Heartbeat, code);
     HeartbeatResponse::default().with_error_code(code)
 }

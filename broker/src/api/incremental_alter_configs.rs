@@ -17,10 +17,7 @@ use crate::Broker;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: IncrementalAlterConfigsRequest,
-) -> IncrementalAlterConfigsResponse {
+pub async fn handle(broker: &Arc<Broker>, req: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for res in req.resources {
         let outcome = match res.resource_type {
@@ -41,8 +38,7 @@ pub async fn handle(
             Ok(()) => r,
             Err((code, message)) => {
                 super::count_error(courier_protocol::ApiKey::IncrementalAlterConfigs, code);
-                r.with_error_code(code)
-                    .with_error_message(Some(str_bytes(&message)))
+                r.with_error_code(code).with_error_message(Some(str_bytes(&message)))
             }
         });
     }
@@ -65,22 +61,13 @@ async fn alter_topic(
         let key = c.name.to_string();
         match (c.config_operation, &c.value) {
             (OP_SET, Some(v)) => {
-                validate_topic_config(&key, v)
-                    .map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
+                validate_topic_config(&key, v).map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
                 configs.insert(key, v.to_string());
             }
-            (OP_SET, None) => {
-                return Err((
-                    ResponseError::InvalidConfig.code(),
-                    format!("no value for {key}"),
-                ))
-            }
+            (OP_SET, None) => return Err((ResponseError::InvalidConfig.code(), format!("no value for {key}"))),
             (OP_DELETE, _) => {
-                validate_topic_config(
-                    &key,
-                    &super::describe_configs::topic_default(&broker.config, &key),
-                )
-                .map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
+                validate_topic_config(&key, &super::describe_configs::topic_default(&broker.config, &key))
+                    .map_err(|m| (ResponseError::InvalidConfig.code(), m))?;
                 configs.remove(&key);
             }
             (op, _) => {

@@ -42,11 +42,7 @@ pub async fn handle(
     super::count_error(courier_protocol::ApiKey::JoinGroup, outcome.error);
     JoinGroupResponse::default()
         .with_error_code(outcome.error)
-        .with_generation_id(if outcome.error == 0 {
-            outcome.generation
-        } else {
-            -1
-        })
+        .with_generation_id(if outcome.error == 0 { outcome.generation } else { -1 })
         .with_protocol_type(outcome.protocol_type.as_deref().map(str_bytes))
         .with_protocol_name(outcome.protocol.as_deref().map(str_bytes))
         .with_leader(str_bytes(&outcome.leader))

@@ -11,10 +11,7 @@ use crate::Broker;
 pub fn handle(broker: &Arc<Broker>, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let batch = !req.members.is_empty();
     let ids: Vec<String> = if batch {
-        req.members
-            .iter()
-            .map(|m| m.member_id.to_string())
-            .collect()
+        req.members.iter().map(|m| m.member_id.to_string()).collect()
     } else {
         vec![req.member_id.to_string()]
     };

@@ -22,8 +22,7 @@ pub async fn handle(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGroupsR
         }
         other => {
             tracing::error!(?other, "listing groups from the ledger failed");
-            return ListGroupsResponse::default()
-                .with_error_code(ResponseError::KafkaStorageError.code());
+            return ListGroupsResponse::default().with_error_code(ResponseError::KafkaStorageError.code());
         }
     }
     for (id, protocol_type, state) in broker.groups.list() {

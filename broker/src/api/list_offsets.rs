@@ -8,9 +8,7 @@ use std::sync::Arc;
 use courier_consensus::ledger::{Block, LedgerStore, PartitionKey, StoreError};
 use courier_protocol::records::{for_each_record, BatchHeader, BATCH_HEADER_BYTES};
 use courier_protocol::ApiKey;
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
@@ -23,11 +21,7 @@ const MAX_TIMESTAMP: i64 = -3;
 /// the way in, under a tighter bound).
 const DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: ListOffsetsRequest,
-    version: i16,
-) -> ListOffsetsResponse {
+pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let record = broker.topics.get(t.name.as_str());
@@ -42,8 +36,7 @@ pub async fn handle(
                 .filter(|r| (0..r.partitions).contains(&p.partition_index))
             {
                 None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                Some(topic) => match super::fetch::epoch_error(p.current_leader_epoch, topic.epoch)
-                {
+                Some(topic) => match super::fetch::epoch_error(p.current_leader_epoch, topic.epoch) {
                     Some(code) => Err(code),
                     None => lookup(broker, topic.partition_key(p.partition_index), p.timestamp)
                         .await
@@ -76,11 +69,7 @@ pub async fn handle(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-async fn lookup(
-    broker: &Arc<Broker>,
-    pk: PartitionKey,
-    timestamp: i64,
-) -> Result<Option<(i64, i64)>, i16> {
+async fn lookup(broker: &Arc<Broker>, pk: PartitionKey, timestamp: i64) -> Result<Option<(i64, i64)>, i16> {
     let state = broker.topics.state(&pk);
     match timestamp {
         LATEST => return Ok(Some((state.next_offset, -1))),
@@ -112,12 +101,7 @@ async fn lookup(
 }
 
 /// First (offset, timestamp) with timestamp ≥ `target` (== when `exact`).
-fn find(
-    store: &LedgerStore,
-    pk: &PartitionKey,
-    target: i64,
-    exact: bool,
-) -> Result<Option<(i64, i64)>, StoreError> {
+fn find(store: &LedgerStore, pk: &PartitionKey, target: i64, exact: bool) -> Result<Option<(i64, i64)>, StoreError> {
     let Some(first) = store.first_block_reaching(pk, target)? else {
         return Ok(None);
     };
@@ -148,19 +132,14 @@ fn search_block(block: &Block, target: i64, exact: bool) -> Option<(i64, i64)> {
         }
         if h.max_timestamp >= target {
             let mut found = None;
-            let _ = for_each_record(
-                &h,
-                &b[at + BATCH_HEADER_BYTES..end],
-                DECOMPRESSED_BYTES_MAX,
-                |r| {
-                    let ts = h.base_timestamp + r.timestamp_delta;
-                    let hit = if exact { ts == target } else { ts >= target };
-                    if hit && found.is_none() {
-                        found = Some((h.base_offset + r.offset_delta as i64, ts));
-                    }
-                    Ok(())
-                },
-            );
+            let _ = for_each_record(&h, &b[at + BATCH_HEADER_BYTES..end], DECOMPRESSED_BYTES_MAX, |r| {
+                let ts = h.base_timestamp + r.timestamp_delta;
+                let hit = if exact { ts == target } else { ts >= target };
+                if hit && found.is_none() {
+                    found = Some((h.base_offset + r.offset_delta as i64, ts));
+                }
+                Ok(())
+            });
             if found.is_some() {
                 return found;
             }

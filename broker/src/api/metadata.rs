@@ -24,8 +24,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         Some(t) if t.is_empty() && version == 0 => None,
         Some(t) => Some(t),
     };
-    let auto_create =
-        broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
+    let auto_create = broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match requested {
         None => topics.extend(broker.topics.all().into_iter().map(|t| describe(&t, me))),
@@ -38,9 +37,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
                 let entry = match (found, &wanted.name) {
                     (Some(t), _) => describe(&t, me),
                     (None, Some(name)) if auto_create => {
-                        match super::create_topics::create(broker, name, None, Default::default())
-                            .await
-                        {
+                        match super::create_topics::create(broker, name, None, Default::default()).await {
                             Ok(t) => describe(&t, me),
                             Err((code, _)) => missing(Some(name.as_str()), wanted.topic_id, code),
                         }

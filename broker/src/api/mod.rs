@@ -82,8 +82,7 @@ pub fn count_error(api: ApiKey, code: i16) {
         let error = kafka_protocol::error::ParseResponseErrorCode::err(code)
             .map(|e| format!("{e:?}"))
             .unwrap_or_else(|| code.to_string());
-        metrics::counter!("courier_request_errors_total", "api" => api_name(api), "error" => error)
-            .increment(1);
+        metrics::counter!("courier_request_errors_total", "api" => api_name(api), "error" => error).increment(1);
     }
 }
 
@@ -98,46 +97,24 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, request: Reque
         Rq::Metadata(r) => Reply::Now(Rs::Metadata(metadata::handle(broker, r, version).await)),
         Rq::Produce(r) => produce::handle(broker, r).await,
         Rq::Fetch(r) => Reply::Now(Rs::Fetch(fetch::handle(broker, r, version).await)),
-        Rq::ListOffsets(r) => Reply::Now(Rs::ListOffsets(
-            list_offsets::handle(broker, r, version).await,
-        )),
-        Rq::OffsetForLeaderEpoch(r) => Reply::Now(Rs::OffsetForLeaderEpoch(
-            offset_for_leader_epoch::handle(broker, r),
-        )),
+        Rq::ListOffsets(r) => Reply::Now(Rs::ListOffsets(list_offsets::handle(broker, r, version).await)),
+        Rq::OffsetForLeaderEpoch(r) => Reply::Now(Rs::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(broker, r))),
         Rq::CreateTopics(r) => Reply::Now(Rs::CreateTopics(create_topics::handle(broker, r).await)),
-        Rq::DeleteTopics(r) => Reply::Now(Rs::DeleteTopics(
-            delete_topics::handle(broker, r, version).await,
-        )),
-        Rq::CreatePartitions(r) => Reply::Now(Rs::CreatePartitions(
-            create_partitions::handle(broker, r).await,
-        )),
-        Rq::DescribeConfigs(r) => {
-            Reply::Now(Rs::DescribeConfigs(describe_configs::handle(broker, r)))
-        }
+        Rq::DeleteTopics(r) => Reply::Now(Rs::DeleteTopics(delete_topics::handle(broker, r, version).await)),
+        Rq::CreatePartitions(r) => Reply::Now(Rs::CreatePartitions(create_partitions::handle(broker, r).await)),
+        Rq::DescribeConfigs(r) => Reply::Now(Rs::DescribeConfigs(describe_configs::handle(broker, r))),
         Rq::IncrementalAlterConfigs(r) => Reply::Now(Rs::IncrementalAlterConfigs(
             incremental_alter_configs::handle(broker, r).await,
         )),
-        Rq::DescribeCluster(r) => {
-            Reply::Now(Rs::DescribeCluster(describe_cluster::handle(broker, r)))
-        }
-        Rq::InitProducerId(r) => Reply::Now(Rs::InitProducerId(
-            init_producer_id::handle(broker, r).await,
-        )),
-        Rq::FindCoordinator(r) => Reply::Now(Rs::FindCoordinator(find_coordinator::handle(
-            broker, r, version,
-        ))),
-        Rq::JoinGroup(r) => Reply::Now(Rs::JoinGroup(
-            join_group::handle(broker, ctx, r, version).await,
-        )),
+        Rq::DescribeCluster(r) => Reply::Now(Rs::DescribeCluster(describe_cluster::handle(broker, r))),
+        Rq::InitProducerId(r) => Reply::Now(Rs::InitProducerId(init_producer_id::handle(broker, r).await)),
+        Rq::FindCoordinator(r) => Reply::Now(Rs::FindCoordinator(find_coordinator::handle(broker, r, version))),
+        Rq::JoinGroup(r) => Reply::Now(Rs::JoinGroup(join_group::handle(broker, ctx, r, version).await)),
         Rq::SyncGroup(r) => Reply::Now(Rs::SyncGroup(sync_group::handle(broker, r).await)),
         Rq::Heartbeat(r) => Reply::Now(Rs::Heartbeat(heartbeat::handle(broker, r))),
         Rq::LeaveGroup(r) => Reply::Now(Rs::LeaveGroup(leave_group::handle(broker, r))),
-        Rq::OffsetCommit(r) => Reply::Now(Rs::OffsetCommit(
-            offset_commit::handle(broker, ctx, r).await,
-        )),
-        Rq::OffsetFetch(r) => Reply::Now(Rs::OffsetFetch(
-            offset_fetch::handle(broker, r, version).await,
-        )),
+        Rq::OffsetCommit(r) => Reply::Now(Rs::OffsetCommit(offset_commit::handle(broker, ctx, r).await)),
+        Rq::OffsetFetch(r) => Reply::Now(Rs::OffsetFetch(offset_fetch::handle(broker, r, version).await)),
         Rq::ListGroups(r) => Reply::Now(Rs::ListGroups(list_groups::handle(broker, r).await)),
         Rq::DescribeGroups(r) => Reply::Now(Rs::DescribeGroups(describe_groups::handle(broker, r))),
         Rq::DeleteGroups(r) => Reply::Now(Rs::DeleteGroups(delete_groups::handle(broker, r).await)),

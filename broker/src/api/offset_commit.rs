@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use courier_consensus::ledger::Receipt;
-use kafka_protocol::messages::offset_commit_response::{
-    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
-};
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
@@ -20,11 +18,7 @@ use crate::Broker;
 /// Longest metadata string kept with a commit (Kafka's offset.metadata.max.bytes).
 const METADATA_BYTES_MAX: usize = 4096;
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    ctx: &RequestContext,
-    req: OffsetCommitRequest,
-) -> OffsetCommitResponse {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
     let group_error = if group_id.is_empty() {
@@ -74,12 +68,8 @@ pub async fn handle(
                             .await
                         {
                             Ok(()) => 0,
-                            Err(Rejected::UnknownTopicOrPartition) => {
-                                ResponseError::UnknownTopicOrPartition.code()
-                            }
-                            Err(Rejected::ShuttingDown) => {
-                                ResponseError::CoordinatorNotAvailable.code()
-                            }
+                            Err(Rejected::UnknownTopicOrPartition) => ResponseError::UnknownTopicOrPartition.code(),
+                            Err(Rejected::ShuttingDown) => ResponseError::CoordinatorNotAvailable.code(),
                             Err(_) => ResponseError::KafkaStorageError.code(),
                         }
                     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use courier_consensus::ledger::{CommittedOffset, PartitionKey};
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
-    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::ResponseError;
@@ -54,9 +54,7 @@ async fn positions(
                 .map(|p| {
                     (
                         p,
-                        topic
-                            .as_ref()
-                            .and_then(|t| committed.get(&t.partition_key(p)).cloned()),
+                        topic.as_ref().and_then(|t| committed.get(&t.partition_key(p)).cloned()),
                     )
                 })
                 .collect();
@@ -65,19 +63,13 @@ async fn positions(
         .collect())
 }
 
-pub async fn handle(
-    broker: &Arc<Broker>,
-    req: OffsetFetchRequest,
-    version: i16,
-) -> OffsetFetchResponse {
+pub async fn handle(broker: &Arc<Broker>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     if version >= 8 {
         let mut groups = Vec::with_capacity(req.groups.len());
         for g in req.groups {
-            let wanted = g.topics.map(|ts| {
-                ts.into_iter()
-                    .map(|t| (t.name, t.partition_indexes))
-                    .collect()
-            });
+            let wanted = g
+                .topics
+                .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
             let r = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             groups.push(match positions(broker, g.group_id.as_str(), wanted).await {
                 Err(code) => r.with_error_code(code),
@@ -85,21 +77,19 @@ pub async fn handle(
                     found
                         .into_iter()
                         .map(|(name, parts)| {
-                            OffsetFetchResponseTopics::default()
-                                .with_name(name)
-                                .with_partitions(
-                                    parts
-                                        .into_iter()
-                                        .map(|(p, c)| {
-                                            let (offset, epoch, md) = unpack(c);
-                                            OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(offset)
-                                                .with_committed_leader_epoch(epoch)
-                                                .with_metadata(Some(str_bytes(&md)))
-                                        })
-                                        .collect(),
-                                )
+                            OffsetFetchResponseTopics::default().with_name(name).with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, c)| {
+                                        let (offset, epoch, md) = unpack(c);
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(str_bytes(&md)))
+                                    })
+                                    .collect(),
+                            )
                         })
                         .collect(),
                 ),
@@ -107,11 +97,9 @@ pub async fn handle(
         }
         return OffsetFetchResponse::default().with_groups(groups);
     }
-    let wanted = req.topics.map(|ts| {
-        ts.into_iter()
-            .map(|t| (t.name, t.partition_indexes))
-            .collect()
-    });
+    let wanted = req
+        .topics
+        .map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
     match positions(broker, req.group_id.as_str(), wanted).await {
         // v1 has no top-level error code: there the failure reads as "no commits".
         Err(code) if version >= 2 => OffsetFetchResponse::default().with_error_code(code),
@@ -120,21 +108,19 @@ pub async fn handle(
             found
                 .into_iter()
                 .map(|(name, parts)| {
-                    OffsetFetchResponseTopic::default()
-                        .with_name(name)
-                        .with_partitions(
-                            parts
-                                .into_iter()
-                                .map(|(p, c)| {
-                                    let (offset, epoch, md) = unpack(c);
-                                    OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(epoch)
-                                        .with_metadata(Some(str_bytes(&md)))
-                                })
-                                .collect(),
-                        )
+                    OffsetFetchResponseTopic::default().with_name(name).with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, c)| {
+                                let (offset, epoch, md) = unpack(c);
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(Some(str_bytes(&md)))
+                            })
+                            .collect(),
+                    )
                 })
                 .collect(),
         ),

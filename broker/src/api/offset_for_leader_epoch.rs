@@ -6,18 +6,13 @@
 use std::sync::Arc;
 
 use courier_protocol::ApiKey;
-use kafka_protocol::messages::offset_for_leader_epoch_response::{
-    EpochEndOffset, OffsetForLeaderTopicResult,
-};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub fn handle(
-    broker: &Arc<Broker>,
-    req: OffsetForLeaderEpochRequest,
-) -> OffsetForLeaderEpochResponse {
+pub fn handle(broker: &Arc<Broker>, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let record = broker.topics.get(t.topic.as_str());
@@ -29,10 +24,7 @@ pub fn handle(
                     .with_partition(p.partition)
                     .with_leader_epoch(-1)
                     .with_end_offset(-1);
-                let Some(topic) = record
-                    .as_ref()
-                    .filter(|r| (0..r.partitions).contains(&p.partition))
-                else {
+                let Some(topic) = record.as_ref().filter(|r| (0..r.partitions).contains(&p.partition)) else {
                     super::count_error(
                         ApiKey::OffsetForLeaderEpoch,
                         ResponseError::UnknownTopicOrPartition.code(),
@@ -48,8 +40,7 @@ pub fn handle(
                     return r;
                 }
                 let state = broker.topics.state(&topic.partition_key(p.partition));
-                r.with_leader_epoch(topic.epoch)
-                    .with_end_offset(state.next_offset)
+                r.with_leader_epoch(topic.epoch).with_end_offset(state.next_offset)
             })
             .collect();
         topics.push(

@@ -112,16 +112,12 @@ pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest) -> Reply {
 }
 
 /// Validates a partition's record set; the batches share the request's memory.
-fn check(
-    records: Bytes,
-    batch_bytes_max: usize,
-) -> Result<Vec<courier_protocol::records::Batch>, (i16, String)> {
+fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol::records::Batch>, (i16, String)> {
     let limits = RecordLimits {
         batch_bytes_max: usize::MAX,
         decompressed_bytes_max: batch_bytes_max.saturating_mul(DECOMPRESSION_RATIO_MAX),
     };
-    let batches =
-        validate_record_set(&records, &limits).map_err(|e| (records_code(&e), e.to_string()))?;
+    let batches = validate_record_set(&records, &limits).map_err(|e| (records_code(&e), e.to_string()))?;
     for b in &batches {
         if b.bytes.len() > batch_bytes_max {
             return Err((

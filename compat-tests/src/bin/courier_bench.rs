@@ -43,6 +43,32 @@ struct Args {
     /// Label printed with each result line.
     #[arg(long, default_value = "courier")]
     label: String,
+    /// Process id of the broker, to report its CPU seconds per phase.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of (client, broker) spent while `f` runs.
+fn measured<T>(broker: Option<u32>, f: impl FnOnce() -> T) -> (T, f64, Option<f64>) {
+    let (c0, b0) = (cpu_seconds(None), broker.and_then(|p| cpu_seconds(Some(p))));
+    let out = f();
+    let (c1, b1) = (cpu_seconds(None), broker.and_then(|p| cpu_seconds(Some(p))));
+    let client = c1.zip(c0).map(|(a, b)| a - b).unwrap_or(f64::NAN);
+    (out, client, b1.zip(b0).map(|(a, b)| a - b))
 }
 
 /// Collects acknowledgement latencies from librdkafka's delivery callback.
@@ -60,12 +86,7 @@ impl ProducerContext for BenchContext {
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
         let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
         match result {
-            Ok(_) => self
-                .0
-                .latencies_us
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(us),
+            Ok(_) => self.0.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).push(us),
             Err(_) => *self.0.failures.lock().unwrap_or_else(|p| p.into_inner()) += 1,
         }
     }
@@ -88,9 +109,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     for r in admin
         .create_topics(
             &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
@@ -161,10 +180,7 @@ fn consume(args: &Args, topic: &str, partitions: i32) -> anyhow::Result<(Duratio
     let (mut count, mut bytes) = (0usize, 0usize);
     while count < args.records {
         if start.elapsed() > limit {
-            bail!(
-                "consumer read {count} of {} records in {limit:?}",
-                args.records
-            );
+            bail!("consumer read {count} of {} records in {limit:?}", args.records);
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
@@ -179,16 +195,32 @@ fn consume(args: &Args, topic: &str, partitions: i32) -> anyhow::Result<(Duratio
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "{:<10} {:>6} {:>4} {:>10} {:>12} {:>9} {:>9} {:>12}",
-        "target", "size", "part", "prod MB/s", "prod rec/s", "p50 ms", "p99 ms", "cons MB/s"
+        "{:<10} {:>6} {:>4} {:>10} {:>12} {:>9} {:>9} {:>10} {:>22} {:>22}",
+        "target",
+        "size",
+        "part",
+        "prod MB/s",
+        "prod rec/s",
+        "p50 ms",
+        "p99 ms",
+        "cons MB/s",
+        "prod CPU s/GB cli+brk",
+        "cons CPU s/GB cli+brk"
     );
     let run = Instant::now().elapsed().as_nanos() ^ std::process::id() as u128;
     for &size in &args.sizes {
         for &partitions in &args.partitions {
             let topic = format!("bench-{size}b-{partitions}p-{run:x}");
             create_topic(&args.bootstrap, &topic, partitions).await?;
-            let (produce_time, lat) = produce(&args, &topic, size)?;
-            let (consume_time, consumed_bytes) = consume(&args, &topic, partitions)?;
+            let (produced, p_client, p_broker) = measured(args.broker_pid, || produce(&args, &topic, size));
+            let (produce_time, lat) = produced?;
+            let (consumed, c_client, c_broker) = measured(args.broker_pid, || consume(&args, &topic, partitions));
+            let (consume_time, consumed_bytes) = consumed?;
+            let gb = (args.records * size) as f64 / 1e9;
+            let per_gb = |client: f64, broker: Option<f64>| match broker {
+                Some(b) => format!("{:.1}+{:.1}", client / gb, b / gb),
+                None => format!("{:.1}+?", client / gb),
+            };
             let total_mb = (args.records * size) as f64 / 1e6;
             let r = CaseResult {
                 produce_mb_s: total_mb / produce_time.as_secs_f64(),
@@ -198,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
                 consume_mb_s: consumed_bytes as f64 / 1e6 / consume_time.as_secs_f64(),
             };
             println!(
-                "{:<10} {:>6} {:>4} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>12.1}",
+                "{:<10} {:>6} {:>4} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>10.1} {:>22} {:>22}",
                 args.label,
                 size,
                 partitions,
@@ -206,7 +238,9 @@ async fn main() -> anyhow::Result<()> {
                 r.produce_records_s,
                 r.p50_ms,
                 r.p99_ms,
-                r.consume_mb_s
+                r.consume_mb_s,
+                per_gb(p_client, p_broker),
+                per_gb(c_client, c_broker)
             );
         }
     }

@@ -143,11 +143,18 @@ fn need(b: &[u8], n: usize) -> Result<(), BlockError> {
 }
 
 impl Block {
-    /// The canonical encoding (what is hashed and stored).
+    /// The canonical encoding (what is hashed): [`Block::encode_head`], then
+    /// the batches.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(
-            FIXED_BYTES + 4 + self.batches.len() + 128 * self.receipts.len(),
-        );
+        let mut out = self.encode_head();
+        out.put_slice(&self.batches);
+        out.freeze()
+    }
+
+    /// Everything of the canonical encoding up to and including
+    /// `batches_len`: the part stored apart from the record batches.
+    pub fn encode_head(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(FIXED_BYTES + 4 + 128 * self.receipts.len());
         out.put_slice(MAGIC);
         out.put_u16(BLOCK_FORMAT_VERSION);
         out.put_slice(&self.partition.topic_id);
@@ -177,17 +184,55 @@ impl Block {
             out.put_i64(r.timestamp_ms);
         }
         out.put_u32(self.batches.len() as u32);
-        out.put_slice(&self.batches);
-        out.freeze()
+        out
     }
 
+    /// SHA-256 of the canonical encoding, without assembling it.
     pub fn hash(&self) -> BlockHash {
-        BlockHash::of(&self.encode())
+        Self::hash_parts(&self.encode_head(), &self.batches)
+    }
+
+    /// SHA-256 of a head (from [`Block::encode_head`]) followed by batches.
+    pub fn hash_parts(head: &[u8], batches: &[u8]) -> BlockHash {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(head);
+        ctx.update(batches);
+        let mut h = [0u8; 32];
+        h.copy_from_slice(ctx.finish().as_ref());
+        BlockHash(h)
     }
 
     /// Decodes a canonical encoding; `batches` shares `bytes`' memory.
     pub fn decode(bytes: &Bytes) -> Result<Block, BlockError> {
         let mut b: &[u8] = bytes;
+        let (mut block, batches_len) = Self::decode_head(&mut b)?;
+        need(b, batches_len)?;
+        if b.len() > batches_len {
+            return Err(BlockError::TrailingBytes(b.len() - batches_len));
+        }
+        let start = bytes.len() - b.len();
+        block.batches = bytes.slice(start..start + batches_len);
+        Ok(block)
+    }
+
+    /// Rebuilds a block from a stored head and its batches, checking that
+    /// the head is whole and announces exactly these batches.
+    pub fn from_parts(head: &[u8], batches: Bytes) -> Result<Block, BlockError> {
+        let mut b = head;
+        let (mut block, batches_len) = Self::decode_head(&mut b)?;
+        if !b.is_empty() {
+            return Err(BlockError::TrailingBytes(b.len()));
+        }
+        if batches_len != batches.len() {
+            return Err(BlockError::Truncated);
+        }
+        block.batches = batches;
+        Ok(block)
+    }
+
+    /// Parses the head, leaving `b` at the first batch byte; returns the
+    /// block (with no batches yet) and the announced batches length.
+    fn decode_head(b: &mut &[u8]) -> Result<(Block, usize), BlockError> {
         need(b, FIXED_BYTES)?;
         if &b[..4] != MAGIC {
             return Err(BlockError::BadMagic);
@@ -218,16 +263,16 @@ impl Block {
         }
         let mut receipts = Vec::with_capacity(receipt_count);
         for _ in 0..receipt_count {
-            let group_id = get_str(&mut b)?;
-            let member_id = get_str(&mut b)?;
-            let principal = get_str(&mut b)?;
-            let client_id = get_str(&mut b)?;
+            let group_id = get_str(b)?;
+            let member_id = get_str(b)?;
+            let principal = get_str(b)?;
+            let client_id = get_str(b)?;
             need(b, 13)?;
             let offset = b.get_i64();
             let leader_epoch = b.get_i32();
             let metadata = match b.get_u8() {
                 0 => None,
-                _ => Some(get_str(&mut b)?),
+                _ => Some(get_str(b)?),
             };
             need(b, 8)?;
             let timestamp_ms = b.get_i64();
@@ -244,13 +289,7 @@ impl Block {
         }
         need(b, 4)?;
         let batches_len = b.get_u32() as usize;
-        need(b, batches_len)?;
-        if b.len() > batches_len {
-            return Err(BlockError::TrailingBytes(b.len() - batches_len));
-        }
-        let start = bytes.len() - b.len();
-        let batches = bytes.slice(start..start + batches_len);
-        Ok(Block {
+        let block = Block {
             partition,
             height,
             view,
@@ -260,8 +299,9 @@ impl Block {
             max_timestamp,
             config_version,
             receipts,
-            batches,
-        })
+            batches: Bytes::new(),
+        };
+        Ok((block, batches_len))
     }
 }
 
@@ -347,9 +387,6 @@ mod tests {
         };
         let mut b = block.encode().to_vec();
         b.push(0);
-        assert_eq!(
-            Block::decode(&Bytes::from(b)),
-            Err(BlockError::TrailingBytes(1))
-        );
+        assert_eq!(Block::decode(&Bytes::from(b)), Err(BlockError::TrailingBytes(1)));
     }
 }

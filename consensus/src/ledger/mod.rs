@@ -2,13 +2,12 @@
 //! the one before it, with contiguous Kafka offsets across blocks.
 
 mod block;
+mod payloads;
 mod store;
 mod verify;
 
 pub use block::{Block, BlockError, BlockHash, PartitionKey, Receipt, BLOCK_FORMAT_VERSION};
-pub use store::{
-    CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet,
-};
+pub use store::{CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet};
 pub use verify::{verify_partition, VerifyError, VerifyReport};
 
 #[cfg(test)]
@@ -89,14 +88,50 @@ mod tests {
         assert_eq!(from_7.len(), 1);
         assert_eq!((from_7[0].base_offset, from_7[0].next_offset), (6, 9));
         assert_eq!(store.read_from(&PK, 15, 1 << 20).unwrap().len(), 0);
-        assert_eq!(
-            store
-                .first_block_reaching(&PK, 1010)
-                .unwrap()
-                .unwrap()
-                .height,
-            3
-        );
+        assert_eq!(store.first_block_reaching(&PK, 1010).unwrap().unwrap().height, 3);
+    }
+
+    #[test]
+    fn payload_bytes_no_block_points_to_are_cut_off_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        {
+            let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+            append(&store, 3, 2);
+        }
+        // A crash after the payload sync but before the redb commit leaves
+        // bytes past the committed end.
+        let payloads = path.with_extension("payloads");
+        let committed = std::fs::metadata(&payloads).unwrap().len();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&payloads).unwrap();
+        std::io::Write::write_all(&mut f, &[0xab; 777]).unwrap();
+        drop(f);
+        let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+        assert_eq!(std::fs::metadata(&payloads).unwrap().len(), committed);
+        append(&store, 2, 2);
+        assert_eq!(verify_partition(&store, &PK, |_| {}).unwrap().records, 10);
+    }
+
+    #[test]
+    fn a_payload_log_shorter_than_the_ledger_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        {
+            let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+            append(&store, 2, 2);
+        }
+        let payloads = path.with_extension("payloads");
+        let len = std::fs::metadata(&payloads).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&payloads)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        assert!(matches!(
+            LedgerStore::open(&path, Durability::Immediate),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -137,9 +172,7 @@ mod tests {
         raw[last] ^= 0x20;
         store.tamper_block(&PK, 2, &raw).unwrap();
         match verify_partition(&store, &PK, |_| {}) {
-            Err(VerifyError::BadBlock {
-                height: 2, reason, ..
-            }) => assert!(reason.contains("CRC"), "{reason}"),
+            Err(VerifyError::BadBlock { height: 2, reason, .. }) => assert!(reason.contains("CRC"), "{reason}"),
             other => panic!("expected block 2 to fail, got {other:?}"),
         }
         // Re-encode block 1 with a different timestamp: canonical and CRC-clean,

@@ -7,7 +7,9 @@
 //! group or none of it.
 //!
 //! Tables (keys are big-endian so byte order is numeric order):
-//! * `blocks`: partition key ‖ height → canonical block bytes
+//! * `blocks`: partition key ‖ height → payload offset ‖ payload length ‖
+//!   block hash ‖ block head (the canonical encoding without the batches,
+//!   which live in the payload log, see [`super::payloads`])
 //! * `offset_index`: partition key ‖ next_offset ‖ height → height ‖ running max timestamp
 //! * `partitions`: partition key → [`PartitionState`]
 //! * `producers`: partition key ‖ producer id → producer state
@@ -20,6 +22,7 @@ use bytes::{Buf, BufMut, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::block::{Block, BlockHash, PartitionKey};
+use super::payloads::{PayloadLog, PayloadRef};
 use crate::catalog::TopicRecord;
 use crate::contract::{ProducerState, ProducerTable, RememberedBatch};
 
@@ -31,6 +34,8 @@ const GROUP_OFFSETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
+/// Counter: the payload log's committed end.
+const PAYLOAD_END: &str = "payload_end";
 
 /// Whether a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,8 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
+    #[error("ledger file I/O: {0}")]
+    Io(String),
 }
 
 macro_rules! from_redb {
@@ -100,10 +107,7 @@ impl PartitionState {
 
     fn decode(mut b: &[u8]) -> Result<Self, StoreError> {
         if b.len() != 64 {
-            return Err(StoreError::Corrupt(format!(
-                "partition state of {} bytes",
-                b.len()
-            )));
+            return Err(StoreError::Corrupt(format!("partition state of {} bytes", b.len())));
         }
         let next_height = b.get_u64();
         let next_offset = b.get_i64();
@@ -154,10 +158,7 @@ impl CommittedOffset {
         let metadata = if r.is_empty() {
             None
         } else {
-            Some(
-                String::from_utf8(r.to_vec())
-                    .map_err(|_| StoreError::Corrupt("metadata not UTF-8".into()))?,
-            )
+            Some(String::from_utf8(r.to_vec()).map_err(|_| StoreError::Corrupt("metadata not UTF-8".into()))?)
         };
         Ok(Self {
             offset,
@@ -270,14 +271,42 @@ fn decode_producer(mut b: &[u8]) -> Result<ProducerState, StoreError> {
     Ok(ProducerState { epoch, recent })
 }
 
-/// A node's ledger database.
+/// Bytes of a `blocks` value before the head: offset, length, hash.
+const BLOCK_RECORD_PREFIX_BYTES: usize = 8 + 4 + 32;
+
+fn block_record(r: PayloadRef, hash: &BlockHash, head: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(BLOCK_RECORD_PREFIX_BYTES + head.len());
+    v.put_u64(r.offset);
+    v.put_u32(r.len);
+    v.put_slice(&hash.0);
+    v.put_slice(head);
+    v
+}
+
+/// Splits a `blocks` value into payload location, recorded hash and head.
+fn parse_block_record(v: &[u8]) -> Result<(PayloadRef, BlockHash, &[u8]), StoreError> {
+    if v.len() < BLOCK_RECORD_PREFIX_BYTES {
+        return Err(StoreError::Corrupt("block record truncated".into()));
+    }
+    let mut r = v;
+    let offset = r.get_u64();
+    let len = r.get_u32();
+    let mut h = [0u8; 32];
+    r.copy_to_slice(&mut h);
+    Ok((PayloadRef { offset, len }, BlockHash(h), r))
+}
+
+/// A node's ledger: redb for heads, indexes and state; the payload log for
+/// record batches.
 pub struct LedgerStore {
     db: Database,
+    payloads: PayloadLog,
     durability: Durability,
 }
 
 impl LedgerStore {
-    /// Opens (or creates) the ledger at `path` and makes sure every table exists.
+    /// Opens (or creates) the ledger at `path` (and its payload log beside
+    /// it) and makes sure every table exists.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
@@ -290,7 +319,18 @@ impl LedgerStore {
         txn.open_table(COUNTERS)?;
         txn.open_table(IDENTITY)?;
         txn.commit()?;
-        Ok(Self { db, durability })
+        let committed_end = {
+            let txn = db.begin_read()?;
+            let counters = txn.open_table(COUNTERS)?;
+            let end = counters.get(PAYLOAD_END)?.map(|v| v.value()).unwrap_or(0);
+            end
+        };
+        let payloads = PayloadLog::open(&path.with_extension("payloads"), committed_end)?;
+        Ok(Self {
+            db,
+            payloads,
+            durability,
+        })
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
@@ -306,13 +346,17 @@ impl LedgerStore {
     /// partition's chain (height, previous hash, base offset); a block that
     /// does not is a bug upstream and nothing is written.
     pub fn commit(&self, set: &WriteSet) -> Result<Vec<PartitionState>, StoreError> {
+        let payloads: Vec<&[u8]> = set.blocks.iter().map(|b| &b.batches[..]).collect();
+        let (refs, payload_end) = self
+            .payloads
+            .append(&payloads, self.durability == Durability::Immediate)?;
         let txn = self.begin_write()?;
         let mut states = Vec::with_capacity(set.blocks.len());
         {
             let mut blocks = txn.open_table(BLOCKS)?;
             let mut index = txn.open_table(OFFSET_INDEX)?;
             let mut partitions = txn.open_table(PARTITIONS)?;
-            for block in &set.blocks {
+            for (block, payload) in set.blocks.iter().zip(&refs) {
                 let pk = block.partition.to_bytes();
                 let state = match partitions.get(&pk[..])? {
                     Some(v) => PartitionState::decode(v.value())?,
@@ -328,9 +372,10 @@ impl LedgerStore {
                         block.height, block.partition, state.next_height
                     )));
                 }
-                let encoded = block.encode();
-                let hash = BlockHash::of(&encoded);
-                blocks.insert(&block_key(&block.partition, block.height)[..], &encoded[..])?;
+                let head = block.encode_head();
+                let hash = Block::hash_parts(&head, &block.batches);
+                let record = block_record(*payload, &hash, &head);
+                blocks.insert(&block_key(&block.partition, block.height)[..], &record[..])?;
                 let max_timestamp = state.max_timestamp.max(block.max_timestamp);
                 let mut entry = [0u8; 16];
                 entry[..8].copy_from_slice(&block.height.to_be_bytes());
@@ -362,8 +407,10 @@ impl LedgerStore {
                 key.extend_from_slice(&pk.to_bytes());
                 offsets.insert(&key[..], &committed.encode()[..])?;
             }
+            txn.open_table(COUNTERS)?.insert(PAYLOAD_END, payload_end)?;
         }
         txn.commit()?;
+        self.payloads.committed(payload_end);
         Ok(states)
     }
 
@@ -383,8 +430,7 @@ impl LedgerStore {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let pk = PartitionKey::from_bytes(k.value())
-                .ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
+            let pk = PartitionKey::from_bytes(k.value()).ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
             out.push((pk, PartitionState::decode(v.value())?));
         }
         Ok(out)
@@ -412,24 +458,42 @@ impl LedgerStore {
         Ok(out)
     }
 
-    /// The canonical bytes of the block at `height`.
+    /// The canonical bytes of the block at `height`, reassembled from its
+    /// head and its payload (for verification and export; fetches use
+    /// [`LedgerStore::read_from`], which does not copy them together).
     pub fn block(&self, pk: &PartitionKey, height: u64) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOCKS)?;
-        Ok(table
+        let Some(v) = table.get(&block_key(pk, height)[..])? else {
+            return Ok(None);
+        };
+        let (payload, _, head) = parse_block_record(v.value())?;
+        let batches = self.payloads.read(payload)?;
+        let mut out = Vec::with_capacity(head.len() + batches.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(&batches);
+        Ok(Some(Bytes::from(out)))
+    }
+
+    /// The block at `height`, its batches read straight from the payload log.
+    fn load_block(
+        &self,
+        blocks: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        pk: &PartitionKey,
+        height: u64,
+    ) -> Result<Block, StoreError> {
+        let v = blocks
             .get(&block_key(pk, height)[..])?
-            .map(|v| Bytes::copy_from_slice(v.value())))
+            .ok_or_else(|| StoreError::Corrupt(format!("index names missing block {height}")))?;
+        let (payload, _, head) = parse_block_record(v.value())?;
+        let batches = self.payloads.read(payload)?;
+        Block::from_parts(head, batches).map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))
     }
 
     /// Blocks holding records at or after `offset`, in order, until their
     /// batches add up to at least `max_bytes` (at least one block is returned
     /// when any exists, so a record larger than `max_bytes` still makes progress).
-    pub fn read_from(
-        &self,
-        pk: &PartitionKey,
-        offset: i64,
-        max_bytes: usize,
-    ) -> Result<Vec<Block>, StoreError> {
+    pub fn read_from(&self, pk: &PartitionKey, offset: i64, max_bytes: usize) -> Result<Vec<Block>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let blocks = txn.open_table(BLOCKS)?;
@@ -445,12 +509,7 @@ impl LedgerStore {
                     .and_then(|s| s.try_into().ok())
                     .ok_or_else(|| StoreError::Corrupt("index".into()))?,
             );
-            let raw = blocks.get(&block_key(pk, height)[..])?.ok_or_else(|| {
-                StoreError::Corrupt(format!("index names missing block {height}"))
-            })?;
-            let raw = Bytes::copy_from_slice(raw.value());
-            let block = Block::decode(&raw)
-                .map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
+            let block = self.load_block(&blocks, pk, height)?;
             if block.batches.is_empty() {
                 continue;
             }
@@ -465,11 +524,7 @@ impl LedgerStore {
 
     /// The first block whose running maximum timestamp reaches `timestamp`:
     /// the earliest block that can hold a record with a timestamp at or after it.
-    pub fn first_block_reaching(
-        &self,
-        pk: &PartitionKey,
-        timestamp: i64,
-    ) -> Result<Option<Block>, StoreError> {
+    pub fn first_block_reaching(&self, pk: &PartitionKey, timestamp: i64) -> Result<Option<Block>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let prefix = pk.to_bytes();
@@ -480,36 +535,20 @@ impl LedgerStore {
             if v.len() != 16 {
                 return Err(StoreError::Corrupt("index entry".into()));
             }
-            let height = u64::from_be_bytes(
-                v[..8]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("index".into()))?,
-            );
-            let running_max = i64::from_be_bytes(
-                v[8..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("index".into()))?,
-            );
+            let height = u64::from_be_bytes(v[..8].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
+            let running_max = i64::from_be_bytes(v[8..].try_into().map_err(|_| StoreError::Corrupt("index".into()))?);
             if running_max >= timestamp {
-                let Some(raw) = self.block(pk, height)? else {
-                    return Err(StoreError::Corrupt(format!(
-                        "index names missing block {height}"
-                    )));
-                };
-                if let Ok(b) = Block::decode(&raw) {
-                    if !b.batches.is_empty() {
-                        return Ok(Some(b));
-                    }
+                let blocks = txn.open_table(BLOCKS)?;
+                let b = self.load_block(&blocks, pk, height)?;
+                if !b.batches.is_empty() {
+                    return Ok(Some(b));
                 }
             }
         }
         Ok(None)
     }
 
-    pub fn committed_offsets(
-        &self,
-        group: &str,
-    ) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
+    pub fn committed_offsets(&self, group: &str) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(GROUP_OFFSETS)?;
         let prefix = group_prefix(group);
@@ -536,9 +575,7 @@ impl LedgerStore {
                 return Err(StoreError::Corrupt("group key".into()));
             }
             let n = k.get_u32() as usize;
-            let name = k
-                .get(..n)
-                .ok_or_else(|| StoreError::Corrupt("group key".into()))?;
+            let name = k.get(..n).ok_or_else(|| StoreError::Corrupt("group key".into()))?;
             let name = String::from_utf8_lossy(name).into_owned();
             if out.last() != Some(&name) {
                 out.push(name);
@@ -573,10 +610,7 @@ impl LedgerStore {
         let id;
         {
             let mut counters = txn.open_table(COUNTERS)?;
-            id = counters
-                .get("next_producer_id")?
-                .map(|v| v.value())
-                .unwrap_or(1000);
+            id = counters.get("next_producer_id")?.map(|v| v.value()).unwrap_or(1000);
             counters.insert("next_producer_id", id + 1)?;
         }
         txn.commit()?;
@@ -595,9 +629,7 @@ impl LedgerStore {
                 None => {
                     let mut id = [0u8; 16];
                     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-                        .map_err(|_| {
-                            StoreError::Corrupt("no system randomness for the cluster id".into())
-                        })?;
+                        .map_err(|_| StoreError::Corrupt("no system randomness for the cluster id".into()))?;
                     table.insert("cluster_id", &id[..])?;
                     id.to_vec()
                 }
@@ -623,8 +655,7 @@ impl LedgerStore {
     pub fn put_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(topic).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let txn = self.begin_write()?;
-        txn.open_table(TOPICS)?
-            .insert(topic.name.as_str(), &json[..])?;
+        txn.open_table(TOPICS)?.insert(topic.name.as_str(), &json[..])?;
         txn.commit()?;
         Ok(())
     }
@@ -653,16 +684,21 @@ impl LedgerStore {
 impl LedgerStore {
     /// Overwrites a stored block's bytes without any check: for tests that
     /// prove verification catches tampering.
-    pub fn tamper_block(
-        &self,
-        pk: &PartitionKey,
-        height: u64,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
+    /// `bytes` must be a canonical encoding (any content): its batches are
+    /// appended to the payload log and the stored head replaced.
+    pub fn tamper_block(&self, pk: &PartitionKey, height: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let block = Block::decode(&Bytes::copy_from_slice(bytes)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let head = block.encode_head();
+        let (refs, end) = self.payloads.append(&[&block.batches[..]], true)?;
         let txn = self.begin_write()?;
-        txn.open_table(BLOCKS)?
-            .insert(&block_key(pk, height)[..], bytes)?;
+        {
+            let record = block_record(refs[0], &Block::hash_parts(&head, &block.batches), &head);
+            txn.open_table(BLOCKS)?
+                .insert(&block_key(pk, height)[..], &record[..])?;
+            txn.open_table(COUNTERS)?.insert(PAYLOAD_END, end)?;
+        }
         txn.commit()?;
+        self.payloads.committed(end);
         Ok(())
     }
 }

@@ -55,9 +55,7 @@ pub fn verify_partition(
             height,
             reason,
         };
-        let raw = store
-            .block(pk, height)?
-            .ok_or_else(|| bad("missing".into()))?;
+        let raw = store.block(pk, height)?.ok_or_else(|| bad("missing".into()))?;
         let block = Block::decode(&raw).map_err(|e| bad(format!("not a canonical block: {e}")))?;
         if block.partition != *pk || block.height != height {
             return Err(bad(format!(
@@ -80,8 +78,7 @@ pub fn verify_partition(
         let mut at = 0;
         let mut expected = block.base_offset;
         while at < block.batches.len() {
-            let header =
-                BatchHeader::parse(&block.batches[at..]).map_err(|e| bad(format!("batch: {e}")))?;
+            let header = BatchHeader::parse(&block.batches[at..]).map_err(|e| bad(format!("batch: {e}")))?;
             let end = at
                 .checked_add(header.total_bytes())
                 .filter(|&e| e <= block.batches.len() && header.batch_length > 0);

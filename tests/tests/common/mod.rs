@@ -38,9 +38,7 @@ impl TestBroker {
     pub async fn start(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let running = courier::start(config(&dir, extra))
-            .await
-            .expect("broker starts");
+        let running = courier::start(config(&dir, extra)).await.expect("broker starts");
         Self {
             running: Some(running),
             dir,
@@ -53,11 +51,7 @@ impl TestBroker {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        self.running = Some(
-            courier::start(config(&self.dir, extra))
-                .await
-                .expect("broker restarts"),
-        );
+        self.running = Some(courier::start(config(&self.dir, extra)).await.expect("broker restarts"));
     }
 
     pub async fn stop(&mut self) {
@@ -127,15 +121,12 @@ impl Wire {
     /// Reads one response frame; `None` when the broker closed the connection.
     pub async fn recv_frame(&mut self) -> Option<BytesMut> {
         loop {
-            if let Some(frame) =
-                decode_frame(&mut self.buf, 1 << 30).expect("broker frames are sane")
-            {
+            if let Some(frame) = decode_frame(&mut self.buf, 1 << 30).expect("broker frames are sane") {
                 return Some(frame);
             }
-            let read =
-                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
-                    .await
-                    .expect("broker answers or closes within 20 s");
+            let read = tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("broker answers or closes within 20 s");
             match read {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
@@ -147,8 +138,7 @@ impl Wire {
     pub async fn recv(&mut self, api: ApiKey, version: i16) -> Option<(i32, ResponseKind)> {
         let frame = self.recv_frame().await?;
         let mut b = frame.freeze();
-        let header = ResponseHeader::decode(&mut b, api.response_header_version(version))
-            .expect("response header");
+        let header = ResponseHeader::decode(&mut b, api.response_header_version(version)).expect("response header");
         let body = decode_response(api, &mut b, version);
         assert!(
             !b.has_remaining(),
@@ -179,6 +169,5 @@ impl Wire {
 }
 
 pub fn decode_response(api: ApiKey, b: &mut bytes::Bytes, version: i16) -> ResponseKind {
-    ResponseKind::decode(api, b, version)
-        .unwrap_or_else(|e| panic!("{api:?} v{version} response does not decode: {e}"))
+    ResponseKind::decode(api, b, version).unwrap_or_else(|e| panic!("{api:?} v{version} response does not decode: {e}"))
 }

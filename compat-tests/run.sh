@@ -18,7 +18,7 @@ trap cleanup EXIT
 [ -n "${COMPAT_KEEP_LOG:-}" ] && trap 'cp "$log" /tmp/compat-courier.log; cleanup' EXIT
 
 "$courier" dev --port "$port" --admin-port 0 --data-dir "$data/ledger" \
-  --set group.initial.rebalance.delay.ms=0 >"$log" 2>&1 &
+  >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
   (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break

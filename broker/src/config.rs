@@ -120,7 +120,19 @@ fn parse_scalar(raw: &str) -> toml::Value {
 impl BrokerConfig {
     /// Defaults, then `file`, then `overrides` (`name=value`).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::load_layers(&[], file, overrides)
+    }
+
+    /// Defaults, then `base` (a mode's own defaults, e.g. `courier dev`'s),
+    /// then `file`, then `overrides`.
+    pub fn load_layers(base: &[&str], file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut flat = BTreeMap::new();
+        for o in base {
+            let (name, value) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(o.to_string()))?;
+            flat.insert(name.trim().to_owned(), parse_scalar(value.trim()));
+        }
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -208,6 +220,17 @@ mod tests {
         assert_eq!(c.num_partitions, 6);
         assert_eq!(c.log_dirs, PathBuf::from("/tmp/x"));
         assert!(!c.ledger_fsync);
+    }
+
+    #[test]
+    fn mode_defaults_sit_below_the_file_and_overrides() {
+        let base = ["group.initial.rebalance.delay.ms=0", "num.partitions=2"];
+        let c = BrokerConfig::load_layers(&base, None, &["num.partitions=5".into()]).unwrap();
+        assert_eq!((c.group_initial_rebalance_delay_ms, c.num_partitions), (0, 5));
+        assert_eq!(
+            BrokerConfig::load(None, &[]).unwrap().group_initial_rebalance_delay_ms,
+            3000
+        );
     }
 
     #[test]

@@ -719,3 +719,149 @@ async fn sweep_sessions(inner: std::sync::Weak<Inner>, mut shutdown: ShutdownSig
         c.expire_sessions();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::Shutdown;
+
+    fn coordinator() -> (GroupCoordinator, Shutdown) {
+        let config = BrokerConfig::load(
+            None,
+            &[
+                "group.initial.rebalance.delay.ms=0".into(),
+                "group.min.session.timeout.ms=1000".into(),
+            ],
+        )
+        .unwrap();
+        let shutdown = Shutdown::new();
+        (GroupCoordinator::new(&config, shutdown.signal()), shutdown)
+    }
+
+    fn join_req(member_id: &str, client: &str) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: client.into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 3000,
+            rebalance_timeout_ms: 5000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"md"))],
+            require_known_member_id: true,
+        }
+    }
+
+    /// Runs the two-step join of KIP-394 and returns the outcome.
+    async fn join(c: &GroupCoordinator, client: &str) -> JoinOutcome {
+        let first = c.join(join_req("", client)).await;
+        assert_eq!(first.error, ResponseError::MemberIdRequired.code());
+        assert!(first.member_id.starts_with(client));
+        c.join(join_req(&first.member_id, client)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_stops_heartbeating_is_expired_and_the_rest_rebalance() {
+        let (c, _s) = coordinator();
+        let a = join(&c, "a").await;
+        assert_eq!((a.error, a.generation, a.leader == a.member_id), (0, 1, true));
+        assert_eq!(
+            c.sync(
+                "g",
+                1,
+                &a.member_id,
+                vec![(a.member_id.clone(), Bytes::from_static(b"all"))]
+            )
+            .await
+            .error,
+            0
+        );
+
+        // b joins: a must rejoin within the rebalance timeout.
+        let c2 = c.clone();
+        let b_task = tokio::spawn(async move { join(&c2, "b").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            c.heartbeat("g", 1, &a.member_id),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let a2 = c.join(join_req(&a.member_id, "a")).await;
+        let b = b_task.await.unwrap();
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(a2.members.len(), 2, "the leader sees both members");
+
+        // b stops heartbeating; a keeps going. After b's session timeout the
+        // group rebalances and a's heartbeat says so.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let code = c.heartbeat("g", 2, &a.member_id);
+            if code == ResponseError::RebalanceInProgress.code() {
+                let a3 = c.join(join_req(&a.member_id, "a")).await;
+                assert_eq!((a3.error, a3.generation, a3.members.len()), (0, 3, 1));
+                return;
+            }
+            assert!(
+                code == 0 || code == ResponseError::IllegalGeneration.code(),
+                "unexpected {code}"
+            );
+        }
+        panic!("b was never expired");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_that_do_not_rejoin_by_the_deadline_are_dropped() {
+        let (c, _s) = coordinator();
+        let a = join(&c, "a").await;
+        c.sync("g", 1, &a.member_id, vec![]).await;
+        // b joins; a never rejoins (it crashed without leaving). The join
+        // completes at the rebalance deadline with b alone.
+        let b = join(&c, "b").await;
+        assert_eq!((b.error, b.generation), (0, 2));
+        assert_eq!(b.leader, b.member_id);
+        assert_eq!(c.heartbeat("g", 2, &a.member_id), ResponseError::UnknownMemberId.code());
+        assert_eq!(c.describe("g").unwrap().members.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_are_checked_against_member_and_generation() {
+        let (c, _s) = coordinator();
+        assert_eq!(c.check_commit("g", -1, ""), 0, "a simple commit to an unknown group");
+        let a = join(&c, "a").await;
+        c.sync("g", 1, &a.member_id, vec![]).await;
+        assert_eq!(c.check_commit("g", 1, &a.member_id), 0);
+        assert_eq!(
+            c.check_commit("g", 0, &a.member_id),
+            ResponseError::IllegalGeneration.code()
+        );
+        assert_eq!(
+            c.check_commit("g", 1, "stranger"),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(
+            c.check_commit("g", -1, ""),
+            ResponseError::IllegalGeneration.code(),
+            "the group has members"
+        );
+        assert_eq!(c.remove_if_empty("g"), Err(ResponseError::NonEmptyGroup.code()));
+        assert_eq!(c.leave("g", std::slice::from_ref(&a.member_id)), vec![0]);
+        assert_eq!(c.remove_if_empty("g"), Ok(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incompatible_protocols_and_bad_timeouts_are_refused() {
+        let (c, _s) = coordinator();
+        let a = join(&c, "a").await;
+        assert_eq!(a.error, 0);
+        let mut other = join_req("", "z");
+        other.require_known_member_id = false;
+        other.protocols = vec![("cooperative-sticky".into(), Bytes::new())];
+        assert_eq!(
+            c.join(other).await.error,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        let mut short = join_req("", "y");
+        short.session_timeout_ms = 10;
+        assert_eq!(c.join(short).await.error, ResponseError::InvalidSessionTimeout.code());
+    }
+}

@@ -98,7 +98,9 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         });
     }
     overrides.extend(args.settings.overrides);
-    let config = BrokerConfig::load(args.settings.config.as_deref(), &overrides)?;
+    // As Kafka's shipped development config does: no initial rebalance delay.
+    let dev_defaults = ["group.initial.rebalance.delay.ms=0"];
+    let config = BrokerConfig::load_layers(&dev_defaults, args.settings.config.as_deref(), &overrides)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let data_dir = config.log_dirs.clone();

@@ -46,6 +46,10 @@ struct Args {
     /// Process id of the broker, to report its CPU seconds per phase.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// After each saturated run, produce again paced at this fraction of the
+    /// measured peak and report the latencies at that load (0 skips it).
+    #[arg(long, default_value_t = 0.5)]
+    paced_fraction: f64,
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
@@ -122,7 +126,9 @@ async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::R
     Ok(())
 }
 
-fn produce(args: &Args, topic: &str, size: usize) -> anyhow::Result<(Duration, Vec<u32>)> {
+/// Produces `args.records` records of `size` bytes; paced to `rate_bytes_s`
+/// when given, else as fast as librdkafka accepts them.
+fn produce(args: &Args, topic: &str, size: usize, rate_bytes_s: Option<f64>) -> anyhow::Result<(Duration, Vec<u32>)> {
     let acks = Arc::new(Acks {
         latencies_us: Mutex::new(Vec::with_capacity(args.records)),
         failures: Mutex::new(0),
@@ -136,7 +142,16 @@ fn produce(args: &Args, topic: &str, size: usize) -> anyhow::Result<(Duration, V
     let payload = vec![b'x'; size];
     let limit = Duration::from_secs(args.max_seconds);
     let start = Instant::now();
+    let interval = rate_bytes_s.map(|r| Duration::from_secs_f64(size as f64 / r));
     for i in 0..args.records {
+        if let Some(interval) = interval {
+            // Sleep only when more than a millisecond ahead of schedule.
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now + Duration::from_millis(1) {
+                std::thread::sleep(due - now);
+            }
+        }
         let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
             BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(&payload[..]);
         loop {
@@ -212,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
         for &partitions in &args.partitions {
             let topic = format!("bench-{size}b-{partitions}p-{run:x}");
             create_topic(&args.bootstrap, &topic, partitions).await?;
-            let (produced, p_client, p_broker) = measured(args.broker_pid, || produce(&args, &topic, size));
+            let (produced, p_client, p_broker) = measured(args.broker_pid, || produce(&args, &topic, size, None));
             let (produce_time, lat) = produced?;
             let (consumed, c_client, c_broker) = measured(args.broker_pid, || consume(&args, &topic, partitions));
             let (consume_time, consumed_bytes) = consumed?;
@@ -242,6 +257,23 @@ async fn main() -> anyhow::Result<()> {
                 per_gb(p_client, p_broker),
                 per_gb(c_client, c_broker)
             );
+            if args.paced_fraction > 0.0 {
+                let rate = r.produce_mb_s * 1e6 * args.paced_fraction;
+                let paced_topic = format!("{topic}-paced");
+                create_topic(&args.bootstrap, &paced_topic, partitions).await?;
+                let (elapsed, lat) = produce(&args, &paced_topic, size, Some(rate))?;
+                println!(
+                    "{:<10} {:>6} {:>4} {:>10.1} {:>12.0} {:>9.2} {:>9.2}   (paced at {:.0}% of peak)",
+                    args.label,
+                    size,
+                    partitions,
+                    (args.records * size) as f64 / 1e6 / elapsed.as_secs_f64(),
+                    args.records as f64 / elapsed.as_secs_f64(),
+                    percentile(&lat, 0.50),
+                    percentile(&lat, 0.99),
+                    args.paced_fraction * 100.0
+                );
+            }
         }
     }
     Ok(())

@@ -20,14 +20,20 @@ use bytes::BytesMut;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{judge, remember, ProducerTable, Verdict};
 use courier_consensus::ledger::{
-    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, StoreError, WriteSet,
+    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, SealedBlock, StoreError,
+    WriteSet,
 };
-use courier_protocol::records::{assign_offset, Batch};
+use courier_protocol::records::{assign_offset, Batch, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
 use crate::topics::Topics;
 
+/// Largest block payload a round writes. A fetch reads whole blocks and
+/// clients fetch about 1 MiB per partition, so a larger block would be read
+/// for a fraction of its bytes. A single batch above this gets a block of
+/// its own.
+pub const BLOCK_BYTES_MAX: usize = 1 << 20;
 /// Submissions queued before submitters wait (back-pressure).
 pub const QUEUE_SUBMISSIONS_MAX: usize = 4096;
 /// A round stops taking submissions past this many batch bytes…
@@ -386,18 +392,7 @@ impl Worker {
             let Some(w) = self.working.get(&pk) else {
                 continue;
             };
-            set.blocks.push(Block {
-                partition: pk,
-                height: w.state.next_height,
-                view: 0,
-                prev_hash: w.state.last_hash,
-                base_offset: w.state.next_offset,
-                next_offset: draft.next_offset,
-                max_timestamp: draft.max_timestamp,
-                config_version: 0,
-                receipts: draft.receipts,
-                batches: draft.batches.freeze(),
-            });
+            set.blocks.extend(cut_blocks(pk, &w.state, draft));
         }
         for (pk, producer_id) in touched.into_keys() {
             if let Some(state) = self.working.get(&pk).and_then(|w| w.producers.get(&producer_id)) {
@@ -413,7 +408,7 @@ impl Worker {
             Ok(states) => {
                 metrics::histogram!("courier_ledger_commit_seconds").record(written.elapsed().as_secs_f64());
                 metrics::counter!("courier_ledger_blocks_total").increment(set.blocks.len() as u64);
-                let updates: Vec<_> = set.blocks.iter().map(|b| b.partition).zip(states).collect();
+                let updates: Vec<_> = set.blocks.iter().map(|b| b.block.partition).zip(states).collect();
                 for (pk, state) in &updates {
                     if let Some(w) = self.working.get_mut(pk) {
                         w.state = *state;
@@ -436,7 +431,7 @@ impl Worker {
                 error!(error = %e, "ledger commit failed; the round is refused");
                 // In-memory contract state ran ahead of the disk: reload it.
                 for b in &set.blocks {
-                    self.working.remove(&b.partition);
+                    self.working.remove(&b.block.partition);
                 }
                 let failed = Rejected::Storage(e.to_string());
                 for r in replies {
@@ -454,6 +449,59 @@ impl Worker {
     }
 }
 
+/// Turns a partition's draft into sealed blocks of at most
+/// [`BLOCK_BYTES_MAX`] (cut at batch boundaries), chained from `state`.
+/// Receipts go into the last block.
+fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<SealedBlock> {
+    let batches = draft.batches.freeze();
+    let mut out = Vec::with_capacity(batches.len() / BLOCK_BYTES_MAX + 1);
+    let mut height = state.next_height;
+    let mut prev_hash = state.last_hash;
+    let mut base_offset = state.next_offset;
+    let (mut start, mut at) = (0, 0);
+    let (mut next_offset, mut max_timestamp) = (base_offset, -1);
+    let mut receipts = draft.receipts;
+    loop {
+        // The draft holds only batches this round validated and placed.
+        let header = (at < batches.len())
+            .then(|| BatchHeader::parse(&batches[at..]).ok())
+            .flatten();
+        let size = header.map_or(0, |h| h.total_bytes());
+        let last = header.is_none();
+        if last || (at > start && at - start + size > BLOCK_BYTES_MAX) {
+            let sealed = Block {
+                partition: pk,
+                height,
+                view: 0,
+                prev_hash,
+                base_offset,
+                next_offset,
+                max_timestamp,
+                config_version: 0,
+                receipts: if last {
+                    std::mem::take(&mut receipts)
+                } else {
+                    Vec::new()
+                },
+                batches: batches.slice(start..at),
+            }
+            .seal();
+            height += 1;
+            prev_hash = sealed.hash;
+            base_offset = next_offset;
+            max_timestamp = -1;
+            start = at;
+            out.push(sealed);
+        }
+        let Some(h) = header else { break };
+        at += size;
+        next_offset = h.last_offset() + 1;
+        max_timestamp = max_timestamp.max(h.max_timestamp);
+    }
+    debug_assert_eq!(next_offset, draft.next_offset, "cut blocks end where the draft does");
+    out
+}
+
 impl Draft {
     fn empty(next_offset: i64) -> Self {
         Self {
@@ -463,5 +511,83 @@ impl Draft {
             batches: BytesMut::new(),
             receipts: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_protocol::records::{encode_batch, NewRecord, ProducerIds};
+
+    #[test]
+    fn drafts_are_cut_into_chained_blocks_of_bounded_size() {
+        let pk = PartitionKey {
+            topic_id: [3; 16],
+            partition: 0,
+        };
+        let state = PartitionState {
+            next_height: 7,
+            next_offset: 100,
+            ..PartitionState::EMPTY
+        };
+        let mut draft = Draft::empty(100);
+        let value = vec![b'v'; 300 * 1024];
+        for i in 0..5 {
+            let record = NewRecord {
+                value: Some(&value),
+                ..Default::default()
+            };
+            let b = encode_batch(i, ProducerIds::NONE, &[record.clone(), record]);
+            let start = draft.batches.len();
+            draft.batches.extend_from_slice(&b);
+            assign_offset(&mut draft.batches[start..], draft.next_offset, 0);
+            draft.next_offset += 2;
+        }
+        draft.receipts.push(Receipt {
+            group_id: "g".into(),
+            offset: 5,
+            ..Default::default()
+        });
+        let blocks = cut_blocks(pk, &state, draft);
+        // Each batch is ~600 KiB: two never fit in 1 MiB, so one block each.
+        assert_eq!(blocks.len(), 5);
+        let mut prev = state.last_hash;
+        for (i, b) in blocks.iter().enumerate() {
+            assert_eq!(b.block.height, 7 + i as u64);
+            assert_eq!(b.block.prev_hash, prev);
+            assert_eq!(
+                (b.block.base_offset, b.block.next_offset),
+                (100 + 2 * i as i64, 102 + 2 * i as i64)
+            );
+            assert_eq!(b.hash, b.block.hash());
+            assert!(b.block.batches.len() <= BLOCK_BYTES_MAX);
+            prev = b.hash;
+        }
+        assert_eq!(blocks[4].block.receipts.len(), 1, "receipts ride in the last block");
+    }
+
+    #[test]
+    fn a_receipt_only_draft_makes_one_empty_block() {
+        let pk = PartitionKey {
+            topic_id: [3; 16],
+            partition: 1,
+        };
+        let mut draft = Draft::empty(40);
+        draft.receipts.push(Receipt {
+            group_id: "g".into(),
+            offset: 40,
+            ..Default::default()
+        });
+        let blocks = cut_blocks(
+            pk,
+            &PartitionState {
+                next_offset: 40,
+                ..PartitionState::EMPTY
+            },
+            draft,
+        );
+        assert_eq!(blocks.len(), 1);
+        assert_eq!((blocks[0].block.base_offset, blocks[0].block.next_offset), (40, 40));
+        assert!(blocks[0].block.batches.is_empty());
     }
 }

@@ -103,6 +103,28 @@ pub struct Block {
     pub batches: Bytes,
 }
 
+/// A block with its head encoded and its hash computed, ready to store.
+/// Sealing is where a block's identity is fixed; the store writes what
+/// was sealed and does not hash again.
+#[derive(Clone, Debug)]
+pub struct SealedBlock {
+    pub block: Block,
+    pub head: Bytes,
+    pub hash: BlockHash,
+}
+
+impl Block {
+    pub fn seal(self) -> SealedBlock {
+        let head = self.encode_head().freeze();
+        let hash = Block::hash_parts(&head, &self.batches);
+        SealedBlock {
+            block: self,
+            head,
+            hash,
+        }
+    }
+}
+
 /// Why bytes are not a canonical block.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockError {

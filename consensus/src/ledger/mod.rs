@@ -6,7 +6,7 @@ mod payloads;
 mod store;
 mod verify;
 
-pub use block::{Block, BlockError, BlockHash, PartitionKey, Receipt, BLOCK_FORMAT_VERSION};
+pub use block::{Block, BlockError, BlockHash, PartitionKey, Receipt, SealedBlock, BLOCK_FORMAT_VERSION};
 pub use store::{CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet};
 pub use verify::{verify_partition, VerifyError, VerifyReport};
 
@@ -57,7 +57,7 @@ mod tests {
             };
             store
                 .commit(&WriteSet {
-                    blocks: vec![block],
+                    blocks: vec![block.seal()],
                     ..Default::default()
                 })
                 .unwrap();
@@ -153,7 +153,7 @@ mod tests {
         };
         assert!(matches!(
             store.commit(&WriteSet {
-                blocks: vec![forged],
+                blocks: vec![forged.seal()],
                 ..Default::default()
             }),
             Err(StoreError::Corrupt(_))

@@ -21,7 +21,7 @@ use std::path::Path;
 use bytes::{Buf, BufMut, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::block::{Block, BlockHash, PartitionKey};
+use super::block::{Block, BlockHash, PartitionKey, SealedBlock};
 use super::payloads::{PayloadLog, PayloadRef};
 use crate::catalog::TopicRecord;
 use crate::contract::{ProducerState, ProducerTable, RememberedBatch};
@@ -182,7 +182,7 @@ pub struct ProducerEntry {
 #[derive(Default, Debug)]
 pub struct WriteSet {
     /// Blocks in chain order per partition; each must extend its chain.
-    pub blocks: Vec<Block>,
+    pub blocks: Vec<SealedBlock>,
     pub producers: Vec<ProducerEntry>,
     pub offsets: Vec<(String, PartitionKey, CommittedOffset)>,
 }
@@ -346,7 +346,7 @@ impl LedgerStore {
     /// partition's chain (height, previous hash, base offset); a block that
     /// does not is a bug upstream and nothing is written.
     pub fn commit(&self, set: &WriteSet) -> Result<Vec<PartitionState>, StoreError> {
-        let payloads: Vec<&[u8]> = set.blocks.iter().map(|b| &b.batches[..]).collect();
+        let payloads: Vec<&[u8]> = set.blocks.iter().map(|b| &b.block.batches[..]).collect();
         let (refs, payload_end) = self
             .payloads
             .append(&payloads, self.durability == Durability::Immediate)?;
@@ -356,7 +356,8 @@ impl LedgerStore {
             let mut blocks = txn.open_table(BLOCKS)?;
             let mut index = txn.open_table(OFFSET_INDEX)?;
             let mut partitions = txn.open_table(PARTITIONS)?;
-            for (block, payload) in set.blocks.iter().zip(&refs) {
+            for (sealed, payload) in set.blocks.iter().zip(&refs) {
+                let block = &sealed.block;
                 let pk = block.partition.to_bytes();
                 let state = match partitions.get(&pk[..])? {
                     Some(v) => PartitionState::decode(v.value())?,
@@ -372,9 +373,13 @@ impl LedgerStore {
                         block.height, block.partition, state.next_height
                     )));
                 }
-                let head = block.encode_head();
-                let hash = Block::hash_parts(&head, &block.batches);
-                let record = block_record(*payload, &hash, &head);
+                let hash = sealed.hash;
+                debug_assert_eq!(
+                    hash,
+                    Block::hash_parts(&sealed.head, &block.batches),
+                    "sealed hash is stale"
+                );
+                let record = block_record(*payload, &hash, &sealed.head);
                 blocks.insert(&block_key(&block.partition, block.height)[..], &record[..])?;
                 let max_timestamp = state.max_timestamp.max(block.max_timestamp);
                 let mut entry = [0u8; 16];

@@ -1,18 +1,28 @@
 //! The sequencer: the one writer of the node's ledger.
 //!
 //! Handlers submit work (a partition's record batches, a consumer group's
-//! offset commit, a topic deletion) and await the outcome. The sequencer runs
-//! on its own thread: it takes everything that has queued up, applies the
-//! contract to each batch in arrival order, builds at most one block per
-//! partition, writes them all in one transaction (one fsync for the whole
-//! round: group commit), and only then answers. Whatever arrives during the
-//! write forms the next round, so batching grows with load by itself.
+//! offset commit, a topic deletion) and await the outcome. Two threads do
+//! the work:
+//!
+//! * the **sequencer** takes everything that has queued up (a round),
+//!   applies the contract to each batch in arrival order, and seals the
+//!   result into hash-chained blocks of at most [`BLOCK_BYTES_MAX`];
+//! * the **committer** writes each sealed round in one transaction (one
+//!   payload sync and one redb commit: group commit), publishes the new high
+//!   watermarks, and only then answers the round's submitters.
+//!
+//! The sequencer runs one round ahead of the disk (see [`ROUNDS_QUEUED_MAX`]),
+//! so ordering and hashing the next round overlap the sync of the last.
+//! Nothing is acknowledged or visible to consumers before it is durable. If
+//! a write fails, the sequencer's state has run past the disk: every later
+//! write is refused until a restart reloads the ledger.
 //!
 //! This is the single-replica ordering; the PBFT issue replaces what happens
 //! between "round cut" and "blocks committed" with a consensus round, behind
 //! the same [`Sequencer`] handle.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +38,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
 use crate::topics::Topics;
+
+// Threads: the sequencer orders and seals rounds; the committer makes them
+// durable. See the module documentation.
 
 /// Largest block payload a round writes. A fetch reads whole blocks and
 /// clients fetch about 1 MiB per partition, so a larger block would be read
@@ -89,16 +102,31 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    /// Starts the sequencer thread. It ends when every handle is dropped,
-    /// after finishing the round in progress.
+    /// Starts the sequencer and committer threads. They end when every
+    /// handle is dropped, after the rounds in progress are durable.
     pub fn start(store: Arc<LedgerStore>, topics: Arc<Topics>) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
         let (commits_tx, commits) = watch::channel(0);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(ROUNDS_QUEUED_MAX);
+        let failed = Arc::new(AtomicBool::new(false));
+        let committer = Committer {
+            store: store.clone(),
+            topics: topics.clone(),
+            jobs: jobs_rx,
+            commits: commits_tx,
+            failed: failed.clone(),
+        };
+        let committer = std::thread::Builder::new()
+            .name("courier-committer".into())
+            .spawn(move || committer.run())
+            .expect("spawning the committer thread");
         let worker = Worker {
             store,
             topics,
             rx,
-            commits: commits_tx,
+            jobs: jobs_tx,
+            failed,
+            committer: Some(committer),
             working: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
@@ -195,12 +223,45 @@ enum Reply {
     Receipt(oneshot::Sender<Result<(), Rejected>>),
 }
 
+/// Sealed rounds buffered between the threads. Zero makes the hand-off a
+/// rendezvous: a sealed round waits in the sequencer until the committer is
+/// free, so the sequencer runs exactly one round ahead of the disk, and the
+/// next round gathers submissions for a whole commit's duration (a buffer
+/// would let it cut tiny rounds, each paying a full sync).
+const ROUNDS_QUEUED_MAX: usize = 0;
+
+/// Work for the committer thread, in ledger order.
+enum Job {
+    Commit {
+        set: WriteSet,
+        replies: Vec<Reply>,
+    },
+    DeleteTopic {
+        topic: TopicRecord,
+        reply: oneshot::Sender<Result<(), Rejected>>,
+    },
+}
+
 struct Worker {
     store: Arc<LedgerStore>,
     topics: Arc<Topics>,
     rx: mpsc::Receiver<Submission>,
-    commits: watch::Sender<u64>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    /// Set by the committer when a write failed: the sequencer's state has
+    /// run past the disk, so every later write is refused until a restart
+    /// reloads the ledger.
+    failed: Arc<AtomicBool>,
+    committer: Option<std::thread::JoinHandle<()>>,
     working: HashMap<PartitionKey, Working>,
+}
+
+/// Writes sealed rounds and answers their submitters once durable.
+struct Committer {
+    store: Arc<LedgerStore>,
+    topics: Arc<Topics>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    commits: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -220,7 +281,16 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            if self.failed.load(Ordering::Acquire) {
+                refuse(round.drain(..));
+                continue;
+            }
             self.run_round(&mut round);
+        }
+        // Hang up on the committer and wait until everything sealed is durable.
+        drop(self.jobs);
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
         }
     }
 
@@ -278,22 +348,20 @@ impl Worker {
                     }
                 },
                 Submission::DeleteTopic { topic, reply } => {
-                    self.commit(
+                    // Seal what came before, then hand the deletion to the
+                    // committer behind it, so the two stay in ledger order.
+                    self.seal(
                         std::mem::take(&mut drafts),
                         std::mem::take(&mut touched),
                         std::mem::take(&mut offsets),
                         std::mem::take(&mut replies),
                     );
-                    let outcome = self
-                        .store
-                        .delete_topic(&topic)
-                        .map_err(|e| Rejected::Storage(e.to_string()));
                     self.working.retain(|pk, _| pk.topic_id != topic.id);
-                    let _ = reply.send(outcome);
+                    self.send(Job::DeleteTopic { topic, reply });
                 }
             }
         }
-        self.commit(drafts, touched, offsets, replies);
+        self.seal(drafts, touched, offsets, replies);
         metrics::histogram!("courier_sequencer_round_seconds").record(started.elapsed().as_secs_f64());
     }
 
@@ -371,29 +439,45 @@ impl Worker {
         })
     }
 
-    fn commit(
+    /// Seals a round's drafts into blocks, advances the partitions' state
+    /// to what the ledger will hold once they are durable, and hands the
+    /// round to the committer. Submitters are answered by the committer.
+    fn seal(
         &mut self,
         drafts: BTreeMap<PartitionKey, Draft>,
         touched: HashMap<(PartitionKey, i64), ()>,
-        offsets: Vec<(String, PartitionKey, CommittedOffset)>,
+        mut offsets: Vec<(String, PartitionKey, CommittedOffset)>,
         replies: Vec<Reply>,
     ) {
         if drafts.is_empty() && replies.is_empty() {
             return;
         }
-        let mut set = WriteSet {
-            offsets,
-            ..Default::default()
-        };
+        let mut set = WriteSet::default();
         for (pk, draft) in drafts {
             if draft.batches.is_empty() && draft.receipts.is_empty() {
                 continue;
             }
-            let Some(w) = self.working.get(&pk) else {
-                continue;
-            };
-            set.blocks.extend(cut_blocks(pk, &w.state, draft));
+            let Some(w) = self.working.get_mut(&pk) else { continue };
+            let sealed = cut_blocks(pk, &w.state, draft);
+            for b in &sealed {
+                w.state = PartitionState {
+                    next_height: b.block.height + 1,
+                    next_offset: b.block.next_offset,
+                    last_hash: b.hash,
+                    log_start_offset: w.state.log_start_offset,
+                    max_timestamp: w.state.max_timestamp.max(b.block.max_timestamp),
+                };
+            }
+            // Receipts ride in the partition's last block of the round.
+            let last_height = w.state.next_height.saturating_sub(1);
+            for (_, opk, committed) in offsets.iter_mut() {
+                if *opk == pk {
+                    committed.receipt_height = last_height;
+                }
+            }
+            set.blocks.extend(sealed);
         }
+        set.offsets = offsets;
         for (pk, producer_id) in touched.into_keys() {
             if let Some(state) = self.working.get(&pk).and_then(|w| w.producers.get(&producer_id)) {
                 set.producers.push(ProducerEntry {
@@ -403,46 +487,111 @@ impl Worker {
                 });
             }
         }
+        self.send(Job::Commit { set, replies });
+    }
+
+    fn send(&mut self, job: Job) {
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            // The committer is gone (it only stops when we hang up, or on a
+            // panic): nothing more can become durable.
+            self.failed.store(true, Ordering::Release);
+            job.fail(&Rejected::Storage("the ledger committer stopped".into()));
+        }
+    }
+}
+
+/// Answers a round's submitters with a storage error.
+fn refuse(round: impl Iterator<Item = Submission>) {
+    let failed = Rejected::Storage("an earlier ledger write failed; restart the broker".into());
+    for sub in round {
+        match sub {
+            Submission::Produce { reply, .. } => {
+                let _ = reply.send(Err(failed.clone()));
+            }
+            Submission::Receipt { reply, .. } | Submission::DeleteTopic { reply, .. } => {
+                let _ = reply.send(Err(failed.clone()));
+            }
+        }
+    }
+}
+
+impl Job {
+    fn fail(self, e: &Rejected) {
+        match self {
+            Job::Commit { replies, .. } => {
+                for r in replies {
+                    r.send(Err(e.clone()));
+                }
+            }
+            Job::DeleteTopic { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// Sends the outcome: the contract's own for a produce, or `outcome`'s
+    /// error if the round could not be written.
+    fn send(self, outcome: Result<(), Rejected>) {
+        match (self, outcome) {
+            (Reply::Produce(tx, contract), Ok(())) => {
+                let _ = tx.send(contract);
+            }
+            (Reply::Produce(tx, _), Err(e)) => {
+                let _ = tx.send(Err(e));
+            }
+            (Reply::Receipt(tx), outcome) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
+impl Committer {
+    fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            if self.failed.load(Ordering::Acquire) {
+                // Later rounds chain onto the one that failed: refuse them too.
+                job.fail(&Rejected::Storage(
+                    "an earlier ledger write failed; restart the broker".into(),
+                ));
+                continue;
+            }
+            match job {
+                Job::Commit { set, replies } => self.commit(set, replies),
+                Job::DeleteTopic { topic, reply } => {
+                    let outcome = self
+                        .store
+                        .delete_topic(&topic)
+                        .map_err(|e| Rejected::Storage(e.to_string()));
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    fn commit(&self, set: WriteSet, replies: Vec<Reply>) {
+        let span = info_span!("commit", blocks = set.blocks.len());
+        let _enter = span.enter();
         let written = Instant::now();
         match self.store.commit(&set) {
             Ok(states) => {
                 metrics::histogram!("courier_ledger_commit_seconds").record(written.elapsed().as_secs_f64());
                 metrics::counter!("courier_ledger_blocks_total").increment(set.blocks.len() as u64);
-                let updates: Vec<_> = set.blocks.iter().map(|b| b.block.partition).zip(states).collect();
-                for (pk, state) in &updates {
-                    if let Some(w) = self.working.get_mut(pk) {
-                        w.state = *state;
-                    }
-                }
-                self.topics.set_states(updates);
+                self.topics
+                    .set_states(set.blocks.iter().map(|b| b.block.partition).zip(states));
                 self.commits.send_modify(|n| *n += 1);
                 for r in replies {
-                    match r {
-                        Reply::Produce(tx, outcome) => {
-                            let _ = tx.send(outcome);
-                        }
-                        Reply::Receipt(tx) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                    }
+                    r.send(Ok(()));
                 }
             }
             Err(e) => {
-                error!(error = %e, "ledger commit failed; the round is refused");
-                // In-memory contract state ran ahead of the disk: reload it.
-                for b in &set.blocks {
-                    self.working.remove(&b.block.partition);
-                }
+                error!(error = %e, "ledger commit failed; refusing all writes until restart");
+                self.failed.store(true, Ordering::Release);
                 let failed = Rejected::Storage(e.to_string());
                 for r in replies {
-                    match r {
-                        Reply::Produce(tx, _) => {
-                            let _ = tx.send(Err(failed.clone()));
-                        }
-                        Reply::Receipt(tx) => {
-                            let _ = tx.send(Err(failed.clone()));
-                        }
-                    }
+                    r.send(Err(failed.clone()));
                 }
             }
         }

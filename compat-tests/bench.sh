@@ -6,7 +6,7 @@
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-records=200000
+records=${COURIER_BENCH_RECORDS:-200000}
 if [ "${1:-}" = "--short" ]; then records=20000; shift; fi
 data=$(mktemp -d)
 port=${COURIER_BENCH_PORT:-49092}

@@ -113,7 +113,9 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
         let store = broker.store.clone();
         let response_max = req.max_bytes.max(0) as usize;
         let jobs: Vec<Read> = reads.iter().map(|(_, _, r)| *r).collect();
+        let read_started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || read_partitions(&store, &jobs, response_max)).await;
+        metrics::histogram!("courier_fetch_ledger_read_seconds").record(read_started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(records)) => {
                 for ((ti, pi, _), bytes) in reads.iter().zip(records) {

@@ -46,6 +46,10 @@ struct Args {
     /// Process id of the broker, to report its CPU seconds per phase.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Consumers reading in parallel (partitions dealt out round-robin), as
+    /// the members of one consumer group would.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
     /// After each saturated run, produce again paced at this fraction of the
     /// measured peak and report the latencies at that load (0 skips it).
     #[arg(long, default_value_t = 0.5)]
@@ -179,31 +183,64 @@ fn produce(args: &Args, topic: &str, size: usize, rate_bytes_s: Option<f64>) -> 
     Ok((elapsed, lat))
 }
 
+/// Reads every record back with `args.consumers` consumers in parallel;
+/// returns the time until the last one finished and the bytes read.
 fn consume(args: &Args, topic: &str, partitions: i32) -> anyhow::Result<(Duration, usize)> {
+    let consumers = args.consumers.clamp(1, partitions as usize);
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<(usize, usize)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..consumers)
+            .map(|i| {
+                let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % consumers == i).collect();
+                scope.spawn(move || consume_partitions(args, topic, &mine, start))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("consumer panicked"))))
+            .collect()
+    });
+    let (mut count, mut bytes) = (0, 0);
+    for r in results {
+        let (c, b) = r?;
+        count += c;
+        bytes += b;
+    }
+    if count != args.records {
+        bail!("consumers read {count} of {} records", args.records);
+    }
+    Ok((start.elapsed(), bytes))
+}
+
+/// One consumer: reads `partitions` from the beginning to their end.
+fn consume_partitions(args: &Args, topic: &str, partitions: &[i32], start: Instant) -> anyhow::Result<(usize, usize)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", format!("{topic}-reader"))
         .set("enable.auto.commit", "false")
         .create()?;
+    let limit = Duration::from_secs(args.max_seconds);
+    // Stop at the records the partitions hold (waiting for end-of-partition
+    // events would time a final long poll too).
+    let mut expected = 0usize;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, limit)?;
+        expected += (high - low) as usize;
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let limit = Duration::from_secs(args.max_seconds);
-    let start = Instant::now();
     let (mut count, mut bytes) = (0usize, 0usize);
-    while count < args.records {
+    while count < expected {
         if start.elapsed() > limit {
-            bail!("consumer read {count} of {} records in {limit:?}", args.records);
+            bail!("consumer read {count} of {expected} records in {limit:?}");
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            bytes += m.payload().map_or(0, <[u8]>::len);
+            bytes += m?.payload().map_or(0, <[u8]>::len);
             count += 1;
         }
     }
-    Ok((start.elapsed(), bytes))
+    Ok((count, bytes))
 }
 
 #[tokio::main(flavor = "current_thread")]

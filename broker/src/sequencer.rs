@@ -178,12 +178,15 @@ impl Sequencer {
         rx
     }
 
-    /// Records a consumer group's committed offset as a receipt on the
-    /// partition's ledger.
-    pub async fn commit_offset(&self, pk: PartitionKey, receipt: Receipt) -> Result<(), Rejected> {
+    /// Queues a consumer group's committed offset as a receipt on the
+    /// partition's ledger; the returned receiver resolves once it is durable.
+    /// Queue every partition of a commit before awaiting any, so they share
+    /// one round (one sync) instead of taking one each.
+    pub async fn enqueue_receipt(&self, pk: PartitionKey, receipt: Receipt) -> oneshot::Receiver<Result<(), Rejected>> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Submission::Receipt { pk, receipt, reply }).await?;
-        rx.await.unwrap_or(Err(Rejected::ShuttingDown))
+        // If the sequencer is gone the sender is dropped and `rx` reports it.
+        let _ = self.tx.send(Submission::Receipt { pk, receipt, reply }).await;
+        rx
     }
 
     /// Deletes a topic's ledgers, ordered after every write already queued.

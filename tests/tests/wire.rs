@@ -712,3 +712,46 @@ async fn altered_topic_configs_persist_across_a_restart() {
     );
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_many_partitions_is_answered_and_read_back() {
+    let broker = TestBroker::start(&[]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    create_topic(&mut w, "wide", 50).await;
+    let commit = RequestKind::OffsetCommit(
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("wide-group")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(tn("wide"))
+                .with_partitions(
+                    (0..50)
+                        .map(|p| {
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(1000 + p as i64)
+                        })
+                        .collect(),
+                )]),
+    );
+    let ResponseKind::OffsetCommit(r) = w.call(ApiKey::OffsetCommit, 8, &commit).await else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].partitions.len(), 50);
+    assert!(r.topics[0].partitions.iter().all(|p| p.error_code == 0));
+    let fetch = RequestKind::OffsetFetch(
+        OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("wide-group")))
+            .with_topics(None),
+    );
+    let ResponseKind::OffsetFetch(r) = w.call(ApiKey::OffsetFetch, 7, &fetch).await else {
+        panic!()
+    };
+    let mut got: Vec<(i32, i64)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..50).map(|p| (p, 1000 + p as i64)).collect::<Vec<_>>());
+}

@@ -32,25 +32,31 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let mut topics = Vec::with_capacity(req.topics.len());
+    // Queue every partition's receipt first, then await them together, so
+    // the whole commit lands in one sequencer round.
+    enum Pending {
+        Done(i16),
+        Queued(tokio::sync::oneshot::Receiver<Result<(), Rejected>>),
+    }
+    let mut pending = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let record = broker.topics.get(t.name.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let code = if group_error != 0 {
-                group_error
+            let outcome = if group_error != 0 {
+                Pending::Done(group_error)
             } else if p
                 .committed_metadata
                 .as_ref()
                 .is_some_and(|m| m.len() > METADATA_BYTES_MAX)
             {
-                ResponseError::OffsetMetadataTooLarge.code()
+                Pending::Done(ResponseError::OffsetMetadataTooLarge.code())
             } else {
                 match record
                     .as_ref()
                     .filter(|r| (0..r.partitions).contains(&p.partition_index))
                 {
-                    None => ResponseError::UnknownTopicOrPartition.code(),
+                    None => Pending::Done(ResponseError::UnknownTopicOrPartition.code()),
                     Some(topic) => {
                         let receipt = Receipt {
                             group_id: group_id.clone(),
@@ -62,30 +68,39 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
                             metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
                             timestamp_ms: now_ms,
                         };
-                        match broker
-                            .sequencer
-                            .commit_offset(topic.partition_key(p.partition_index), receipt)
-                            .await
-                        {
-                            Ok(()) => 0,
-                            Err(Rejected::UnknownTopicOrPartition) => ResponseError::UnknownTopicOrPartition.code(),
-                            Err(Rejected::ShuttingDown) => ResponseError::CoordinatorNotAvailable.code(),
-                            Err(_) => ResponseError::KafkaStorageError.code(),
-                        }
+                        let pk = topic.partition_key(p.partition_index);
+                        Pending::Queued(broker.sequencer.enqueue_receipt(pk, receipt).await)
                     }
                 }
             };
+            partitions.push((p.partition_index, outcome));
+        }
+        pending.push((t.name, partitions));
+    }
+    let mut topics = Vec::with_capacity(pending.len());
+    for (name, partitions) in pending {
+        let mut answered = Vec::with_capacity(partitions.len());
+        for (index, outcome) in partitions {
+            let code = match outcome {
+                Pending::Done(code) => code,
+                Pending::Queued(rx) => match rx.await.unwrap_or(Err(Rejected::ShuttingDown)) {
+                    Ok(()) => 0,
+                    Err(Rejected::UnknownTopicOrPartition) => ResponseError::UnknownTopicOrPartition.code(),
+                    Err(Rejected::ShuttingDown) => ResponseError::CoordinatorNotAvailable.code(),
+                    Err(_) => ResponseError::KafkaStorageError.code(),
+                },
+            };
             super::count_error(courier_protocol::ApiKey::OffsetCommit, code);
-            partitions.push(
+            answered.push(
                 OffsetCommitResponsePartition::default()
-                    .with_partition_index(p.partition_index)
+                    .with_partition_index(index)
                     .with_error_code(code),
             );
         }
         topics.push(
             OffsetCommitResponseTopic::default()
-                .with_name(t.name)
-                .with_partitions(partitions),
+                .with_name(name)
+                .with_partitions(answered),
         );
     }
     OffsetCommitResponse::default().with_topics(topics)

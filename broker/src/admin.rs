@@ -13,16 +13,7 @@ use crate::shutdown::ShutdownSignal;
 use crate::{Broker, StartError};
 
 pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<SocketAddr, StartError> {
-    let addr = broker.config.admin_listener.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let (listener, local) = crate::bind(&broker.config.admin_listener).await?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))

@@ -135,6 +135,13 @@ impl Group {
         }
     }
 
+    fn assignment_of(&self, member_id: &str) -> Bytes {
+        self.members
+            .get(member_id)
+            .map(|m| m.assignment.clone())
+            .unwrap_or_default()
+    }
+
     fn all_rejoined(&self) -> bool {
         self.members.values().all(|m| m.join_waiter.is_some())
     }
@@ -449,12 +456,7 @@ impl GroupCoordinator {
             match group.state {
                 GroupState::PreparingRebalance | GroupState::Empty => return fail(ResponseError::RebalanceInProgress),
                 GroupState::Stable => {
-                    let a = group
-                        .members
-                        .get(member_id)
-                        .map(|m| m.assignment.clone())
-                        .unwrap_or_default();
-                    return ok(a, group);
+                    return ok(group.assignment_of(member_id), group);
                 }
                 GroupState::CompletingRebalance => {}
             }
@@ -479,12 +481,7 @@ impl GroupCoordinator {
                     }
                 }
                 group.state = GroupState::Stable;
-                let a = group
-                    .members
-                    .get(member_id)
-                    .map(|m| m.assignment.clone())
-                    .unwrap_or_default();
-                return ok(a, group);
+                return ok(group.assignment_of(member_id), group);
             }
             let (tx, rx) = oneshot::channel();
             if let Some(m) = group.members.get_mut(member_id) {

@@ -99,6 +99,17 @@ impl RunningBroker {
     }
 }
 
+/// Binds a TCP listener and reports the address it got (port 0 picks one).
+pub(crate) async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listen_error = |source| StartError::Listen {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, local))
+}
+
 /// Opens the ledger, binds the listeners and starts serving.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     std::fs::create_dir_all(&config.log_dirs).map_err(|source| StartError::DataDir {
@@ -114,17 +125,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
     let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone());
 
-    let addr = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    let kafka_addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: addr.clone(),
-        source,
-    })?;
+    let (listener, kafka_addr) = bind(&config.listen_addr()?).await?;
     let (host, port) = match &config.advertised_listeners {
         Some(a) => config::host_port(a)?,
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),

@@ -71,18 +71,5 @@ async fn grow(
         partitions: count,
         ..(*topic).clone()
     };
-    persist(broker, grown).await
-}
-
-/// Writes a changed topic record, then publishes it.
-pub async fn persist(broker: &Arc<Broker>, record: TopicRecord) -> Result<(), (i16, String)> {
-    let store = broker.store.clone();
-    let copy = record.clone();
-    tokio::task::spawn_blocking(move || store.put_topic(&copy))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| (ResponseError::UnknownServerError.code(), e))?;
-    broker.topics.insert(record);
-    Ok(())
+    super::persist_topic(broker, grown).await
 }

@@ -40,14 +40,7 @@ pub async fn create(
             ))
         };
     }
-    let store = broker.store.clone();
-    let persisted = record.clone();
-    tokio::task::spawn_blocking(move || store.put_topic(&persisted))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| (ResponseError::UnknownServerError.code(), e))?;
-    broker.topics.insert(record);
+    super::persist_topic(broker, record).await?;
     tracing::info!(topic = name, "topic created");
     broker
         .topics

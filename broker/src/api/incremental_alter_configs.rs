@@ -81,7 +81,7 @@ async fn alter_topic(
     if validate_only || configs == topic.configs {
         return Ok(());
     }
-    super::create_partitions::persist(
+    super::persist_topic(
         broker,
         TopicRecord {
             configs,

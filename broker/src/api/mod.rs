@@ -86,6 +86,23 @@ pub fn count_error(api: ApiKey, code: i16) {
     }
 }
 
+/// Writes a new or changed topic record, then publishes it: a topic is
+/// never visible before it is durable. Errors carry a Kafka error code.
+pub async fn persist_topic(
+    broker: &Arc<Broker>,
+    record: courier_consensus::catalog::TopicRecord,
+) -> Result<(), (i16, String)> {
+    let store = broker.store.clone();
+    let copy = record.clone();
+    tokio::task::spawn_blocking(move || store.put_topic(&copy))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| (kafka_protocol::ResponseError::UnknownServerError.code(), e))?;
+    broker.topics.insert(record);
+    Ok(())
+}
+
 /// Runs the handler for one request.
 pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, request: Request) -> Reply {
     use RequestKind as Rq;

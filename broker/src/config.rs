@@ -67,6 +67,17 @@ pub struct BrokerConfig {
     /// empty disables it. Default 127.0.0.1:9644.
     #[serde(rename = "admin.listener")]
     pub admin_listener: String,
+    /// A connection that completes no request for this long is closed
+    /// (also frees what a client stalled mid-frame holds).
+    #[serde(rename = "connections.max.idle.ms")]
+    pub connections_max_idle_ms: u64,
+    /// Most client connections open at once; more are closed on accept.
+    #[serde(rename = "max.connections")]
+    pub max_connections: usize,
+    /// Largest Fetch response, whatever the client asks for (Kafka's
+    /// broker-side `fetch.max.bytes`).
+    #[serde(rename = "fetch.max.bytes")]
+    pub fetch_max_bytes: i32,
     /// Courier: requests one connection may have in flight before reading stops.
     #[serde(rename = "connection.requests.inflight.max")]
     pub connection_requests_inflight_max: usize,
@@ -91,6 +102,9 @@ impl Default for BrokerConfig {
             ledger_fsync: true,
             admin_listener: "127.0.0.1:9644".into(),
             connection_requests_inflight_max: 32,
+            connections_max_idle_ms: 600_000,
+            max_connections: 10_000,
+            fetch_max_bytes: 57_671_680,
         }
     }
 }
@@ -163,6 +177,11 @@ impl BrokerConfig {
         }
         if self.message_max_bytes < 1024 || self.message_max_bytes > self.socket_request_max_bytes {
             return bad("message.max.bytes must be at least 1024 and at most socket.request.max.bytes".into());
+        }
+        if self.max_connections == 0 || self.connections_max_idle_ms == 0 || self.fetch_max_bytes < 1024 {
+            return bad(
+                "max.connections and connections.max.idle.ms must be positive, fetch.max.bytes at least 1024".into(),
+            );
         }
         if self.connection_requests_inflight_max == 0 {
             return bad("connection.requests.inflight.max must be at least 1".into());

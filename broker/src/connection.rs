@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use courier_protocol::frame::decode_frame;
@@ -60,6 +60,8 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
         let (written_tx, mut written) = watch::channel(0u64);
         let writer = tokio::spawn(write_responses(writer, rx, written_tx).in_current_span());
         let frame_max = broker.config.socket_request_max_bytes as usize;
+        let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut enqueued = 0u64;
         'conn: loop {
@@ -79,10 +81,16 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
                         Ok(0) | Err(_) => break 'conn,
                         Ok(_) => {}
                     },
+                    _ = tokio::time::sleep_until(idle_deadline) => {
+                        debug!("closing idle connection");
+                        metrics::counter!("courier_connections_closed_total", "reason" => "idle").increment(1);
+                        break 'conn;
+                    }
                     _ = shutdown.wait() => break 'conn,
                 }
             };
             metrics::counter!("courier_bytes_in_total").increment(frame.len() as u64 + 4);
+            idle_deadline = tokio::time::Instant::now() + idle;
             let started = Instant::now();
             let frame = frame.freeze();
             let request = match decode_request(frame.clone()) {

@@ -23,6 +23,12 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: Shu
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if connections.len() >= broker.config.max_connections {
+                        warn!(%peer, max = broker.config.max_connections, "refusing connection: max.connections reached");
+                        metrics::counter!("courier_connections_closed_total", "reason" => "max_connections").increment(1);
+                        drop(stream);
+                        continue;
+                    }
                     metrics::counter!("courier_connections_total").increment(1);
                     connections.spawn(connection::serve(broker.clone(), stream, peer, shutdown.clone()));
                 }

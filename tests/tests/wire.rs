@@ -755,3 +755,92 @@ async fn a_commit_of_many_partitions_is_answered_and_read_back() {
     got.sort();
     assert_eq!(got, (0..50).map(|p| (p, 1000 + p as i64)).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stalled_mid_frame_is_closed_when_idle() {
+    let broker = TestBroker::start(&["connections.max.idle.ms=300"]).await;
+    let mut stalled = Wire::connect(broker.addr()).await;
+    stalled.stream.try_write(&[0, 0, 0, 50, 0, 3]).ok();
+    assert!(stalled.is_closed().await, "idle connection closed");
+    // A connection that keeps making requests is not.
+    let mut busy = Wire::connect(broker.addr()).await;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let r = busy
+            .call(ApiKey::ApiVersions, 3, &sweep_request(ApiKey::ApiVersions, 3))
+            .await;
+        assert!(matches!(r, ResponseKind::ApiVersions(_)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_refused() {
+    let broker = TestBroker::start(&["max.connections=2"]).await;
+    let mut a = Wire::connect(broker.addr()).await;
+    let mut b = Wire::connect(broker.addr()).await;
+    let _ = a
+        .call(ApiKey::ApiVersions, 3, &sweep_request(ApiKey::ApiVersions, 3))
+        .await;
+    let _ = b
+        .call(ApiKey::ApiVersions, 3, &sweep_request(ApiKey::ApiVersions, 3))
+        .await;
+    let mut c = Wire::connect(broker.addr()).await;
+    assert!(c.is_closed().await, "third connection refused");
+    drop(a);
+    // The freed slot is usable again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut d = Wire::connect(broker.addr()).await;
+        let id = d
+            .send(ApiKey::ApiVersions, 3, &sweep_request(ApiKey::ApiVersions, 3))
+            .await;
+        if let Some((got, _)) = d.recv(ApiKey::ApiVersions, 3).await {
+            assert_eq!(got, id);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_fetch_max_bytes_bounds_the_response_but_returns_a_first_batch() {
+    let broker = TestBroker::start(&["fetch.max.bytes=1500"]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    create_topic(&mut w, "t", 1).await;
+    let value = "z".repeat(1000);
+    for _ in 0..3 {
+        let (code, _) = produce_result(
+            w.call(
+                ApiKey::Produce,
+                9,
+                &produce_request("t", batch(&[&value], ProducerIds::NONE), -1),
+            )
+            .await,
+        );
+        assert_eq!(code, 0);
+    }
+    let fetch = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(50 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(tn("t"))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(10 << 20)])]),
+    );
+    let ResponseKind::Fetch(r) = w.call(ApiKey::Fetch, 12, &fetch).await else {
+        panic!()
+    };
+    let records = r.responses[0].partitions[0].records.clone().unwrap_or_default();
+    let one = batch(&[&value], ProducerIds::NONE).len();
+    assert_eq!(
+        records.len(),
+        one,
+        "exactly the first batch: the next would pass fetch.max.bytes"
+    );
+}

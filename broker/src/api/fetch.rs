@@ -111,7 +111,7 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
     let mut total = 0;
     if !reads.is_empty() {
         let store = broker.store.clone();
-        let response_max = req.max_bytes.max(0) as usize;
+        let response_max = req.max_bytes.clamp(0, broker.config.fetch_max_bytes) as usize;
         let jobs: Vec<Read> = reads.iter().map(|(_, _, r)| *r).collect();
         let read_started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || read_partitions(&store, &jobs, response_max)).await;

@@ -844,3 +844,70 @@ async fn broker_fetch_max_bytes_bounds_the_response_but_returns_a_first_batch() 
         "exactly the first batch: the next would pass fetch.max.bytes"
     );
 }
+
+fn long_poll(topic: &str, offset: i64, max_wait_ms: i32, min_bytes: i32) -> RequestKind {
+    RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(tn(topic))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)])]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_on_commit_and_otherwise_waits_max_wait() {
+    use std::time::{Duration, Instant};
+    let broker = TestBroker::start(&[]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    create_topic(&mut w, "t", 1).await;
+
+    // Parked on an empty partition with a long max wait: a produce from
+    // another connection wakes it well before the wait is over.
+    let mut consumer = Wire::connect(broker.addr()).await;
+    let started = Instant::now();
+    let id = consumer.send(ApiKey::Fetch, 12, &long_poll("t", 0, 10_000, 1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, _) = produce_result(
+        w.call(
+            ApiKey::Produce,
+            9,
+            &produce_request("t", batch(&["wake"], ProducerIds::NONE), -1),
+        )
+        .await,
+    );
+    assert_eq!(code, 0);
+    let (got, resp) = consumer.recv(ApiKey::Fetch, 12).await.expect("fetch answered");
+    assert_eq!(got, id);
+    let ResponseKind::Fetch(r) = resp else { panic!() };
+    assert!(r.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_some_and(|b| !b.is_empty()));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woke on the commit, not at max wait"
+    );
+
+    // min_bytes that cannot be met: the answer comes at max wait, with what there is.
+    let started = Instant::now();
+    let ResponseKind::Fetch(r) = consumer.call(ApiKey::Fetch, 12, &long_poll("t", 0, 400, 1 << 20)).await else {
+        panic!()
+    };
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(380) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    assert!(r.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_some_and(|b| !b.is_empty()));
+}

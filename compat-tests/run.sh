@@ -38,6 +38,10 @@ wait "$pid" || true
 pid=
 "$courier" ledger verify --data-dir "$data/ledger" || { echo "FAIL ledger verify after the compat run"; cat "$log"; exit 1; }
 echo "ok   ledger verifies after every client ran"
+"$courier" ledger receipts --data-dir "$data/ledger" --group cf-group | tail -4
+"$courier" ledger receipts --data-dir "$data/ledger" --group cf-group | grep -q "^cf-compat" \
+  || { echo "FAIL no receipts for cf-group on the ledger"; exit 1; }
+echo "ok   the group's commits are receipts on the ledger"
 
 # Change one byte of the stored record by hand.
 "$python" - "$data/ledger" <<'PY'

@@ -32,6 +32,9 @@ use sequencer::Sequencer;
 use shutdown::Shutdown;
 use topics::Topics;
 
+/// How long shutdown waits for the sequencer to drain.
+const SEQUENCER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// File name of the ledger database inside `log.dirs`.
 pub const LEDGER_FILE: &str = "ledger.redb";
 
@@ -93,8 +96,16 @@ impl RunningBroker {
         self.broker.groups.stop();
         let thread = self.sequencer.take();
         drop(self.broker);
+        // The sequencer ends once the last broker handle is gone and its
+        // rounds are durable. A handle still held elsewhere (an admin HTTP
+        // connection lingering) must not hang shutdown: nothing acknowledged
+        // depends on this wait, since replies follow durability.
         if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let joined =
+                tokio::time::timeout(SEQUENCER_STOP_GRACE, tokio::task::spawn_blocking(move || t.join())).await;
+            if joined.is_err() {
+                tracing::warn!("sequencer still running at shutdown; unacknowledged writes may be lost");
+            }
         }
     }
 }

@@ -61,6 +61,18 @@ enum LedgerCommand {
         #[arg(long, value_name = "DIR", default_value = "./courier-data")]
         data_dir: PathBuf,
     },
+    /// List delivery receipts (committed consumer offsets) recorded on the
+    /// ledger, with the block that holds each.
+    Receipts {
+        #[arg(long, value_name = "DIR", default_value = "./courier-data")]
+        data_dir: PathBuf,
+        /// Only this consumer group's receipts.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only receipts for this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +84,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev(args),
         Command::Ledger(LedgerCommand::Verify { data_dir }) => verify(&data_dir),
+        Command::Ledger(LedgerCommand::Receipts { data_dir, group, topic }) => {
+            list_receipts(&data_dir, group.as_deref(), topic.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
@@ -119,6 +134,29 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         running.stop().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn list_receipts(data_dir: &std::path::Path, group: Option<&str>, topic: Option<&str>) -> anyhow::Result<ExitCode> {
+    let rows = courier::verify::receipts(data_dir, group, topic)?;
+    println!(
+        "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<24} block hash",
+        "topic", "partition", "height", "offset", "group", "principal", "committed at (ms)"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<24} {}",
+            r.topic,
+            r.partition,
+            r.height,
+            r.receipt.offset,
+            r.receipt.group_id,
+            r.receipt.principal,
+            r.receipt.timestamp_ms,
+            r.block_hash
+        );
+    }
+    println!("{} receipts", rows.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {

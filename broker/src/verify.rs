@@ -25,6 +25,52 @@ pub enum LedgerCheckError {
     Store(#[from] StoreError),
 }
 
+/// One delivery receipt as `courier ledger receipts` shows it.
+#[derive(Debug, Clone)]
+pub struct ReceiptRow {
+    pub topic: String,
+    pub partition: i32,
+    pub height: u64,
+    pub block_hash: String,
+    pub receipt: courier_consensus::ledger::Receipt,
+}
+
+/// Every receipt in a data directory, optionally for one group or topic,
+/// in ledger order per partition.
+pub fn receipts(
+    data_dir: &Path,
+    group: Option<&str>,
+    topic: Option<&str>,
+) -> Result<Vec<ReceiptRow>, LedgerCheckError> {
+    let path = data_dir.join(crate::LEDGER_FILE);
+    let store = LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let topics = store.topics()?;
+    let mut out = Vec::new();
+    for t in topics.iter().filter(|t| topic.is_none_or(|name| name == t.name)) {
+        for p in 0..t.partitions {
+            for (height, hash, block) in store.receipt_blocks(&t.partition_key(p))? {
+                for r in block
+                    .receipts
+                    .into_iter()
+                    .filter(|r| group.is_none_or(|g| g == r.group_id))
+                {
+                    out.push(ReceiptRow {
+                        topic: t.name.clone(),
+                        partition: p,
+                        height,
+                        block_hash: hash.to_hex(),
+                        receipt: r,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Verifies every partition; `on_block` is called once per verified block,
 /// `total` is told the number of blocks up front.
 pub fn verify_data_dir(

@@ -252,6 +252,17 @@ impl Block {
         Ok(block)
     }
 
+    /// Decodes a stored head alone: the block without its batches (which
+    /// stay empty), e.g. to read receipts without touching payloads.
+    pub fn from_head(head: &[u8]) -> Result<Block, BlockError> {
+        let mut b = head;
+        let (block, _) = Self::decode_head(&mut b)?;
+        if !b.is_empty() {
+            return Err(BlockError::TrailingBytes(b.len()));
+        }
+        Ok(block)
+    }
+
     /// Parses the head, leaving `b` at the first batch byte; returns the
     /// block (with no batches yet) and the announced batches length.
     fn decode_head(b: &mut &[u8]) -> Result<(Block, usize), BlockError> {

@@ -428,6 +428,25 @@ impl LedgerStore {
         }
     }
 
+    /// Every block of a partition that carries receipts, as (height, hash,
+    /// block without batches), read from the heads alone.
+    pub fn receipt_blocks(&self, pk: &PartitionKey) -> Result<Vec<(u64, BlockHash, Block)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOCKS)?;
+        let prefix = pk.to_bytes();
+        let end = prefix_end(&prefix);
+        let mut out = Vec::new();
+        for row in table.range::<&[u8]>(&prefix[..]..&end[..])? {
+            let (_, v) = row?;
+            let (_, hash, head) = parse_block_record(v.value())?;
+            let block = Block::from_head(head).map_err(|e| StoreError::Corrupt(format!("block head: {e}")))?;
+            if !block.receipts.is_empty() {
+                out.push((block.height, hash, block));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every partition that has at least one block.
     pub fn partitions(&self) -> Result<Vec<(PartitionKey, PartitionState)>, StoreError> {
         let txn = self.db.begin_read()?;

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Black-box compatibility run: starts `courier dev`, drives it with kcat,
-# confluent-kafka and kafka-python, then checks the ledger offline: it must
+# confluent-kafka, kafka-python and kafkajs, then checks the ledger offline: it must
 # verify after all of that, and must fail to verify once a stored record is
 # changed by hand.
 #
-# Usage: compat-tests/run.sh PATH/TO/courier PYTHON
+# Usage: compat-tests/run.sh PATH/TO/courier PYTHON [NODE_MODULES]
+# (kafkajs runs when NODE_MODULES holds it.)
 set -euo pipefail
 courier=$1
 python=$2
+node_modules=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 data=$(mktemp -d)
 port=${COURIER_COMPAT_PORT:-39092}
@@ -29,6 +31,9 @@ boot=127.0.0.1:$port
 "$here/kcat_compat.sh" "$boot"
 "$python" "$here/python/confluent_compat.py" "$boot"
 "$python" "$here/python/kafka_python_compat.py" "$boot"
+if [ -n "$node_modules" ]; then
+  NODE_PATH="$node_modules" node "$here/node/kafkajs_compat.js" "$boot"
+fi
 
 # A unique value to find on disk later.
 echo "marker:COURIER-TAMPER-MARKER-0123456789" | kcat -b "$boot" -P -t tamper -K:

@@ -48,6 +48,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("cannot start the ledger threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// How clients reach this node.
@@ -134,7 +136,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     };
     let store = Arc::new(LedgerStore::open(&Broker::ledger_path(&config), durability)?);
     let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
-    let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone());
+    let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone()).map_err(StartError::Threads)?;
 
     let (listener, kafka_addr) = bind(&config.listen_addr()?).await?;
     let (host, port) = match &config.advertised_listeners {

@@ -104,7 +104,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the sequencer and committer threads. They end when every
     /// handle is dropped, after the rounds in progress are durable.
-    pub fn start(store: Arc<LedgerStore>, topics: Arc<Topics>) -> (Self, std::thread::JoinHandle<()>) {
+    pub fn start(store: Arc<LedgerStore>, topics: Arc<Topics>) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
         let (commits_tx, commits) = watch::channel(0);
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(ROUNDS_QUEUED_MAX);
@@ -118,8 +118,7 @@ impl Sequencer {
         };
         let committer = std::thread::Builder::new()
             .name("courier-committer".into())
-            .spawn(move || committer.run())
-            .expect("spawning the committer thread");
+            .spawn(move || committer.run())?;
         let worker = Worker {
             store,
             topics,
@@ -131,9 +130,8 @@ impl Sequencer {
         };
         let thread = std::thread::Builder::new()
             .name("courier-sequencer".into())
-            .spawn(move || worker.run())
-            .expect("spawning the sequencer thread");
-        (Self { tx, commits }, thread)
+            .spawn(move || worker.run())?;
+        Ok((Self { tx, commits }, thread))
     }
 
     /// Appends a partition's batches; resolves once they are durable (or
@@ -298,12 +296,15 @@ impl Worker {
     }
 
     fn working(&mut self, pk: PartitionKey) -> Result<&mut Working, StoreError> {
-        if !self.working.contains_key(&pk) {
-            let state = self.store.partition_state(&pk)?;
-            let producers = self.store.producers(&pk)?;
-            self.working.insert(pk, Working { state, producers });
-        }
-        Ok(self.working.get_mut(&pk).expect("inserted above"))
+        use std::collections::hash_map::Entry;
+        Ok(match self.working.entry(pk) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let state = self.store.partition_state(&pk)?;
+                let producers = self.store.producers(&pk)?;
+                v.insert(Working { state, producers })
+            }
+        })
     }
 
     /// Executes one round. Deletions split it: writes queued before a

@@ -121,9 +121,10 @@ impl BatchHeader {
         })
     }
 
-    /// Whole size of the batch on the wire.
+    /// Whole size of the batch on the wire (a negative length, possible
+    /// only in corrupt data, counts as zero so callers never overflow).
     pub fn total_bytes(&self) -> usize {
-        BATCH_LOG_OVERHEAD_BYTES + self.batch_length as usize
+        BATCH_LOG_OVERHEAD_BYTES + self.batch_length.max(0) as usize
     }
     pub fn last_offset(&self) -> i64 {
         self.base_offset + self.last_offset_delta as i64

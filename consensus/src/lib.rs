@@ -12,5 +12,6 @@
 pub mod catalog;
 pub mod contract;
 pub mod ledger;
+pub mod pbft;
 
 pub use ledger::{Block, BlockHash, PartitionKey, Receipt};

@@ -36,6 +36,44 @@ pub enum Message {
     Commit { view: u64, seq: u64, digest: Digest },
     /// The sender executed everything up to `seq`, reaching `state`.
     Checkpoint { seq: u64, state: Digest },
+    /// The sender wants to move to `new_view`. It proves its last stable
+    /// checkpoint (2f + 1 signed CHECKPOINTs, empty at 0) and every batch it
+    /// had prepared above it.
+    ViewChange {
+        new_view: u64,
+        stable_seq: u64,
+        checkpoint_proof: Vec<SignedMessage>,
+        prepared: Vec<PreparedCert>,
+    },
+    /// The primary of `view` starts it: 2f + 1 VIEW-CHANGEs, and the
+    /// pre-prepares (signed for `view`) that every replica recomputes from them.
+    NewView {
+        view: u64,
+        view_changes: Vec<SignedMessage>,
+        pre_prepares: Vec<SignedMessage>,
+    },
+}
+
+/// A batch prepared in some view: its signed pre-prepare and 2f matching
+/// signed prepares from distinct backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedCert {
+    pub pre_prepare: SignedMessage,
+    pub prepares: Vec<SignedMessage>,
+}
+
+/// One hash over nested signed messages, so an outer signature covers them.
+fn nested_digest<'a>(msgs: impl IntoIterator<Item = &'a SignedMessage>) -> Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for m in msgs {
+        ctx.update(&[m.sender]);
+        ctx.update(&m.message.signing_bytes(m.cluster, m.sender));
+        ctx.update(&(m.signature.len() as u32).to_be_bytes());
+        ctx.update(&m.signature);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 const DOMAIN: &[u8] = b"courier-pbft-v1";
@@ -70,6 +108,31 @@ impl Message {
                 b.put_u8(4);
                 b.put_u64(*seq);
                 b.put_slice(state);
+            }
+            Message::ViewChange {
+                new_view,
+                stable_seq,
+                checkpoint_proof,
+                prepared,
+            } => {
+                b.put_u8(5);
+                b.put_u64(*new_view);
+                b.put_u64(*stable_seq);
+                b.put_slice(&nested_digest(checkpoint_proof));
+                b.put_u32(prepared.len() as u32);
+                for p in prepared {
+                    b.put_slice(&nested_digest(std::iter::once(&p.pre_prepare).chain(&p.prepares)));
+                }
+            }
+            Message::NewView {
+                view,
+                view_changes,
+                pre_prepares,
+            } => {
+                b.put_u8(6);
+                b.put_u64(*view);
+                b.put_slice(&nested_digest(view_changes));
+                b.put_slice(&nested_digest(pre_prepares));
             }
         }
         b
@@ -129,6 +192,16 @@ impl SignedMessage {
             }
         }
         Ok(())
+    }
+
+    /// Sequence number, view and digest of a pre-prepare, prepare or commit.
+    pub fn slot(&self) -> Option<(u64, u64, Digest)> {
+        match &self.message {
+            Message::PrePrepare { view, seq, digest, .. }
+            | Message::Prepare { view, seq, digest }
+            | Message::Commit { view, seq, digest } => Some((*view, *seq, *digest)),
+            _ => None,
+        }
     }
 }
 

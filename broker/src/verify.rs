@@ -25,6 +25,15 @@ pub enum LedgerCheckError {
     Store(#[from] StoreError),
 }
 
+/// Opens a stopped broker's ledger for reading.
+fn open_offline(data_dir: &Path) -> Result<LedgerStore, LedgerCheckError> {
+    let path = data_dir.join(crate::LEDGER_FILE);
+    LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// One delivery receipt as `courier ledger receipts` shows it.
 #[derive(Debug, Clone)]
 pub struct ReceiptRow {
@@ -42,11 +51,7 @@ pub fn receipts(
     group: Option<&str>,
     topic: Option<&str>,
 ) -> Result<Vec<ReceiptRow>, LedgerCheckError> {
-    let path = data_dir.join(crate::LEDGER_FILE);
-    let store = LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let store = open_offline(data_dir)?;
     let topics = store.topics()?;
     let mut out = Vec::new();
     for t in topics.iter().filter(|t| topic.is_none_or(|name| name == t.name)) {
@@ -78,11 +83,7 @@ pub fn verify_data_dir(
     total: impl FnOnce(u64),
     mut on_block: impl FnMut(),
 ) -> Result<Vec<PartitionSummary>, LedgerCheckError> {
-    let path = data_dir.join(crate::LEDGER_FILE);
-    let store = LedgerStore::open(&path, Durability::None).map_err(|source| LedgerCheckError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let store = open_offline(data_dir)?;
     let topics = store.topics()?;
     let partitions = store.partitions()?;
     total(partitions.iter().map(|(_, s)| s.next_height).sum());

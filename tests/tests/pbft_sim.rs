@@ -260,6 +260,11 @@ impl Sim {
         }
     }
 
+    /// `message` signed with replica `from`'s real key.
+    fn sign_as(&self, from: u8, message: Message) -> SignedMessage {
+        SignedMessage::sign(self.config.cluster, from, &self.keys[from as usize], message)
+    }
+
     /// What a Byzantine sender actually sends `to` (`None`: nothing).
     fn tamper(&mut self, from: u8, to: u8, m: SignedMessage) -> Option<SignedMessage> {
         if Some(from) != self.byz_id {
@@ -270,25 +275,19 @@ impl Sim {
             (Byzantine::WrongKeys, _) => {
                 SignedMessage::sign(self.config.cluster, from, &key(u64::MAX, from), m.message)
             }
-            (Byzantine::BadDigest, Message::PrePrepare { view, seq, digest, .. }) if to % 2 == 1 => {
-                SignedMessage::sign(
-                    self.config.cluster,
-                    from,
-                    &self.keys[from as usize],
-                    Message::PrePrepare {
-                        view: *view,
-                        seq: *seq,
-                        digest: *digest,
-                        batch: Bytes::from_static(b"\0\0\0\x01X"),
-                    },
-                )
-            }
+            (Byzantine::BadDigest, Message::PrePrepare { view, seq, digest, .. }) if to % 2 == 1 => self.sign_as(
+                from,
+                Message::PrePrepare {
+                    view: *view,
+                    seq: *seq,
+                    digest: *digest,
+                    batch: Bytes::from_static(b"\0\0\0\x01X"),
+                },
+            ),
             (Byzantine::EquivocatingPrimary, Message::PrePrepare { view, seq, .. }) if to == 1 => {
                 let other = Bytes::from(format!("\0\0\0\x05evil{}", seq % 10).into_bytes());
-                SignedMessage::sign(
-                    self.config.cluster,
+                self.sign_as(
                     from,
-                    &self.keys[from as usize],
                     Message::PrePrepare {
                         view: *view,
                         seq: *seq,

@@ -1,35 +1,44 @@
-//! PBFT (Castro–Liskov, with signatures instead of MACs) for one partition's
-//! replica cluster, as a deterministic state machine.
+//! PBFT (Castro–Liskov, with signatures instead of MACs) for one
+//! partition's replica cluster, as a deterministic state machine.
 //!
 //! A [`Replica`] takes [`Event`]s (a client request, a peer's message, a
-//! timer tick) and returns [`Action`]s (send, broadcast, execute). It has no
-//! sockets, clock or randomness: time arrives in events, keys are given to
-//! it, and the same events in the same order always produce the same
-//! actions. That is what lets the simulator in `tests/` drive whole clusters
-//! from a seed and replay any failure exactly.
+//! timer tick, the environment's report that it executed or transferred
+//! state) and returns [`Action`]s (persist, send, broadcast, execute,
+//! certified, fetch). It has no sockets, clock or randomness: time arrives
+//! in events, keys are given to it, and the same events in the same order
+//! always produce the same actions. That is what lets the simulator in
+//! `tests/` drive whole clusters from a seed and replay any failure exactly.
 //!
-//! Implemented so far:
-//! * the normal case over batches (PRE-PREPARE, PREPARE with 2f matching,
-//!   COMMIT with 2f + 1) and execution in sequence order, each batch with a
-//!   quorum certificate anyone can verify from the members' public keys;
-//! * the watermark window, with verified messages just ahead of it (or for
-//!   the next views) held and replayed rather than dropped;
-//! * checkpoints every K sequence numbers that make the log's prefix
-//!   garbage and move the window;
-//! * view change: a request not executed in time (doubling per failed view),
-//!   or f + 1 peers asking, makes a replica send VIEW-CHANGE with its
-//!   checkpoint proof and prepared certificates; the new primary's NEW-VIEW
-//!   carries 2f + 1 of them and the pre-prepares every replica recomputes
-//!   from them and accepts only if they match.
-//!
-//! Not yet (issue 3 continues): state transfer for a replica that fell
-//! behind a stable checkpoint, retransmission after message loss,
-//! persistence actions before sending, and the transport and broker wiring.
+//! * **Requests** carry an id (origin replica, number). A replica hands its
+//!   own to the primary; one not executed in time is relayed to everyone,
+//!   and if it still does not execute the view changes.
+//! * **Normal case** over batches: PRE-PREPARE, PREPARE with 2f matching,
+//!   COMMIT with 2f + 1, execution in sequence order, pipelined inside the
+//!   watermark window.
+//! * **Checkpoints at every sequence number**: after executing, each replica
+//!   signs its new state (for a partition, the hash of its ledger head). 2f +
+//!   1 matching votes are at once the block's quorum certificate and a stable
+//!   checkpoint that garbage-collects the log and moves the window.
+//! * **View change** with exponential back-off, prepared certificates kept
+//!   across views, and a NEW-VIEW every replica recomputes before accepting.
+//! * **Retransmission** of unfinished work, so lost messages and reconnects
+//!   cost time, not liveness; a peer in an older view is handed the NEW-VIEW.
+//! * **State transfer**: when f + 1 peers are ahead and the log cannot catch
+//!   up, the environment fetches certified blocks, verifies them, and reports
+//!   back.
+//! * **Durability**: what a replica must not forget is asked to be persisted
+//!   before anything that depends on it is sent; [`Replica::restore`] comes
+//!   back from that log and the ledger.
 
+mod durable;
 mod message;
 mod replica;
+mod view_change;
+pub mod wire;
 
+pub use durable::{Durable, Recovered};
 pub use message::{
-    digest, public_key, Digest, Message, PreparedCert, QuorumCert, ReplicaId, SignedMessage, VerifyError,
+    digest, public_key, Batch, CommitCert, Digest, Message, PreparedCert, QuorumCert, ReplicaId, Request, RequestId,
+    SignatureCache, SignedMessage, VerifyError,
 };
-pub use replica::{batch_requests, Action, Config, Event, Replica, ReplicaKeys};
+pub use replica::{Action, Config, Event, Replica, ReplicaKeys};

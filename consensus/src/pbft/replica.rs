@@ -1,11 +1,17 @@
-//! One PBFT replica: normal case, checkpoints, and view change.
+//! One PBFT replica: requests, the normal case, checkpoints, retransmission
+//! and state transfer. View change is in [`super::view_change`], recovery
+//! from disk in [`super::durable`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ring::signature::Ed25519KeyPair;
 
-use super::message::{digest, Digest, Message, PreparedCert, QuorumCert, ReplicaId, SignedMessage};
+use super::message::{
+    Batch, CommitCert, Digest, Message, PreparedCert, QuorumCert, ReplicaId, Request, RequestId, SignatureCache,
+    SignedMessage,
+};
+use super::Durable;
 
 /// A cluster's parameters; every replica of it must use the same ones.
 #[derive(Clone, Debug)]
@@ -14,17 +20,20 @@ pub struct Config {
     pub cluster: u64,
     /// Replicas in the cluster: 3f + 1.
     pub n: usize,
-    /// A checkpoint every this many sequence numbers (K).
-    pub checkpoint_interval: u64,
-    /// Sequence numbers accepted above the last stable checkpoint (L).
+    /// Sequence numbers that may be in flight above the last stable
+    /// checkpoint (L): the pipelining depth.
     pub window: u64,
-    /// The primary cuts a batch at this many request bytes…
+    /// The primary cuts a batch at this many encoded bytes…
     pub batch_bytes_max: usize,
     /// …or when its oldest request has waited this long.
     pub batch_delay_ms: u64,
-    /// A request not executed this long after a replica saw it starts a view
+    /// A request not executed this long after a replica saw it makes the
+    /// replica relay it to everyone, and after as long again start a view
     /// change; each further view waits twice as long.
     pub view_change_timeout_ms: u64,
+    /// How often unfinished work is sent again (lost messages, peers that
+    /// reconnected or restarted).
+    pub retransmit_ms: u64,
     /// Requests a replica keeps track of while waiting for them to execute.
     pub waiting_requests_max: usize,
 }
@@ -50,70 +59,137 @@ pub struct ReplicaKeys {
 /// What happens to a replica.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A client request handed to this replica.
-    Request(Bytes),
+    /// A client request submitted at this replica (its id's origin is us).
+    Request(Request),
     /// A message from a peer, as received (not yet verified).
     Message(SignedMessage),
     /// Time passes; `now_ms` never goes backwards.
     Tick { now_ms: u64 },
+    /// The environment executed `seq` (in order, durably), reaching `state`.
+    Executed { seq: u64, state: Digest },
+    /// The environment installed, from peers, everything up to `cert.seq`
+    /// (verified against certificates), holding the requests `executed`.
+    Transferred { cert: QuorumCert, executed: Vec<RequestId> },
 }
 
-/// What a replica asks its environment to do.
+/// What a replica asks its environment to do, in order. A `Persist` must
+/// be durable before any `Broadcast` or `Send` that follows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    Persist(Durable),
     /// Send to every other replica.
     Broadcast(SignedMessage),
-    /// Apply a committed batch, in sequence order, with its proof.
-    Execute { seq: u64, batch: Bytes, cert: QuorumCert },
+    Send {
+        to: ReplicaId,
+        message: SignedMessage,
+    },
+    /// Execute a committed batch; sequence numbers come in order, and the
+    /// environment answers each with [`Event::Executed`].
+    Execute {
+        seq: u64,
+        batch: Batch,
+        cert: CommitCert,
+    },
+    /// 2f + 1 replicas reached our state at `seq`: everything up to it is
+    /// final, with this certificate as proof.
+    Certified(QuorumCert),
+    /// Peers are ahead and the log cannot catch up: fetch what they have
+    /// certified from any of `peers` and answer with [`Event::Transferred`].
+    Fetch {
+        peers: Vec<ReplicaId>,
+    },
 }
 
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     /// The accepted pre-prepare (signed), for the slot's current view.
-    pre_prepare: Option<SignedMessage>,
-    prepares: BTreeMap<ReplicaId, SignedMessage>,
-    commits: BTreeMap<ReplicaId, SignedMessage>,
-    sent_commit: bool,
+    pub(super) pre_prepare: Option<SignedMessage>,
+    pub(super) prepares: BTreeMap<ReplicaId, SignedMessage>,
+    pub(super) commits: BTreeMap<ReplicaId, SignedMessage>,
+}
+
+/// A request seen and not yet executed.
+pub(super) struct Waiting {
+    pub(super) request: Request,
+    /// Relayed to every replica because the primary did not order it in time.
+    pub(super) relayed: bool,
 }
 
 pub struct Replica {
-    config: Config,
-    keys: ReplicaKeys,
-    view: u64,
+    pub(super) config: Config,
+    pub(super) keys: ReplicaKeys,
+    pub(super) view: u64,
     /// Between sending VIEW-CHANGE for `view` and accepting its NEW-VIEW.
-    view_changing: bool,
-    slots: BTreeMap<u64, Slot>,
+    pub(super) view_changing: bool,
+    pub(super) slots: BTreeMap<u64, Slot>,
     /// Primary only: the next sequence number to assign.
-    next_seq: u64,
-    last_executed: u64,
-    /// Running digest of everything executed (what checkpoints compare).
-    state: Digest,
+    pub(super) next_seq: u64,
+    /// Last sequence number handed to the environment to execute.
+    pub(super) last_executed: u64,
+    /// Last sequence number the environment reported executed.
+    pub(super) last_applied: u64,
+    /// Our state after each applied sequence number above the low watermark.
+    pub(super) states: BTreeMap<u64, Digest>,
     /// Last stable checkpoint: the low watermark, and its 2f + 1 proofs.
-    low: u64,
-    low_proof: Vec<SignedMessage>,
-    /// Checkpoint votes by sequence number.
-    checkpoints: BTreeMap<u64, BTreeMap<ReplicaId, SignedMessage>>,
+    pub(super) low: u64,
+    pub(super) low_proof: Vec<SignedMessage>,
+    /// Checkpoint votes by sequence number, in (low, low + 2 * window].
+    pub(super) checkpoints: BTreeMap<u64, BTreeMap<ReplicaId, SignedMessage>>,
+    /// The sequence number of each peer's latest checkpoint vote (a peer
+    /// that restarted without its disk goes back, and says so).
+    pub(super) peer_progress: BTreeMap<ReplicaId, u64>,
     /// Verified messages just above the window or for a later view,
     /// replayed when the window or view gets there. Bounded.
-    held: Vec<SignedMessage>,
+    pub(super) held: Vec<SignedMessage>,
     /// Per sequence number above the low watermark, the prepared
     /// certificate from the latest view this replica prepared it in. Kept
     /// across view changes until a stable checkpoint covers it: it is what
     /// carries a committed batch into every later view.
-    prepared: BTreeMap<u64, PreparedCert>,
+    pub(super) prepared: BTreeMap<u64, PreparedCert>,
     /// VIEW-CHANGE messages by target view and sender.
-    view_changes: BTreeMap<u64, BTreeMap<ReplicaId, SignedMessage>>,
-    new_view_sent: BTreeSet<u64>,
-    /// Requests seen and not yet executed, with when they were first seen.
-    waiting: VecDeque<(Bytes, u64)>,
-    /// When the current view (or view change) is given up on.
-    deadline_ms: Option<u64>,
+    pub(super) view_changes: BTreeMap<u64, BTreeMap<ReplicaId, SignedMessage>>,
+    /// Our VIEW-CHANGE for `view` while changing (sent again until it ends).
+    pub(super) my_view_change: Option<SignedMessage>,
+    /// The NEW-VIEW that started `view`, handed to peers still behind it.
+    pub(super) new_view: Option<SignedMessage>,
+    /// Highest view each peer's messages showed.
+    pub(super) peer_views: BTreeMap<ReplicaId, u64>,
+    /// Peers heard from since the last retransmission.
+    pub(super) peers_heard: BTreeSet<ReplicaId>,
+    pub(super) waiting: BTreeMap<RequestId, Waiting>,
+    /// When the oldest unanswered work is given up on (relay, then view change).
+    pub(super) deadline_ms: Option<u64>,
     /// View changes in a row without progress (the timeout doubles each).
-    backoff: u32,
-    pending: VecDeque<Bytes>,
-    pending_bytes: usize,
-    oldest_pending_ms: Option<u64>,
-    now_ms: u64,
+    pub(super) backoff: u32,
+    pub(super) pending: VecDeque<Request>,
+    pub(super) pending_bytes: usize,
+    pub(super) oldest_pending_ms: Option<u64>,
+    pub(super) now_ms: u64,
+    next_retransmit_ms: u64,
+    /// Since when f + 1 peers have been ahead while we stood still, and where.
+    behind_since: Option<(u64, u64)>,
+    /// A fetch in flight, until this time.
+    fetch_deadline_ms: Option<u64>,
+    /// Batches proven committed (by 2f + 1 COMMITs) above what we executed,
+    /// received from peers while we lagged. At most a window of them.
+    pub(super) committed: BTreeMap<u64, (SignedMessage, Vec<SignedMessage>)>,
+    /// Peers' progress as of the last retransmission (who is stalled).
+    progress_at_retransmit: BTreeMap<ReplicaId, u64>,
+    /// Retransmission rounds left in which a restarted replica announces
+    /// how far it got, so peers that are ahead help it catch up.
+    pub(super) announcements_left: u8,
+    /// While changing views, when our own waiting requests are next sent to
+    /// everyone (whoever orders them may have missed them).
+    pub(super) resend_requests_ms: u64,
+    /// Signatures verified recently (interior mutability: checking is
+    /// logically read-only).
+    sigs: std::cell::RefCell<SignatureCache>,
+}
+
+/// Verified signatures remembered: a window's worth of every kind from
+/// every member, with room for view changes.
+fn signature_cache_max(config: &Config) -> usize {
+    (config.window as usize) * 6 * config.n + 1024
 }
 
 /// Messages held per replica at most (a window's worth of slots, 3 kinds, all senders).
@@ -128,8 +204,9 @@ impl Replica {
             "n must be 3f + 1 with f >= 1"
         );
         assert_eq!(keys.members.len(), config.n, "one public key per member");
-        assert!(config.window >= config.checkpoint_interval && config.checkpoint_interval > 0);
+        assert!(config.window > 0 && config.retransmit_ms > 0);
         Self {
+            sigs: std::cell::RefCell::new(SignatureCache::new(signature_cache_max(&config))),
             config,
             keys,
             view: 0,
@@ -137,29 +214,50 @@ impl Replica {
             slots: BTreeMap::new(),
             next_seq: 1,
             last_executed: 0,
-            state: [0; 32],
+            last_applied: 0,
+            states: BTreeMap::new(),
             low: 0,
             low_proof: Vec::new(),
             checkpoints: BTreeMap::new(),
+            peer_progress: BTreeMap::new(),
             held: Vec::new(),
             prepared: BTreeMap::new(),
             view_changes: BTreeMap::new(),
-            new_view_sent: BTreeSet::new(),
-            waiting: VecDeque::new(),
+            my_view_change: None,
+            new_view: None,
+            peer_views: BTreeMap::new(),
+            peers_heard: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             deadline_ms: None,
             backoff: 0,
             pending: VecDeque::new(),
             pending_bytes: 0,
             oldest_pending_ms: None,
             now_ms: 0,
+            next_retransmit_ms: 0,
+            behind_since: None,
+            fetch_deadline_ms: None,
+            committed: BTreeMap::new(),
+            progress_at_retransmit: BTreeMap::new(),
+            announcements_left: 0,
+            resend_requests_ms: 0,
         }
     }
 
     pub fn id(&self) -> ReplicaId {
         self.keys.id
     }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn members(&self) -> &[Bytes] {
+        &self.keys.members
+    }
     pub fn view(&self) -> u64 {
         self.view
+    }
+    pub fn is_view_changing(&self) -> bool {
+        self.view_changing
     }
     pub fn last_executed(&self) -> u64 {
         self.last_executed
@@ -171,15 +269,30 @@ impl Replica {
     pub fn log_len(&self) -> usize {
         self.slots.len()
     }
+    /// Requests seen here and not executed yet.
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
     pub fn is_primary(&self) -> bool {
         !self.view_changing && self.primary(self.view) == self.keys.id
     }
+    /// The replica that orders requests in the current view.
+    pub fn primary_id(&self) -> ReplicaId {
+        self.primary(self.view)
+    }
 
-    fn primary(&self, view: u64) -> ReplicaId {
+    /// Checks a message's signature (and what `SignedMessage::verify`
+    /// checks besides), remembering signatures that passed.
+    pub(super) fn valid(&self, m: &SignedMessage) -> bool {
+        m.verify_cached(self.config.cluster, &self.keys.members, &mut self.sigs.borrow_mut())
+            .is_ok()
+    }
+
+    pub(super) fn primary(&self, view: u64) -> ReplicaId {
         (view % self.config.n as u64) as ReplicaId
     }
 
-    fn in_window(&self, seq: u64) -> bool {
+    pub(super) fn in_window(&self, seq: u64) -> bool {
         seq > self.low && seq <= self.low + self.config.window
     }
 
@@ -187,58 +300,90 @@ impl Replica {
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Request(request) => {
-                if self.waiting.len() < self.config.waiting_requests_max
-                    && !self.waiting.iter().any(|(r, _)| *r == request)
-                {
-                    self.waiting.push_back((request.clone(), self.now_ms));
-                    self.arm_timer();
-                }
-                if self.is_primary() {
-                    self.enqueue(request);
-                    if self.pending_bytes >= self.config.batch_bytes_max {
-                        self.cut_batches(&mut out, false);
-                    }
-                }
-            }
-            Event::Tick { now_ms } => {
-                self.now_ms = self.now_ms.max(now_ms);
-                if self.deadline_ms.is_some_and(|d| self.now_ms >= d) {
-                    // Give up on this view (or on the view change to it).
-                    self.start_view_change(self.view + 1, &mut out);
-                }
-                self.cut_batches(&mut out, true);
-            }
+            Event::Request(request) => self.on_request(request, true, &mut out),
+            Event::Tick { now_ms } => self.on_tick(now_ms, &mut out),
             Event::Message(m) => {
-                if m.verify(self.config.cluster, &self.keys.members).is_ok() {
+                if m.sender != self.keys.id && self.valid(&m) {
+                    self.note_peer(&m);
                     self.on_message(m, &mut out);
                 }
             }
+            Event::Executed { seq, state } => self.on_executed(seq, state, &mut out),
+            Event::Transferred { cert, executed } => self.on_transferred(cert, &executed, &mut out),
         }
         out
     }
 
-    fn enqueue(&mut self, request: Bytes) {
+    fn note_peer(&mut self, m: &SignedMessage) {
+        self.peers_heard.insert(m.sender);
+        let view = match &m.message {
+            Message::ViewChange { new_view, .. } => Some(new_view.saturating_sub(1)),
+            Message::NewView { view, .. } => Some(*view),
+            _ => m.slot().map(|(v, _, _)| v),
+        };
+        if let Some(v) = view {
+            let known = self.peer_views.entry(m.sender).or_insert(v);
+            *known = (*known).max(v);
+        }
+    }
+
+    // ---- requests and batches ------------------------------------------
+
+    fn on_request(&mut self, request: Request, local: bool, out: &mut Vec<Action>) {
+        if self.waiting.contains_key(&request.id) || self.waiting.len() >= self.config.waiting_requests_max {
+            return;
+        }
+        self.waiting.insert(
+            request.id,
+            Waiting {
+                request: request.clone(),
+                relayed: false,
+            },
+        );
+        self.arm_timer();
+        if self.is_primary() {
+            self.enqueue(request);
+            if self.pending_bytes >= self.config.batch_bytes_max {
+                self.cut_batches(out, false);
+            }
+        } else if local && self.view_changing {
+            // No primary to hand it to: whoever is ordering should see it.
+            if let Some(w) = self.waiting.get_mut(&request.id) {
+                w.relayed = true;
+            }
+            let message = self.sign(Message::Request(request));
+            out.push(Action::Broadcast(message));
+        } else if local {
+            let to = self.primary(self.view);
+            let message = self.sign(Message::Request(request));
+            out.push(Action::Send { to, message });
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, request: Request) {
         self.oldest_pending_ms.get_or_insert(self.now_ms);
-        self.pending_bytes += request.len();
+        self.pending_bytes += request.encoded_len();
         self.pending.push_back(request);
     }
 
-    fn timeout(&self) -> u64 {
+    pub(super) fn timeout(&self) -> u64 {
         self.config
             .view_change_timeout_ms
             .saturating_mul(1 << self.backoff.min(16))
     }
 
-    fn arm_timer(&mut self) {
-        if self.deadline_ms.is_none() {
+    /// Starts the request timer. Not while changing views: then the timer
+    /// runs only once 2f + 1 replicas want the same view (see
+    /// `on_view_change`), so a replica alone cannot run ahead through views.
+    pub(super) fn arm_timer(&mut self) {
+        if self.deadline_ms.is_none() && !self.view_changing {
             self.deadline_ms = Some(self.now_ms + self.timeout());
         }
     }
 
     /// Primary: turns pending requests into pre-prepares while the window
     /// has room; on a tick, also cuts a partial batch that has waited long enough.
-    fn cut_batches(&mut self, out: &mut Vec<Action>, tick: bool) {
+    pub(super) fn cut_batches(&mut self, out: &mut Vec<Action>, tick: bool) {
         while self.is_primary() && !self.pending.is_empty() && self.in_window(self.next_seq) {
             let full = self.pending_bytes >= self.config.batch_bytes_max;
             let waited = self
@@ -247,49 +392,58 @@ impl Replica {
             if !(full || (tick && waited)) {
                 break;
             }
-            let mut batch = BytesMut::new();
+            let mut batch = Batch {
+                view: self.view,
+                requests: Vec::new(),
+            };
+            let mut bytes = batch.encoded_len();
             while let Some(r) = self.pending.front() {
-                if !batch.is_empty() && batch.len() + 4 + r.len() > self.config.batch_bytes_max {
+                if !batch.requests.is_empty() && bytes + r.encoded_len() > self.config.batch_bytes_max {
                     break;
                 }
-                let r = self.pending.pop_front().unwrap_or_default();
-                self.pending_bytes -= r.len();
-                batch.put_u32(r.len() as u32);
-                batch.put_slice(&r);
+                let Some(r) = self.pending.pop_front() else { break };
+                self.pending_bytes -= r.encoded_len();
+                bytes += r.encoded_len();
+                batch.requests.push(r);
             }
             self.oldest_pending_ms = if self.pending.is_empty() {
                 None
             } else {
                 Some(self.now_ms)
             };
-            let batch = batch.freeze();
             let seq = self.next_seq;
             self.next_seq += 1;
-            let msg = Message::PrePrepare {
+            let pp = self.sign(Message::PrePrepare {
                 view: self.view,
                 seq,
-                digest: digest(&batch),
+                digest: batch.digest(),
                 batch,
-            };
-            self.broadcast(msg, out);
+            });
+            out.push(Action::Persist(Durable::PrePrepare(pp.clone())));
+            out.push(Action::Broadcast(pp.clone()));
+            self.on_message(pp, out);
         }
     }
 
+    pub(super) fn sign(&self, message: Message) -> SignedMessage {
+        SignedMessage::sign(self.config.cluster, self.keys.id, &self.keys.key, message)
+    }
+
     /// Signs, sends to the others, and processes our own copy.
-    fn broadcast(&mut self, message: Message, out: &mut Vec<Action>) {
-        let signed = SignedMessage::sign(self.config.cluster, self.keys.id, &self.keys.key, message);
+    pub(super) fn broadcast(&mut self, message: Message, out: &mut Vec<Action>) {
+        let signed = self.sign(message);
         out.push(Action::Broadcast(signed.clone()));
         self.on_message(signed, out);
     }
 
-    fn hold(&mut self, m: SignedMessage) {
+    pub(super) fn hold(&mut self, m: SignedMessage) {
         if self.held.len() < held_max(&self.config) && !self.held.contains(&m) {
             self.held.push(m);
         }
     }
 
     /// Re-handles held messages that now fit the view and window.
-    fn replay_held(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn replay_held(&mut self, out: &mut Vec<Action>) {
         let held = std::mem::take(&mut self.held);
         let high = self.low + self.config.window;
         for m in held {
@@ -301,7 +455,7 @@ impl Replica {
         }
     }
 
-    fn on_message(&mut self, m: SignedMessage, out: &mut Vec<Action>) {
+    pub(super) fn on_message(&mut self, m: SignedMessage, out: &mut Vec<Action>) {
         // Normal-case messages: for this view and window only; a little
         // ahead of either is held; anything else is dropped.
         if let Some((view, seq, _)) = m.slot() {
@@ -318,7 +472,8 @@ impl Replica {
             }
         }
         match m.message.clone() {
-            Message::PrePrepare { view, seq, .. } => {
+            Message::Request(r) => self.on_request(r, false, out),
+            Message::PrePrepare { view, seq, digest, .. } => {
                 if m.sender != self.primary(view) {
                     return;
                 }
@@ -328,10 +483,10 @@ impl Replica {
                     // one is the primary equivocating and is ignored.
                     return;
                 }
-                let Some((_, _, d)) = m.slot() else { return };
                 slot.pre_prepare = Some(m.clone());
                 if m.sender != self.keys.id {
-                    self.broadcast(Message::Prepare { view, seq, digest: d }, out);
+                    out.push(Action::Persist(Durable::PrePrepare(m)));
+                    self.broadcast(Message::Prepare { view, seq, digest }, out);
                 }
                 self.progress(seq, out);
             }
@@ -347,19 +502,47 @@ impl Replica {
                 self.slots.entry(seq).or_default().commits.entry(m.sender).or_insert(m);
                 self.progress(seq, out);
             }
-            Message::Checkpoint { seq, .. } => {
-                if seq <= self.low || !seq.is_multiple_of(self.config.checkpoint_interval) {
-                    return;
-                }
-                self.checkpoints.entry(seq).or_default().entry(m.sender).or_insert(m);
-                self.try_stabilize(seq, out);
-            }
+            Message::Checkpoint { seq, .. } => self.on_checkpoint(m, seq, out),
             Message::ViewChange { new_view, .. } => self.on_view_change(m, new_view, out),
             Message::NewView {
                 view,
                 view_changes,
                 pre_prepares,
-            } => self.on_new_view(m.sender, view, &view_changes, &pre_prepares, out),
+            } => self.on_new_view(&m, view, &view_changes, &pre_prepares, out),
+            Message::Committed { pre_prepare, commits } => self.on_committed(*pre_prepare, commits, out),
+        }
+    }
+
+    /// A batch proven committed, from a peer: kept if it is above what we
+    /// executed and within a window of it, then executed in order.
+    fn on_committed(&mut self, pp: SignedMessage, commits: Vec<SignedMessage>, out: &mut Vec<Action>) {
+        let Some((view, seq, digest)) = pp.slot() else { return };
+        if seq <= self.last_executed
+            || seq > self.last_executed + self.config.window
+            || self.committed.contains_key(&seq)
+        {
+            return;
+        }
+        let cert = CommitCert {
+            view,
+            seq,
+            digest,
+            commits,
+        };
+        let valid = matches!(pp.message, Message::PrePrepare { .. })
+            && pp.sender == self.primary(view)
+            && self.valid(&pp)
+            && cert
+                .verify_cached(
+                    self.config.cluster,
+                    &self.keys.members,
+                    self.config.quorum(),
+                    &mut self.sigs.borrow_mut(),
+                )
+                .is_ok();
+        if valid {
+            self.committed.insert(seq, (pp, cert.commits));
+            self.execute_ready(out);
         }
     }
 
@@ -379,12 +562,12 @@ impl Replica {
         };
         // Prepared: the pre-prepare plus 2f matching prepares from backups.
         let prepared = prepares >= 2 * self.config.f();
-        if prepared
+        let newly_prepared = prepared
             && self
                 .prepared
                 .get(&seq)
-                .is_none_or(|c| c.pre_prepare.slot().is_some_and(|(v, _, _)| v < view))
-        {
+                .is_none_or(|c| c.pre_prepare.slot().is_some_and(|(v, _, _)| v < view));
+        if newly_prepared {
             if let Some(slot) = self.slots.get(&seq) {
                 if let Some(pp) = &slot.pre_prepare {
                     let prepares: Vec<SignedMessage> = slot
@@ -394,6 +577,11 @@ impl Replica {
                         .take(2 * self.config.f())
                         .cloned()
                         .collect();
+                    out.push(Action::Persist(Durable::Prepared {
+                        seq,
+                        view,
+                        prepares: prepares.clone(),
+                    }));
                     self.prepared.insert(
                         seq,
                         PreparedCert {
@@ -404,59 +592,77 @@ impl Replica {
                 }
             }
         }
-        let sent = self.slots.get(&seq).is_some_and(|s| s.sent_commit);
+        let sent = self
+            .slots
+            .get(&seq)
+            .is_some_and(|s| s.commits.contains_key(&self.keys.id));
         if prepared && !sent {
-            if let Some(s) = self.slots.get_mut(&seq) {
-                s.sent_commit = true;
-            }
             self.broadcast(Message::Commit { view, seq, digest: d }, out);
         }
         self.execute_ready(out);
     }
 
     /// Executes every committed slot that comes next in sequence order.
-    fn execute_ready(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn execute_ready(&mut self, out: &mut Vec<Action>) {
         loop {
             let seq = self.last_executed + 1;
-            let Some((view, d, prepares, commits)) = self.counts(seq) else {
+            if let Some((pp, commits)) = self.committed.remove(&seq) {
+                // Proven committed by peers: it replaces whatever we held.
+                let slot = self.slots.entry(seq).or_default();
+                slot.pre_prepare = Some(pp);
+                slot.prepares.clear();
+                slot.commits = commits.into_iter().map(|c| (c.sender, c)).collect();
+                self.execute_slot(seq, out);
+                continue;
+            }
+            let Some((_, _, prepares, commits)) = self.counts(seq) else {
                 return;
             };
             if prepares < 2 * self.config.f() || commits < self.config.quorum() {
                 return;
             }
-            let Some(slot) = self.slots.get(&seq) else { return };
-            let Some(Message::PrePrepare { batch, .. }) = slot.pre_prepare.as_ref().map(|p| p.message.clone()) else {
+            if !self.execute_slot(seq, out) {
                 return;
+            }
+        }
+    }
+
+    /// Hands a slot whose pre-prepare has 2f + 1 matching commits to the
+    /// environment to execute.
+    fn execute_slot(&mut self, seq: u64, out: &mut Vec<Action>) -> bool {
+        {
+            let Some(slot) = self.slots.get(&seq) else { return false };
+            let Some(pp) = &slot.pre_prepare else { return false };
+            let (Some((view, _, d)), Message::PrePrepare { batch, .. }) = (pp.slot(), &pp.message) else {
+                return false;
             };
-            let cert_commits: Vec<SignedMessage> = slot
+            let batch = batch.clone();
+            let commits: Vec<SignedMessage> = slot
                 .commits
                 .values()
                 .filter(|m| m.slot() == Some((view, seq, d)))
                 .take(self.config.quorum())
                 .cloned()
                 .collect();
-            let cert = QuorumCert {
+            let cert = CommitCert {
                 view,
                 seq,
                 digest: d,
-                commits: cert_commits,
+                commits,
             };
             self.last_executed = seq;
-            self.state = chain_state(&self.state, seq, &d);
-            self.note_executed(&batch);
+            self.committed = self.committed.split_off(&(seq + 1));
+            self.note_executed(batch.requests.iter().map(|r| r.id));
             out.push(Action::Execute { seq, batch, cert });
-            if seq.is_multiple_of(self.config.checkpoint_interval) {
-                let state = self.state;
-                self.broadcast(Message::Checkpoint { seq, state }, out);
-            }
         }
+        true
     }
 
     /// Progress: drop executed requests from the waiting list and restart
-    /// (or stop) the view-change timer.
-    fn note_executed(&mut self, batch: &Bytes) {
-        if let Some(requests) = batch_requests(batch) {
-            self.waiting.retain(|(r, _)| !requests.contains(r));
+    /// (or stop) the timer.
+    pub(super) fn note_executed(&mut self, ids: impl IntoIterator<Item = RequestId>) {
+        for id in ids {
+            self.waiting.remove(&id);
         }
         self.backoff = 0;
         self.deadline_ms = None;
@@ -465,19 +671,60 @@ impl Replica {
         }
     }
 
+    // ---- checkpoints ---------------------------------------------------
+
+    fn on_executed(&mut self, seq: u64, state: Digest, out: &mut Vec<Action>) {
+        if seq != self.last_applied + 1 || seq > self.last_executed {
+            // Stale (a transfer went past it) or out of order: nothing to vote on.
+            return;
+        }
+        self.last_applied = seq;
+        self.states.insert(seq, state);
+        self.broadcast(Message::Checkpoint { seq, state }, out);
+    }
+
+    fn on_checkpoint(&mut self, m: SignedMessage, seq: u64, out: &mut Vec<Action>) {
+        if m.sender != self.keys.id {
+            self.peer_progress.insert(m.sender, seq);
+        }
+        if seq <= self.low || seq > self.low + 2 * self.config.window {
+            return;
+        }
+        self.checkpoints.entry(seq).or_default().entry(m.sender).or_insert(m);
+        self.try_stabilize(seq, out);
+    }
+
     /// A checkpoint is stable with 2f + 1 matching votes that include our
-    /// own (so we hold that state): the log up to it is dropped and the
-    /// window moves. A replica that has not executed that far needs state
-    /// transfer, which is not implemented yet.
+    /// own (so we hold that state): its votes are the quorum certificate,
+    /// the log up to it is dropped and the window moves.
     fn try_stabilize(&mut self, seq: u64, out: &mut Vec<Action>) {
+        let Some(state) = self.states.get(&seq).copied() else {
+            return;
+        };
         let Some(votes) = self.checkpoints.get(&seq) else {
             return;
         };
-        let Some(mine) = votes.get(&self.keys.id).map(|m| m.message.clone()) else {
-            return;
-        };
-        let proof: Vec<SignedMessage> = votes.values().filter(|m| m.message == mine).cloned().collect();
+        let expected = Message::Checkpoint { seq, state };
+        let proof: Vec<SignedMessage> = votes
+            .values()
+            .filter(|m| m.message == expected)
+            .take(self.config.quorum())
+            .cloned()
+            .collect();
         if proof.len() < self.config.quorum() {
+            return;
+        }
+        out.push(Action::Certified(QuorumCert {
+            seq,
+            state,
+            votes: proof.clone(),
+        }));
+        self.stabilize(seq, proof, out);
+    }
+
+    /// Moves the low watermark to `seq` and drops the log below it.
+    pub(super) fn stabilize(&mut self, seq: u64, proof: Vec<SignedMessage>, out: &mut Vec<Action>) {
+        if seq <= self.low {
             return;
         }
         self.low = seq;
@@ -485,332 +732,231 @@ impl Replica {
         self.slots = self.slots.split_off(&(seq + 1));
         self.prepared = self.prepared.split_off(&(seq + 1));
         self.checkpoints = self.checkpoints.split_off(&(seq + 1));
+        self.committed = self.committed.split_off(&(seq + 1));
+        self.states = self.states.split_off(&seq);
         self.replay_held(out);
         self.cut_batches(out, true);
     }
 
-    // ---- view change -------------------------------------------------
+    // ---- state transfer ------------------------------------------------
 
-    /// Stops taking part in the current view and asks for `new_view`.
-    fn start_view_change(&mut self, new_view: u64, out: &mut Vec<Action>) {
-        if new_view <= self.view && self.view_changing {
-            return;
-        }
-        self.view = new_view;
-        self.view_changing = true;
-        self.backoff = self.backoff.saturating_add(1);
-        self.deadline_ms = Some(self.now_ms + self.timeout());
-        let prepared = self.prepared_certs();
-        let msg = Message::ViewChange {
-            new_view,
-            stable_seq: self.low,
-            checkpoint_proof: self.low_proof.clone(),
-            prepared,
-        };
-        self.broadcast(msg, out);
-    }
-
-    /// For every sequence number above the low watermark that this replica
-    /// prepared in any view, the certificate from the latest such view.
-    fn prepared_certs(&self) -> Vec<PreparedCert> {
-        self.prepared.range(self.low + 1..).map(|(_, c)| c.clone()).collect()
-    }
-
-    fn on_view_change(&mut self, m: SignedMessage, new_view: u64, out: &mut Vec<Action>) {
-        if new_view < self.view || (new_view == self.view && !self.view_changing) || !self.valid_view_change(&m) {
-            return;
-        }
-        self.view_changes
-            .entry(new_view)
-            .or_default()
-            .entry(m.sender)
-            .or_insert(m);
-        // f + 1 replicas asking for later views: at least one is honest, so
-        // join the smallest such view rather than wait for our own timer.
-        if !self.view_changing || new_view > self.view {
-            let mut later: BTreeMap<ReplicaId, u64> = BTreeMap::new();
-            for (v, votes) in self.view_changes.range(self.view + u64::from(!self.view_changing)..) {
-                for sender in votes.keys() {
-                    later.entry(*sender).or_insert(*v);
-                }
-            }
-            if later.len() > self.config.f() {
-                if let Some(v) = later.values().min().copied() {
-                    if v > self.view || !self.view_changing {
-                        self.start_view_change(v.max(self.view + u64::from(!self.view_changing)), out);
-                    }
-                }
-            }
-        }
-        // The new primary starts the view once 2f + 1 (its own included) agree.
-        let v = self.view;
-        if self.view_changing
-            && self.primary(v) == self.keys.id
-            && !self.new_view_sent.contains(&v)
-            && self
-                .view_changes
-                .get(&v)
-                .is_some_and(|votes| votes.len() >= self.config.quorum() && votes.contains_key(&self.keys.id))
+    fn on_transferred(&mut self, cert: QuorumCert, executed: &[RequestId], out: &mut Vec<Action>) {
+        self.fetch_deadline_ms = None;
+        if cert.seq <= self.last_applied
+            || cert
+                .verify_cached(
+                    self.config.cluster,
+                    &self.keys.members,
+                    self.config.quorum(),
+                    &mut self.sigs.borrow_mut(),
+                )
+                .is_err()
         {
-            let view_changes: Vec<SignedMessage> = self.view_changes[&v]
-                .values()
-                .take(self.config.quorum())
-                .cloned()
-                .collect();
-            let (_, proposals) = new_view_proposals(&self.config, &view_changes);
-            let pre_prepares = proposals
-                .into_iter()
-                .map(|(seq, batch)| {
-                    let msg = Message::PrePrepare {
-                        view: v,
-                        seq,
-                        digest: digest(&batch),
-                        batch,
-                    };
-                    SignedMessage::sign(self.config.cluster, self.keys.id, &self.keys.key, msg)
-                })
-                .collect();
-            self.new_view_sent.insert(v);
-            self.broadcast(
-                Message::NewView {
-                    view: v,
-                    view_changes,
-                    pre_prepares,
-                },
-                out,
-            );
+            return;
         }
+        let seq = cert.seq;
+        self.last_executed = self.last_executed.max(seq);
+        self.last_applied = seq;
+        self.states.insert(seq, cert.state);
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.behind_since = None;
+        self.note_executed(executed.iter().copied());
+        // Tell the peers where we are now.
+        let vote = self.sign(Message::Checkpoint { seq, state: cert.state });
+        out.push(Action::Broadcast(vote));
+        self.stabilize(seq, cert.votes, out);
+        // Slots above the transfer may now be executable.
+        self.execute_ready(out);
     }
 
-    /// Checks a VIEW-CHANGE's checkpoint proof and prepared certificates.
-    fn valid_view_change(&self, m: &SignedMessage) -> bool {
-        let Message::ViewChange {
-            new_view,
-            stable_seq,
-            checkpoint_proof,
-            prepared,
-        } = &m.message
-        else {
-            return false;
-        };
-        let members = &self.keys.members;
-        let cluster = self.config.cluster;
-        if *stable_seq > 0 {
-            let Some(first) = checkpoint_proof.first() else {
-                return false;
-            };
-            let senders: BTreeSet<ReplicaId> = checkpoint_proof.iter().map(|c| c.sender).collect();
-            let sound = checkpoint_proof.iter().all(|c| {
-                c.message == first.message
-                    && matches!(c.message, Message::Checkpoint { seq, .. } if seq == *stable_seq)
-                    && c.verify(cluster, members).is_ok()
-            });
-            if !sound || senders.len() < self.config.quorum() {
-                return false;
-            }
-        }
-        prepared.iter().all(|p| {
-            let Some((view, seq, d)) = p.pre_prepare.slot() else {
-                return false;
-            };
-            let senders: BTreeSet<ReplicaId> = p.prepares.iter().map(|x| x.sender).collect();
-            matches!(p.pre_prepare.message, Message::PrePrepare { .. })
-                && view < *new_view
-                && seq > *stable_seq
-                && p.pre_prepare.sender == self.primary(view)
-                && p.pre_prepare.verify(cluster, members).is_ok()
-                && senders.len() >= 2 * self.config.f()
-                && !senders.contains(&self.primary(view))
-                && p.prepares.iter().all(|x| {
-                    matches!(x.message, Message::Prepare { .. })
-                        && x.slot() == Some((view, seq, d))
-                        && x.verify(cluster, members).is_ok()
-                })
-        })
-    }
-
-    fn on_new_view(
-        &mut self,
-        sender: ReplicaId,
-        view: u64,
-        view_changes: &[SignedMessage],
-        pre_prepares: &[SignedMessage],
-        out: &mut Vec<Action>,
-    ) {
-        if view < self.view || (view == self.view && !self.view_changing) || sender != self.primary(view) {
+    /// Starts a transfer when f + 1 peers (one of them honest) have
+    /// executed past us and our log has not moved for a while.
+    fn check_behind(&mut self, out: &mut Vec<Action>) {
+        if self.fetch_deadline_ms.is_some_and(|d| self.now_ms < d) {
             return;
         }
-        // 2f + 1 valid VIEW-CHANGEs for this view from distinct replicas…
-        let senders: BTreeSet<ReplicaId> = view_changes.iter().map(|v| v.sender).collect();
-        let valid = view_changes.iter().all(|vc| {
-            matches!(vc.message, Message::ViewChange { new_view, .. } if new_view == view)
-                && vc.verify(self.config.cluster, &self.keys.members).is_ok()
-                && self.valid_view_change(vc)
-        });
-        if !valid || senders.len() < self.config.quorum() || senders.len() != view_changes.len() {
-            return;
-        }
-        // …and exactly the pre-prepares they imply, signed by the new primary.
-        let (min_s, proposals) = new_view_proposals(&self.config, view_changes);
-        let matches = pre_prepares.len() == proposals.len()
-            && pre_prepares.iter().zip(&proposals).all(|(pp, (seq, batch))| {
-                pp.sender == sender
-                    && pp.verify(self.config.cluster, &self.keys.members).is_ok()
-                    && matches!(&pp.message, Message::PrePrepare { view: v, seq: s, batch: b, .. } if *v == view && s == seq && b == batch)
-            });
-        if !matches {
-            return;
-        }
-        // The VIEW-CHANGE that proved min_s carries that checkpoint's proof.
-        let proof = view_changes
+        let ahead: Vec<ReplicaId> = self
+            .peer_progress
             .iter()
-            .find_map(|vc| match &vc.message {
-                Message::ViewChange {
-                    stable_seq,
-                    checkpoint_proof,
-                    ..
-                } if *stable_seq == min_s => Some(checkpoint_proof.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        self.enter_view(view, min_s, proof, pre_prepares, out);
+            .filter(|(_, s)| **s > self.last_executed)
+            .map(|(id, _)| *id)
+            .collect();
+        if ahead.len() <= self.config.f() {
+            self.behind_since = None;
+            return;
+        }
+        match self.behind_since {
+            Some((since, at)) if at == self.last_executed => {
+                if self.now_ms.saturating_sub(since) >= 2 * self.config.retransmit_ms {
+                    self.fetch_deadline_ms = Some(self.now_ms + self.config.view_change_timeout_ms);
+                    self.behind_since = None;
+                    out.push(Action::Fetch { peers: ahead });
+                }
+            }
+            _ => self.behind_since = Some((self.now_ms, self.last_executed)),
+        }
     }
 
-    fn enter_view(
-        &mut self,
-        view: u64,
-        min_s: u64,
-        min_s_proof: Vec<SignedMessage>,
-        pre_prepares: &[SignedMessage],
-        out: &mut Vec<Action>,
-    ) {
-        self.view = view;
-        self.view_changing = false;
-        self.deadline_ms = None;
-        self.view_changes = self.view_changes.split_off(&(view + 1));
-        // The new view re-proposes everything prepared above min_s; our
-        // votes from older views no longer count.
-        self.slots.retain(|seq, _| *seq <= self.last_executed);
-        if min_s > self.low && self.last_executed >= min_s {
-            self.low = min_s;
-            self.low_proof = min_s_proof;
-            self.slots = self.slots.split_off(&(min_s + 1));
-            self.prepared = self.prepared.split_off(&(min_s + 1));
-        }
-        let max_s = pre_prepares
-            .iter()
-            .filter_map(|p| p.slot())
-            .map(|(_, s, _)| s)
-            .max()
-            .unwrap_or(min_s);
-        self.next_seq = max_s.max(self.last_executed).max(self.low) + 1;
-        // The new primary orders whatever it saw that has not executed and
-        // is not being re-proposed.
-        if self.primary(view) == self.keys.id {
-            let proposed: Vec<Bytes> = pre_prepares
-                .iter()
-                .filter_map(|p| match &p.message {
-                    Message::PrePrepare { batch, .. } => batch_requests(batch),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            self.pending.clear();
-            self.pending_bytes = 0;
-            self.oldest_pending_ms = None;
-            let waiting: Vec<Bytes> = self.waiting.iter().map(|(r, _)| r.clone()).collect();
-            for r in waiting.into_iter().filter(|r| !proposed.contains(r)) {
-                self.enqueue(r);
+    // ---- time ------------------------------------------------------------
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.deadline_ms.is_some_and(|d| self.now_ms >= d) {
+            self.deadline_ms = None;
+            if !self.relay_waiting(out) {
+                // Give up on this view (or on the view change to it).
+                self.start_view_change(self.view + 1, out);
             }
         }
-        if !self.waiting.is_empty() {
-            self.arm_timer();
-        }
-        for pp in pre_prepares {
-            let Some((_, seq, d)) = pp.slot() else { continue };
-            if seq > self.last_executed {
-                self.on_message(pp.clone(), out);
-                continue;
-            }
-            // Already executed here: still vote for it in the new view, so
-            // replicas that have not executed it can reach a quorum. Safe:
-            // we committed exactly this digest at this sequence number.
-            let executed_same = self
-                .slots
-                .get(&seq)
-                .and_then(|s| s.pre_prepare.as_ref())
-                .is_some_and(|old| old.slot().is_some_and(|(_, _, od)| od == d));
-            if executed_same {
-                if let Some(slot) = self.slots.get_mut(&seq) {
-                    slot.pre_prepare = Some(pp.clone());
-                    slot.prepares.clear();
-                    slot.commits.clear();
-                    slot.sent_commit = true;
-                }
-                if self.primary(view) != self.keys.id {
-                    self.broadcast(Message::Prepare { view, seq, digest: d }, out);
-                }
-                self.broadcast(Message::Commit { view, seq, digest: d }, out);
-            }
-        }
-        self.replay_held(out);
         self.cut_batches(out, true);
+        if self.view_changing && self.now_ms >= self.resend_requests_ms {
+            self.resend_requests_ms = self.now_ms + self.config.view_change_timeout_ms;
+            let me = self.keys.id;
+            let mine: Vec<Request> = self
+                .waiting
+                .values()
+                .filter(|w| w.request.id.origin == me)
+                .map(|w| w.request.clone())
+                .collect();
+            for r in mine {
+                let m = self.sign(Message::Request(r));
+                out.push(Action::Broadcast(m));
+            }
+        }
+        if self.now_ms >= self.next_retransmit_ms {
+            self.next_retransmit_ms = self.now_ms + self.config.retransmit_ms;
+            self.retransmit(out);
+            self.check_behind(out);
+        }
     }
-}
 
-/// What the primary of a new view proposes, computed from 2f + 1
-/// VIEW-CHANGEs the same way by every replica: the highest stable checkpoint
-/// among them (`min_s`), then for each sequence number up to the highest
-/// prepared one, the batch prepared in the latest view, or an empty batch.
-fn new_view_proposals(config: &Config, view_changes: &[SignedMessage]) -> (u64, Vec<(u64, Bytes)>) {
-    let mut min_s = 0;
-    let mut best: BTreeMap<u64, (u64, Bytes)> = BTreeMap::new();
-    for vc in view_changes {
-        let Message::ViewChange {
-            stable_seq, prepared, ..
-        } = &vc.message
-        else {
-            continue;
-        };
-        min_s = min_s.max(*stable_seq);
-        for p in prepared {
-            let (Some((view, seq, _)), Message::PrePrepare { batch, .. }) =
-                (p.pre_prepare.slot(), &p.pre_prepare.message)
-            else {
+    /// First expiry for our own requests: relay them to everyone, so every
+    /// replica watches the primary. Returns false when there was nothing
+    /// left to relay (then the view changes).
+    fn relay_waiting(&mut self, out: &mut Vec<Action>) -> bool {
+        if self.view_changing {
+            return false;
+        }
+        let me = self.keys.id;
+        let mut relayed = Vec::new();
+        for w in self.waiting.values_mut() {
+            if w.request.id.origin == me && !w.relayed {
+                w.relayed = true;
+                relayed.push(w.request.clone());
+            }
+        }
+        if relayed.is_empty() {
+            return false;
+        }
+        for r in relayed {
+            let m = self.sign(Message::Request(r));
+            out.push(Action::Broadcast(m));
+        }
+        self.arm_timer();
+        true
+    }
+
+    /// Sends again what peers may have missed: our messages for slots not
+    /// yet stable, our VIEW-CHANGE while changing, our latest checkpoint vote
+    /// to peers behind it, and the NEW-VIEW to peers still in older views.
+    /// Peers whose checkpoint votes have not moved since the last
+    /// retransmission and are behind what we executed get the committed
+    /// batches they lack, whatever view they are in.
+    fn hand_committed_to_stalled_peers(&mut self, out: &mut Vec<Action>) {
+        let me = self.keys.id;
+        let last = std::mem::take(&mut self.progress_at_retransmit);
+        for p in (0..self.config.n as ReplicaId).filter(|p| *p != me) {
+            let progress = self.peer_progress.get(&p).copied().unwrap_or(0);
+            self.progress_at_retransmit.insert(p, progress);
+            if progress >= self.last_executed || last.get(&p) != Some(&progress) {
                 continue;
-            };
-            if best.get(&seq).is_none_or(|(v, _)| view > *v) {
-                best.insert(seq, (view, batch.clone()));
+            }
+            for (seq, slot) in self.slots.range(progress + 1..=self.last_executed) {
+                let Some(pp) = &slot.pre_prepare else { continue };
+                let Some(key) = pp.slot() else { continue };
+                let commits: Vec<SignedMessage> = slot
+                    .commits
+                    .values()
+                    .filter(|c| c.slot() == Some(key))
+                    .take(self.config.quorum())
+                    .cloned()
+                    .collect();
+                if commits.len() < self.config.quorum() || key.1 != *seq {
+                    continue;
+                }
+                let message = self.sign(Message::Committed {
+                    pre_prepare: Box::new(pp.clone()),
+                    commits,
+                });
+                out.push(Action::Send { to: p, message });
             }
         }
     }
-    let max_s = best.keys().next_back().copied().unwrap_or(min_s).max(min_s);
-    // Never propose past the window the new view starts with.
-    let max_s = max_s.min(min_s + config.window);
-    let proposals = (min_s + 1..=max_s)
-        .map(|seq| (seq, best.get(&seq).map(|(_, b)| b.clone()).unwrap_or_default()))
-        .collect();
-    (min_s, proposals)
-}
 
-/// The state after executing `digest` at `seq`.
-fn chain_state(prev: &Digest, seq: u64, d: &Digest) -> Digest {
-    let mut b = Vec::with_capacity(72);
-    b.extend_from_slice(prev);
-    b.extend_from_slice(&seq.to_be_bytes());
-    b.extend_from_slice(d);
-    digest(&b)
-}
-
-/// Splits a batch back into the requests it carries.
-pub fn batch_requests(batch: &Bytes) -> Option<Vec<Bytes>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < batch.len() {
-        let len = u32::from_be_bytes(batch.get(at..at + 4)?.try_into().ok()?) as usize;
-        at += 4;
-        out.push(batch.get(at..at + len).map(|_| batch.slice(at..at + len))?);
-        at += len;
+    fn retransmit(&mut self, out: &mut Vec<Action>) {
+        let me = self.keys.id;
+        if let (true, Some(vc)) = (self.view_changing, &self.my_view_change) {
+            out.push(Action::Broadcast(vc.clone()));
+        }
+        if !self.view_changing {
+            for slot in self.slots.values() {
+                let Some(pp) = &slot.pre_prepare else { continue };
+                if pp.slot().is_none_or(|(v, _, _)| v != self.view) {
+                    continue;
+                }
+                if pp.sender == me {
+                    out.push(Action::Broadcast(pp.clone()));
+                }
+                for m in [slot.prepares.get(&me), slot.commits.get(&me)].into_iter().flatten() {
+                    out.push(Action::Broadcast(m.clone()));
+                }
+            }
+        }
+        self.hand_committed_to_stalled_peers(out);
+        if self.announcements_left > 0 {
+            self.announcements_left -= 1;
+            let state = self.states.get(&self.last_applied).copied().unwrap_or_default();
+            let vote = self.sign(Message::Checkpoint {
+                seq: self.last_applied,
+                state,
+            });
+            out.push(Action::Broadcast(vote));
+        }
+        let heard = std::mem::take(&mut self.peers_heard);
+        if let Some(state) = self.states.get(&self.last_applied).copied() {
+            let behind: Vec<ReplicaId> = (0..self.config.n as ReplicaId)
+                .filter(|p| *p != me && self.peer_progress.get(p).is_none_or(|s| *s < self.last_applied))
+                .collect();
+            if !behind.is_empty() && self.last_applied > 0 {
+                // Our vote as first sent, while the checkpoint is not stable.
+                let sent = self
+                    .checkpoints
+                    .get(&self.last_applied)
+                    .and_then(|votes| votes.get(&me))
+                    .cloned();
+                let vote = sent.unwrap_or_else(|| {
+                    self.sign(Message::Checkpoint {
+                        seq: self.last_applied,
+                        state,
+                    })
+                });
+                for to in behind {
+                    out.push(Action::Send {
+                        to,
+                        message: vote.clone(),
+                    });
+                }
+            }
+        }
+        if let (false, Some(nv)) = (self.view_changing, &self.new_view) {
+            for p in heard {
+                if self.peer_views.get(&p).is_some_and(|v| *v < self.view) {
+                    out.push(Action::Send {
+                        to: p,
+                        message: nv.clone(),
+                    });
+                }
+            }
+        }
     }
-    Some(out)
 }

@@ -81,6 +81,45 @@ pub struct BrokerConfig {
     /// Courier: requests one connection may have in flight before reading stops.
     #[serde(rename = "connection.requests.inflight.max")]
     pub connection_requests_inflight_max: usize,
+    /// Courier: the replica cluster's peer addresses, indexed by replica id
+    /// (`node.id`). Empty: this node orders its partitions alone.
+    #[serde(rename = "cluster.replicas")]
+    pub cluster_replicas: Vec<String>,
+    /// Courier: each replica's ed25519 public key (hex), indexed like
+    /// `cluster.replicas`.
+    #[serde(rename = "cluster.public.keys")]
+    pub cluster_public_keys: Vec<String>,
+    /// Courier: where this node accepts its peers (default: its own entry
+    /// in `cluster.replicas`).
+    #[serde(rename = "peer.listener")]
+    pub peer_listener: Option<String>,
+    /// Courier: PEM files for mutual TLS between replicas: the CA that signs
+    /// every node's certificate, this node's certificate and its key.
+    #[serde(rename = "peer.tls.ca")]
+    pub peer_tls_ca: PathBuf,
+    #[serde(rename = "peer.tls.cert")]
+    pub peer_tls_cert: PathBuf,
+    #[serde(rename = "peer.tls.key")]
+    pub peer_tls_key: PathBuf,
+    /// Courier: this replica's ed25519 signing key (PKCS#8 DER).
+    #[serde(rename = "replica.signing.key")]
+    pub replica_signing_key: PathBuf,
+    /// Courier: PBFT sequence numbers in flight above the last checkpoint.
+    #[serde(rename = "pbft.window")]
+    pub pbft_window: u64,
+    /// Courier: a PBFT batch is cut at this many bytes…
+    #[serde(rename = "pbft.batch.bytes.max")]
+    pub pbft_batch_bytes_max: usize,
+    /// …or when its oldest request has waited this long.
+    #[serde(rename = "pbft.batch.delay.ms")]
+    pub pbft_batch_delay_ms: u64,
+    /// Courier: a request not ordered this long is relayed to every
+    /// replica, and after as long again the view changes (doubling per view).
+    #[serde(rename = "pbft.view.change.timeout.ms")]
+    pub pbft_view_change_timeout_ms: u64,
+    /// Courier: how often unfinished consensus work is sent again.
+    #[serde(rename = "pbft.retransmit.ms")]
+    pub pbft_retransmit_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +144,18 @@ impl Default for BrokerConfig {
             connections_max_idle_ms: 600_000,
             max_connections: 10_000,
             fetch_max_bytes: 57_671_680,
+            cluster_replicas: Vec::new(),
+            cluster_public_keys: Vec::new(),
+            peer_listener: None,
+            peer_tls_ca: PathBuf::from("ca.pem"),
+            peer_tls_cert: PathBuf::from("node.pem"),
+            peer_tls_key: PathBuf::from("node.key"),
+            replica_signing_key: PathBuf::from("replica.key"),
+            pbft_window: 32,
+            pbft_batch_bytes_max: 1 << 20,
+            pbft_batch_delay_ms: 1,
+            pbft_view_change_timeout_ms: 2_000,
+            pbft_retransmit_ms: 200,
         }
     }
 }
@@ -186,11 +237,38 @@ impl BrokerConfig {
         if self.connection_requests_inflight_max == 0 {
             return bad("connection.requests.inflight.max must be at least 1".into());
         }
+        if !self.cluster_replicas.is_empty() {
+            let n = self.cluster_replicas.len();
+            if !(4..=7).contains(&n) || !(n - 1).is_multiple_of(3) {
+                return bad(format!(
+                    "cluster.replicas lists {n} replicas; a cluster has 4 or 7 (3f + 1)"
+                ));
+            }
+            if self.cluster_public_keys.len() != n {
+                return bad("cluster.public.keys needs one key per entry of cluster.replicas".into());
+            }
+            if !(0..n as i32).contains(&self.node_id) {
+                return bad(format!(
+                    "node.id {} is not a replica of cluster.replicas (0..{n})",
+                    self.node_id
+                ));
+            }
+            if self.pbft_window == 0 || self.pbft_batch_bytes_max < 1024 || self.pbft_retransmit_ms == 0 {
+                return bad(
+                    "pbft.window and pbft.retransmit.ms must be positive, pbft.batch.bytes.max at least 1024".into(),
+                );
+            }
+        }
         self.listen_addr()?;
         Ok(())
     }
 
     /// The listener's `host:port`, without a security-protocol prefix.
+    /// Whether partitions are ordered by a replica cluster.
+    pub fn replicated(&self) -> bool {
+        !self.cluster_replicas.is_empty()
+    }
+
     pub fn listen_addr(&self) -> Result<String, ConfigError> {
         strip_protocol(&self.listeners)
     }

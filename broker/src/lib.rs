@@ -11,8 +11,10 @@ mod alloc;
 pub mod api;
 pub mod config;
 pub mod connection;
+pub mod dev;
 pub mod groups;
 pub mod metrics;
+pub mod replication;
 pub mod sequencer;
 pub mod server;
 pub mod shutdown;
@@ -28,7 +30,7 @@ use tokio::sync::Mutex;
 
 pub use config::BrokerConfig;
 use groups::GroupCoordinator;
-use sequencer::Sequencer;
+use sequencer::{LocalSequencer, Sequencer};
 use shutdown::Shutdown;
 use topics::Topics;
 
@@ -50,6 +52,8 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot start the ledger threads: {0}")]
     Threads(std::io::Error),
+    #[error("cannot start replication: {0}")]
+    Replication(#[from] replication::ReplicationError),
 }
 
 /// How clients reach this node.
@@ -86,7 +90,9 @@ pub struct RunningBroker {
     pub admin_addr: Option<SocketAddr>,
     pub shutdown: Shutdown,
     server: tokio::task::JoinHandle<()>,
-    sequencer: Option<std::thread::JoinHandle<()>>,
+    /// The threads that write the ledger: the sequencer, or a replica's
+    /// engine and executor.
+    ledger_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningBroker {
@@ -96,17 +102,20 @@ impl RunningBroker {
         self.shutdown.trigger();
         let _ = (&mut self.server).await;
         self.broker.groups.stop();
-        let thread = self.sequencer.take();
+        if let Sequencer::Replicated(r) = &self.broker.sequencer {
+            r.stop().await;
+        }
+        let threads = std::mem::take(&mut self.ledger_threads);
         drop(self.broker);
         // The sequencer ends once the last broker handle is gone and its
         // rounds are durable. A handle still held elsewhere (an admin HTTP
         // connection lingering) must not hang shutdown: nothing acknowledged
         // depends on this wait, since replies follow durability.
-        if let Some(t) = thread {
+        for t in threads {
             let joined =
                 tokio::time::timeout(SEQUENCER_STOP_GRACE, tokio::task::spawn_blocking(move || t.join())).await;
             if joined.is_err() {
-                tracing::warn!("sequencer still running at shutdown; unacknowledged writes may be lost");
+                tracing::warn!("ledger thread still running at shutdown; unacknowledged writes may be lost");
             }
         }
     }
@@ -135,15 +144,30 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Durability::None
     };
     let store = Arc::new(LedgerStore::open(&Broker::ledger_path(&config), durability)?);
-    let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
-    let (sequencer, sequencer_thread) = Sequencer::start(store.clone(), topics.clone()).map_err(StartError::Threads)?;
+    let shutdown = Shutdown::new();
+    let (sequencer, ledger_threads, cluster_id) = if config.replicated() {
+        // Only certified blocks are visible; the executor publishes them.
+        let topics = Arc::new(Topics::load(store.topics()?, Vec::new()));
+        let (replicated, threads) =
+            replication::start(&config, store.clone(), topics.clone(), shutdown.signal()).await?;
+        let cluster_id = replicated.membership.kafka_cluster_id();
+        (
+            (Sequencer::Replicated(Arc::new(replicated)), topics),
+            vec![threads.engine, threads.executor],
+            cluster_id,
+        )
+    } else {
+        let topics = Arc::new(Topics::load(store.topics()?, store.partitions()?));
+        let (local, thread) = LocalSequencer::start(store.clone(), topics.clone()).map_err(StartError::Threads)?;
+        ((Sequencer::Local(local), topics), vec![thread], store.cluster_id()?)
+    };
+    let (sequencer, topics) = sequencer;
 
     let (listener, kafka_addr) = bind(&config.listen_addr()?).await?;
     let (host, port) = match &config.advertised_listeners {
         Some(a) => config::host_port(a)?,
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),
     };
-    let shutdown = Shutdown::new();
     let groups = GroupCoordinator::new(&config, shutdown.signal());
     let broker = Arc::new(Broker {
         node: NodeInfo {
@@ -151,7 +175,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             host,
             port,
         },
-        cluster_id: store.cluster_id()?,
+        cluster_id,
         config,
         store,
         topics,
@@ -172,6 +196,6 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         admin_addr,
         shutdown,
         server,
-        sequencer: Some(sequencer_thread),
+        ledger_threads,
     })
 }

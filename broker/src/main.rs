@@ -22,9 +22,40 @@ struct Cli {
 enum Command {
     /// Run a complete local Courier on 127.0.0.1:9092 with its data under ./courier-data.
     Dev(DevArgs),
+    /// Run one node of a replica cluster, as its configuration file says.
+    Node(NodeArgs),
+    /// Generate identities (TLS certificates, signing keys) and node configurations.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Inspect and check ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A development CA, each node's TLS certificate and signing key, and
+    /// one `courier node` configuration file per node (local cluster).
+    Dev {
+        /// Directory for certificates, node configurations and node data.
+        #[arg(long, value_name = "DIR", default_value = "./courier-cluster")]
+        out: PathBuf,
+        /// Replicas in the cluster (4 or 7).
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Kafka port of node 0 (node i listens on this + i).
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// Peer port of node 0 (node i listens on this + i).
+        #[arg(long, default_value_t = 19092)]
+        peer_port: u16,
+    },
 }
 
 #[derive(Args)]
@@ -48,18 +79,32 @@ struct DevArgs {
     /// Admin HTTP port (metrics, health) on 127.0.0.1; 0 disables it.
     #[arg(long)]
     admin_port: Option<u16>,
+    /// Replicas ordering every partition: 4 or 7 (PBFT, tolerating 1 or 2
+    /// Byzantine replicas), or 1 (this node alone).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
+    /// Peer port of the first replica (the others follow); default: the
+    /// Kafka port + 10000.
+    #[arg(long)]
+    peer_port: Option<u16>,
     #[command(flatten)]
     settings: Settings,
 }
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Re-walk every partition chain (hash links, offsets, CRCs) and report
-    /// the first bad block. Exit status 0 only when all is sound.
+    /// Re-walk every partition chain (hash links, offsets, CRCs, quorum
+    /// certificates) and report the first bad block. Exit status 0 only when
+    /// all is sound.
     Verify {
         /// Data directory (the broker's log.dirs).
         #[arg(long, value_name = "DIR", default_value = "./courier-data")]
         data_dir: PathBuf,
+        /// Check certificates against the members' keys in this node
+        /// configuration (cluster.public.keys) instead of the keys the node
+        /// recorded in its ledger.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// List delivery receipts (committed consumer offsets) recorded on the
     /// ledger, with the block that holds each.
@@ -83,7 +128,14 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Dev(args) => dev(args),
-        Command::Ledger(LedgerCommand::Verify { data_dir }) => verify(&data_dir),
+        Command::Node(args) => node(args),
+        Command::Certs(CertsCommand::Dev {
+            out,
+            nodes,
+            port,
+            peer_port,
+        }) => certs_dev(&out, nodes, port, peer_port),
+        Command::Ledger(LedgerCommand::Verify { data_dir, config }) => verify(&data_dir, config.as_deref()),
         Command::Ledger(LedgerCommand::Receipts { data_dir, group, topic }) => {
             list_receipts(&data_dir, group.as_deref(), topic.as_deref())
         }
@@ -116,24 +168,89 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     // As Kafka's shipped development config does: no initial rebalance delay.
     let dev_defaults = ["group.initial.rebalance.delay.ms=0"];
     let config = BrokerConfig::load_layers(&dev_defaults, args.settings.config.as_deref(), &overrides)?;
+    let (_, kafka_port) = courier::config::host_port(&config.listeners)?;
+    let peer_port = args.peer_port.unwrap_or(if kafka_port == 0 {
+        0
+    } else {
+        kafka_port.saturating_add(10_000)
+    });
+    let configs = courier::dev::node_configs(&config, args.replicas, peer_port)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let data_dir = config.log_dirs.clone();
+        let nodes = courier::dev::start_cluster(configs).await?;
+        if nodes.len() == 1 {
+            println!("Courier dev broker is running (one node, single replica).");
+        } else {
+            let f = (nodes.len() - 1) / 3;
+            println!(
+                "Courier dev cluster is running: {} replicas ordering every partition (PBFT, tolerates {f} faulty).",
+                nodes.len()
+            );
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            println!("  Kafka:  {} (PLAINTEXT, node {i})", n.kafka_addr);
+        }
+        if let Some(admin) = nodes[0].admin_addr {
+            println!("  Admin:  http://{admin}/metrics  http://{admin}/health");
+        }
+        println!("  Data:   {}", data_dir.display());
+        println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
+        println!("  kcat -b {} -L", nodes[0].kafka_addr);
+        println!("Press Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await?;
+        eprintln!("courier: shutting down");
+        for n in nodes {
+            n.stop().await;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let config = BrokerConfig::load(args.settings.config.as_deref(), &args.settings.overrides)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let id = config.node_id;
+        let replicas = config.cluster_replicas.len();
         let running: RunningBroker = courier::start(config).await?;
-        println!("Courier dev broker is running (one node, single replica).");
+        if replicas > 0 {
+            println!("Courier node {id} is running (replica {id} of {replicas}).");
+        } else {
+            println!("Courier node {id} is running (single replica).");
+        }
         println!("  Kafka:  {} (PLAINTEXT)", running.kafka_addr);
         if let Some(admin) = running.admin_addr {
             println!("  Admin:  http://{admin}/metrics  http://{admin}/health");
         }
-        println!("  Data:   {}", data_dir.display());
-        println!("Connect any Kafka client to {}, e.g.:", running.kafka_addr);
-        println!("  kcat -b {} -L", running.kafka_addr);
-        println!("Press Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
         eprintln!("courier: shutting down");
         running.stop().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn certs_dev(out: &std::path::Path, nodes: usize, port: u16, peer_port: u16) -> anyhow::Result<ExitCode> {
+    if nodes == 1 {
+        anyhow::bail!("a replica cluster has 4 or 7 nodes");
+    }
+    let out = std::path::absolute(out)?;
+    let base = BrokerConfig {
+        log_dirs: out.clone(),
+        listeners: format!("127.0.0.1:{port}"),
+        ..BrokerConfig::default()
+    };
+    let configs = courier::dev::node_configs(&base, nodes, peer_port)?;
+    let files = courier::dev::write_node_files(&out, &configs)?;
+    println!("Wrote a {nodes}-replica development cluster under {}:", out.display());
+    for (c, f) in configs.iter().zip(&files) {
+        println!("  courier node --config {}    # Kafka {}", f.display(), c.listeners);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list_receipts(data_dir: &std::path::Path, group: Option<&str>, topic: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -159,7 +276,20 @@ fn list_receipts(data_dir: &std::path::Path, group: Option<&str>, topic: Option<
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let keys = match config {
+        Some(path) => {
+            let keys = courier::replication::identity::public_keys(&BrokerConfig::load(Some(path), &[])?)?;
+            if keys.is_empty() {
+                anyhow::bail!(
+                    "{} names no cluster.public.keys to check certificates against",
+                    path.display()
+                );
+            }
+            Some(keys)
+        }
+        None => None,
+    };
     let bar = if std::io::stderr().is_terminal() {
         Some(indicatif::ProgressBar::new(0))
     } else {
@@ -167,6 +297,7 @@ fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     let result = courier::verify::verify_data_dir(
         data_dir,
+        keys,
         |total| {
             if let Some(b) = &bar {
                 b.set_length(total);
@@ -182,13 +313,23 @@ fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         b.finish_and_clear();
     }
     match result {
-        Ok(partitions) => {
+        Ok((partitions, source)) => {
+            use courier::verify::KeySource;
             let blocks: u64 = partitions.iter().map(|p| p.blocks).sum();
             let records: i64 = partitions.iter().map(|p| p.records).sum();
             let receipts: u64 = partitions.iter().map(|p| p.receipts).sum();
+            let certified: u64 = partitions.iter().map(|p| p.certified).sum();
             for p in &partitions {
+                let certs = if source == KeySource::None {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} certified, {} after the last certificate",
+                        p.certified, p.uncertified_tail
+                    )
+                };
                 println!(
-                    "ok  {}-{}: {} blocks, {} records, {} receipts",
+                    "ok  {}-{}: {} blocks, {} records, {} receipts{certs}",
                     p.topic, p.partition, p.blocks, p.records, p.receipts
                 );
             }
@@ -196,6 +337,16 @@ fn verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 "ledger sound: {} partitions, {blocks} blocks, {records} records, {receipts} receipts",
                 partitions.len()
             );
+            match source {
+                KeySource::None => println!("single-replica ledger: no quorum certificates"),
+                KeySource::Recorded(n) => println!(
+                    "{certified} quorum certificates verified against the {n} member keys recorded in the ledger \
+                     (pass --config to check against keys you trust)"
+                ),
+                KeySource::Given(n) => {
+                    println!("{certified} quorum certificates verified against the {n} member keys given")
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(courier::verify::LedgerCheckError::Bad { topic, source }) => {

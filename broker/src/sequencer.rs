@@ -17,9 +17,10 @@
 //! a write fails, the sequencer's state has run past the disk: every later
 //! write is refused until a restart reloads the ledger.
 //!
-//! This is the single-replica ordering; the PBFT issue replaces what happens
-//! between "round cut" and "blocks committed" with a consensus round, behind
-//! the same [`Sequencer`] handle.
+//! This is the single-replica ordering ([`LocalSequencer`]). With a replica
+//! cluster configured, the same [`Sequencer`] handle submits to the
+//! partition's PBFT cluster instead (see [`crate::replication`]), and
+//! handlers cannot tell the two apart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,13 +31,15 @@ use bytes::BytesMut;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{judge, remember, ProducerTable, Verdict};
 use courier_consensus::ledger::{
-    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, SealedBlock, StoreError,
-    WriteSet,
+    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, RequestRecord,
+    SealedBlock, StoreError, WriteSet,
 };
 use courier_protocol::records::{assign_offset, Batch, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
+use crate::replication::command::Command;
+use crate::replication::{Replicated, METADATA};
 use crate::topics::Topics;
 
 // Threads: the sequencer orders and seals rounds; the committer makes them
@@ -74,6 +77,9 @@ pub enum Rejected {
     ShuttingDown,
     #[error("topic or partition no longer exists")]
     UnknownTopicOrPartition,
+    /// The replica cluster refused it with this Kafka error code.
+    #[error("refused by the replica cluster: {1}")]
+    Kafka(i16, String),
 }
 
 enum Submission {
@@ -94,19 +100,144 @@ enum Submission {
     },
 }
 
-/// The handlers' side of the sequencer.
+/// How partitions are ordered: by this node alone, or by a replica cluster.
 #[derive(Clone)]
-pub struct Sequencer {
-    tx: mpsc::Sender<Submission>,
-    commits: watch::Receiver<u64>,
+pub enum Sequencer {
+    Local(LocalSequencer),
+    Replicated(Arc<Replicated>),
 }
 
+/// Longest a client waits for a replica cluster to order its request
+/// (Kafka's `request.timeout.ms` default is 30 s; we answer before it).
+const REPLICATED_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(25);
+
 impl Sequencer {
+    /// Enqueues a produce (in call order) and returns the wait for its
+    /// outcome, so a connection can keep reading while it is in flight.
+    pub async fn enqueue_produce(
+        &self,
+        pk: PartitionKey,
+        leader_epoch: i32,
+        batches: Vec<Batch>,
+    ) -> oneshot::Receiver<Result<Appended, Rejected>> {
+        match self {
+            Sequencer::Local(l) => l.enqueue_produce(pk, leader_epoch, batches).await,
+            Sequencer::Replicated(r) => {
+                let mut records = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+                for b in &batches {
+                    records.extend_from_slice(&b.bytes);
+                }
+                let command = Command::Produce {
+                    pk,
+                    leader_epoch,
+                    records: records.freeze(),
+                };
+                let outcome = r.submit(pk, command).await;
+                relay(outcome, |rec| Appended {
+                    base_offset: rec.base_offset,
+                    log_start_offset: 0,
+                })
+            }
+        }
+    }
+
+    /// Queues a consumer group's committed offset as a receipt on the
+    /// partition's ledger; the returned receiver resolves once it is durable
+    /// (certified, with a replica cluster). Queue every partition of a
+    /// commit before awaiting any, so they share rounds.
+    pub async fn enqueue_receipt(&self, pk: PartitionKey, receipt: Receipt) -> oneshot::Receiver<Result<(), Rejected>> {
+        match self {
+            Sequencer::Local(l) => l.enqueue_receipt(pk, receipt).await,
+            Sequencer::Replicated(r) => relay(r.submit(pk, Command::Receipt { pk, receipt }).await, |_| ()),
+        }
+    }
+
+    /// Creates (`create`) or replaces a topic record; resolves once it is
+    /// durable and visible to this node's handlers.
+    pub async fn put_topic(&self, record: TopicRecord, create: bool) -> Result<(), Rejected> {
+        match self {
+            Sequencer::Local(l) => l.put_topic(record).await,
+            Sequencer::Replicated(r) => {
+                let rx = r.submit(METADATA, Command::PutTopic { record, create }).await;
+                wait(rx).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Deletes a topic's ledgers, ordered after every write already queued.
+    pub async fn delete_topic(&self, topic: TopicRecord) -> Result<(), Rejected> {
+        match self {
+            Sequencer::Local(l) => l.delete_topic(topic).await,
+            Sequencer::Replicated(r) => {
+                let rx = r.submit(METADATA, Command::DeleteTopic { id: topic.id }).await;
+                wait(rx).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Changes whenever more becomes visible to consumers: what
+    /// long-polling fetches wait on.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        match self {
+            Sequencer::Local(l) => l.commits(),
+            Sequencer::Replicated(r) => r.commits(),
+        }
+    }
+
+    /// Producer ids this node hands out are `base * stride + offset`:
+    /// replicas of one cluster never hand out the same one.
+    pub fn producer_id_space(&self) -> (i64, i64) {
+        match self {
+            Sequencer::Local(_) => (1, 0),
+            Sequencer::Replicated(r) => (8, r.membership.me as i64),
+        }
+    }
+}
+
+/// Waits for a replica cluster's outcome, bounded by [`REPLICATED_WAIT_MAX`].
+async fn wait(rx: oneshot::Receiver<RequestRecord>) -> Result<RequestRecord, Rejected> {
+    match tokio::time::timeout(REPLICATED_WAIT_MAX, rx).await {
+        Ok(Ok(r)) if r.error_code == 0 => Ok(r),
+        Ok(Ok(r)) => Err(Rejected::Kafka(
+            r.error_code,
+            format!("the replica cluster refused it (error {})", r.error_code),
+        )),
+        Ok(Err(_)) => Err(Rejected::UnknownTopicOrPartition),
+        Err(_) => Err(Rejected::Kafka(
+            kafka_protocol::ResponseError::RequestTimedOut.code(),
+            "the replica cluster did not order it in time".into(),
+        )),
+    }
+}
+
+/// Turns a replica cluster's pending outcome into the sequencer's reply shape.
+fn relay<T: Send + 'static>(
+    rx: oneshot::Receiver<RequestRecord>,
+    ok: impl FnOnce(RequestRecord) -> T + Send + 'static,
+) -> oneshot::Receiver<Result<T, Rejected>> {
+    let (tx, out) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tx.send(wait(rx).await.map(ok));
+    });
+    out
+}
+
+/// The handlers' side of the single-replica sequencer.
+#[derive(Clone)]
+pub struct LocalSequencer {
+    tx: mpsc::Sender<Submission>,
+    commits: watch::Receiver<u64>,
+    store: Arc<LedgerStore>,
+    topics: Arc<Topics>,
+}
+
+impl LocalSequencer {
     /// Starts the sequencer and committer threads. They end when every
     /// handle is dropped, after the rounds in progress are durable.
     pub fn start(store: Arc<LedgerStore>, topics: Arc<Topics>) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_SUBMISSIONS_MAX);
         let (commits_tx, commits) = watch::channel(0);
+        let (store_handle, topics_handle) = (store.clone(), topics.clone());
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(ROUNDS_QUEUED_MAX);
         let failed = Arc::new(AtomicBool::new(false));
         let committer = Committer {
@@ -131,7 +262,15 @@ impl Sequencer {
         let thread = std::thread::Builder::new()
             .name("courier-sequencer".into())
             .spawn(move || worker.run())?;
-        Ok((Self { tx, commits }, thread))
+        Ok((
+            Self {
+                tx,
+                commits,
+                store: store_handle,
+                topics: topics_handle,
+            },
+            thread,
+        ))
     }
 
     /// Appends a partition's batches; resolves once they are durable (or
@@ -142,15 +281,21 @@ impl Sequencer {
         leader_epoch: i32,
         batches: Vec<Batch>,
     ) -> Result<Appended, Rejected> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Submission::Produce {
-            pk,
-            leader_epoch,
-            batches,
-            reply,
-        })
-        .await?;
+        let rx = self.enqueue_produce(pk, leader_epoch, batches).await;
         rx.await.unwrap_or(Err(Rejected::ShuttingDown))
+    }
+
+    /// Writes a new or changed topic record, then publishes it: a topic is
+    /// never visible before it is durable.
+    pub async fn put_topic(&self, record: TopicRecord) -> Result<(), Rejected> {
+        let store = self.store.clone();
+        let copy = record.clone();
+        tokio::task::spawn_blocking(move || store.put_topic(&copy))
+            .await
+            .map_err(|e| Rejected::Storage(e.to_string()))?
+            .map_err(|e| Rejected::Storage(e.to_string()))?;
+        self.topics.insert(record);
+        Ok(())
     }
 
     /// Enqueues a produce and returns the wait for its outcome, so a
@@ -188,7 +333,9 @@ impl Sequencer {
     }
 
     /// Deletes a topic's ledgers, ordered after every write already queued.
+    /// It disappears from the catalog at once, so no new write races it.
     pub async fn delete_topic(&self, topic: TopicRecord) -> Result<(), Rejected> {
+        self.topics.remove(&topic);
         let (reply, rx) = oneshot::channel();
         self.submit(Submission::DeleteTopic { topic, reply }).await?;
         rx.await.unwrap_or(Err(Rejected::ShuttingDown))
@@ -631,6 +778,7 @@ fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<Sea
                 next_offset,
                 max_timestamp,
                 config_version: 0,
+                requests: vec![],
                 receipts: if last {
                     std::mem::take(&mut receipts)
                 } else {

@@ -3,7 +3,13 @@
 
 use std::path::Path;
 
-use courier_consensus::ledger::{verify_partition, Durability, LedgerStore, StoreError, VerifyError};
+use bytes::Bytes;
+use courier_consensus::ledger::{
+    verify_ledger, CertCheck, Durability, LedgerStore, StoreError, VerifyError, VerifyOptions,
+};
+use courier_consensus::pbft;
+
+use crate::replication::{MEMBERS_KEY, METADATA};
 
 /// One verified partition.
 #[derive(Debug, Clone)]
@@ -13,6 +19,21 @@ pub struct PartitionSummary {
     pub blocks: u64,
     pub records: i64,
     pub receipts: u64,
+    /// Blocks with their own quorum certificate (replicated ledgers).
+    pub certified: u64,
+    /// Blocks after the last certificate.
+    pub uncertified_tail: u64,
+}
+
+/// Whose keys certificates were checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A single-replica ledger: no certificates.
+    None,
+    /// The keys the node recorded in its ledger.
+    Recorded(usize),
+    /// Keys the caller trusts (a configuration file).
+    Given(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,25 +97,63 @@ pub fn receipts(
     Ok(out)
 }
 
-/// Verifies every partition; `on_block` is called once per verified block,
-/// `total` is told the number of blocks up front.
+/// The name `courier ledger verify` shows for the metadata ledger.
+pub const METADATA_NAME: &str = "__courier_metadata";
+
+/// Verifies every ledger in a data directory: chains, batches, and (for a
+/// replica's ledger) quorum certificates, against `keys` when given (the
+/// members' ed25519 public keys, trusted by the caller) or else the keys
+/// the node recorded. `on_block` is called once per verified block, `total`
+/// is told the number of blocks up front.
 pub fn verify_data_dir(
     data_dir: &Path,
+    keys: Option<Vec<Bytes>>,
     total: impl FnOnce(u64),
     mut on_block: impl FnMut(),
-) -> Result<Vec<PartitionSummary>, LedgerCheckError> {
+) -> Result<(Vec<PartitionSummary>, KeySource), LedgerCheckError> {
     let store = open_offline(data_dir)?;
     let topics = store.topics()?;
     let partitions = store.partitions()?;
+    let recorded: Option<Vec<Bytes>> = store
+        .identity(MEMBERS_KEY)?
+        .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect());
+    let (members, source) = match (keys, recorded) {
+        (Some(k), _) => {
+            let n = k.len();
+            (Some(k), KeySource::Given(n))
+        }
+        (None, Some(k)) => {
+            let n = k.len();
+            (Some(k), KeySource::Recorded(n))
+        }
+        (None, None) => (None, KeySource::None),
+    };
+    let fingerprint = members.as_deref().map(pbft::cluster_fingerprint);
     total(partitions.iter().map(|(_, s)| s.next_height).sum());
     let mut out = Vec::new();
     for (pk, _) in partitions {
-        let topic = topics
-            .iter()
-            .find(|t| t.id == pk.topic_id)
-            .map(|t| t.name.clone())
-            .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
-        let report = verify_partition(&store, &pk, |_| on_block()).map_err(|source| LedgerCheckError::Bad {
+        let topic = if pk == METADATA {
+            METADATA_NAME.to_owned()
+        } else {
+            topics
+                .iter()
+                .find(|t| t.id == pk.topic_id)
+                .map(|t| t.name.clone())
+                .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)))
+        };
+        let certs = match (&members, &fingerprint) {
+            (Some(m), Some(f)) => Some(CertCheck {
+                instance: pbft::instance_id(f, &pk.to_bytes()),
+                members: m,
+                quorum: 2 * ((m.len().max(1) - 1) / 3) + 1,
+            }),
+            _ => None,
+        };
+        let options = VerifyOptions {
+            kafka_batches: pk != METADATA,
+            certs,
+        };
+        let report = verify_ledger(&store, &pk, &options, |_| on_block()).map_err(|source| LedgerCheckError::Bad {
             topic: topic.clone(),
             source,
         })?;
@@ -104,8 +163,10 @@ pub fn verify_data_dir(
             blocks: report.blocks,
             records: report.records,
             receipts: report.receipts,
+            certified: report.certified,
+            uncertified_tail: report.uncertified_tail,
         });
     }
     out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(out)
+    Ok((out, source))
 }

@@ -118,6 +118,103 @@ pub fn remember(state: &mut ProducerState, batch: &BatchHeader, base_offset: i64
 /// Producer states of one partition, as the contract sees them.
 pub type ProducerTable = HashMap<i64, ProducerState>;
 
+/// Request numbers one submitting replica may have in flight on one
+/// partition: a request this far below the newest one executed is refused
+/// as stale (its submitter retries it under a new number).
+pub const REQUEST_WINDOW: u64 = 4096;
+
+/// Which request numbers from one submitting replica a partition executed:
+/// the highest, and a bitmap of the [`REQUEST_WINDOW`] below it. A request
+/// ordered twice (re-proposed after a view change, say) takes effect once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestWindow {
+    pub high: u64,
+    bits: [u64; (REQUEST_WINDOW / 64) as usize],
+}
+
+impl Default for RequestWindow {
+    fn default() -> Self {
+        Self {
+            high: 0,
+            bits: [0; (REQUEST_WINDOW / 64) as usize],
+        }
+    }
+}
+
+/// What the window says of a request number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestVerdict {
+    New,
+    Duplicate,
+    /// Too far below the newest to tell: refused, never executed.
+    Stale,
+}
+
+impl RequestWindow {
+    pub const BYTES: usize = 8 + (REQUEST_WINDOW / 8) as usize;
+
+    fn bit(number: u64) -> (usize, u64) {
+        let i = number % REQUEST_WINDOW;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    pub fn judge(&self, number: u64) -> RequestVerdict {
+        if number > self.high {
+            return RequestVerdict::New;
+        }
+        if self.high - number >= REQUEST_WINDOW {
+            return RequestVerdict::Stale;
+        }
+        let (word, mask) = Self::bit(number);
+        if self.bits[word] & mask != 0 {
+            RequestVerdict::Duplicate
+        } else {
+            RequestVerdict::New
+        }
+    }
+
+    /// Marks `number` executed (after [`RequestWindow::judge`] said `New`).
+    pub fn record(&mut self, number: u64) {
+        if number > self.high {
+            if number - self.high >= REQUEST_WINDOW {
+                self.bits = [0; (REQUEST_WINDOW / 64) as usize];
+            } else {
+                for n in self.high + 1..=number {
+                    let (word, mask) = Self::bit(n);
+                    self.bits[word] &= !mask;
+                }
+            }
+            self.high = number;
+        }
+        let (word, mask) = Self::bit(number);
+        self.bits[word] |= mask;
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::BYTES);
+        out.extend_from_slice(&self.high.to_be_bytes());
+        for w in &self.bits {
+            out.extend_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::BYTES {
+            return None;
+        }
+        let word = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
+        let mut w = Self {
+            high: word(0)?,
+            ..Default::default()
+        };
+        for (i, slot) in w.bits.iter_mut().enumerate() {
+            *slot = word(8 + 8 * i)?;
+        }
+        Some(w)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +274,31 @@ mod tests {
         assert_eq!(judge(Some(&s), &header(0, 6, 1)), Verdict::Duplicate { base_offset: 6 });
         assert_eq!(judge(Some(&s), &header(0, 0, 1)), Verdict::OutOfOrderSequence);
         assert_eq!(judge(Some(&s), &header(0, 7, 1)), Verdict::Append);
+    }
+
+    #[test]
+    fn a_request_window_executes_each_number_once_and_refuses_the_stale() {
+        let mut w = RequestWindow::default();
+        let base = 7 << 40;
+        for n in [base + 5, base + 1, base + 3] {
+            assert_eq!(w.judge(n), RequestVerdict::New);
+            w.record(n);
+        }
+        for n in [base + 5, base + 1, base + 3] {
+            assert_eq!(w.judge(n), RequestVerdict::Duplicate);
+        }
+        assert_eq!(w.judge(base + 2), RequestVerdict::New, "a gap stays open");
+        w.record(base + 5 + REQUEST_WINDOW);
+        assert_eq!(w.judge(base + 5), RequestVerdict::Stale);
+        assert_eq!(
+            w.judge(base + 6),
+            RequestVerdict::New,
+            "a slot reused for a newer number is clear"
+        );
+        assert_eq!(w.judge(base + 5 + REQUEST_WINDOW), RequestVerdict::Duplicate);
+        assert_eq!(RequestWindow::decode(&w.encode()), Some(w.clone()));
+        // A jump past the whole window clears it.
+        w.record(base + 100 * REQUEST_WINDOW);
+        assert_eq!(w.judge(base + 100 * REQUEST_WINDOW - 1), RequestVerdict::New);
     }
 }

@@ -14,4 +14,4 @@ pub mod contract;
 pub mod ledger;
 pub mod pbft;
 
-pub use ledger::{Block, BlockHash, PartitionKey, Receipt};
+pub use ledger::{Block, BlockHash, PartitionKey, Receipt, RequestRecord};

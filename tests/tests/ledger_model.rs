@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier::sequencer::{Rejected, Sequencer};
+use courier::sequencer::{LocalSequencer, Rejected};
 use courier::topics::Topics;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::ledger::{verify_partition, Durability, LedgerStore, Receipt};
@@ -57,7 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 struct Node {
     store: Arc<LedgerStore>,
-    sequencer: Option<Sequencer>,
+    sequencer: Option<LocalSequencer>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -66,7 +66,7 @@ impl Node {
         let store = Arc::new(LedgerStore::open(path, Durability::None).unwrap());
         let topics = Arc::new(Topics::load(store.topics().unwrap(), store.partitions().unwrap()));
         assert!(topics.get(&topic.name).is_some());
-        let (sequencer, thread) = Sequencer::start(store.clone(), topics).unwrap();
+        let (sequencer, thread) = LocalSequencer::start(store.clone(), topics).unwrap();
         Node {
             store,
             sequencer: Some(sequencer),

@@ -71,5 +71,5 @@ async fn grow(
         partitions: count,
         ..(*topic).clone()
     };
-    super::persist_topic(broker, grown).await
+    super::persist_topic(broker, grown, false).await
 }

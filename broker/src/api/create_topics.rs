@@ -40,7 +40,7 @@ pub async fn create(
             ))
         };
     }
-    super::persist_topic(broker, record).await?;
+    super::persist_topic(broker, record, true).await?;
     tracing::info!(topic = name, "topic created");
     broker
         .topics

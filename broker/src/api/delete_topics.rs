@@ -45,7 +45,6 @@ pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16
             continue;
         };
         let _guard = broker.admin_lock.lock().await;
-        broker.topics.remove(&topic);
         let outcome = broker.sequencer.delete_topic((*topic).clone()).await;
         let result = result
             .with_name(Some(topic_name(&topic.name)))
@@ -58,7 +57,7 @@ pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16
             Err(e) => {
                 tracing::error!(topic = %topic.name, error = %e, "topic deletion failed");
                 result
-                    .with_error_code(ResponseError::UnknownServerError.code())
+                    .with_error_code(super::rejected_code(&e))
                     .with_error_message(Some(str_bytes(&e.to_string())))
             }
         });

@@ -32,6 +32,9 @@ struct Read {
     pk: PartitionKey,
     offset: i64,
     max_bytes: usize,
+    /// The high watermark: nothing at or past it is served, even if the
+    /// ledger holds it (a replica stores blocks before they are certified).
+    end: i64,
 }
 
 pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
@@ -97,6 +100,7 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
                         pk,
                         offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes.max(0) as usize,
+                        end: state.next_offset,
                     },
                 ));
             }
@@ -168,16 +172,17 @@ fn read_partitions(store: &LedgerStore, reads: &[Read], response_max: usize) -> 
             continue;
         }
         let blocks = store.read_from(&r.pk, r.offset, budget.max(1))?;
-        let records = gather(&blocks, r.offset, budget, must_return_one);
+        let records = gather(&blocks, r.offset, r.end, budget, must_return_one);
         total += records.len();
         out.push(records);
     }
     Ok(out)
 }
 
-/// Whole batches holding `offset` and after, up to `limit` bytes (or one
-/// batch past it when `at_least_one`). Zero-copy when they sit in one block.
-fn gather(blocks: &[Block], offset: i64, limit: usize, at_least_one: bool) -> Bytes {
+/// Whole batches holding `offset` and after, below `end`, up to `limit`
+/// bytes (or one batch past it when `at_least_one`). Zero-copy when they
+/// sit in one block.
+fn gather(blocks: &[Block], offset: i64, end_offset: i64, limit: usize, at_least_one: bool) -> Bytes {
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     'blocks: for block in blocks {
@@ -189,7 +194,7 @@ fn gather(blocks: &[Block], offset: i64, limit: usize, at_least_one: bool) -> By
                 break;
             };
             let size = h.total_bytes();
-            if at + size > b.len() {
+            if at + size > b.len() || h.base_offset >= end_offset {
                 break;
             }
             if h.last_offset() >= offset {

@@ -87,6 +87,7 @@ async fn alter_topic(
             configs,
             ..(*topic).clone()
         },
+        false,
     )
     .await
 }

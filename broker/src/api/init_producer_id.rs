@@ -29,8 +29,11 @@ pub async fn handle(broker: &Arc<Broker>, req: InitProducerIdRequest) -> InitPro
             .with_producer_epoch(req.producer_epoch + 1);
     }
     let store = broker.store.clone();
+    let (stride, offset) = broker.sequencer.producer_id_space();
     match tokio::task::spawn_blocking(move || store.allocate_producer_id()).await {
-        Ok(Ok(id)) => r.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Ok(Ok(id)) => r
+            .with_producer_id(ProducerId(id * stride + offset))
+            .with_producer_epoch(0),
         other => {
             tracing::error!(?other, "producer id allocation failed");
             r.with_error_code(ResponseError::KafkaStorageError.code())

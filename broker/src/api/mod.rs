@@ -86,21 +86,33 @@ pub fn count_error(api: ApiKey, code: i16) {
     }
 }
 
-/// Writes a new or changed topic record, then publishes it: a topic is
-/// never visible before it is durable. Errors carry a Kafka error code.
+/// Creates (`create`) or replaces a topic record through the sequencer
+/// (with a replica cluster, the metadata ledger orders it); resolves once it
+/// is durable and visible. Errors carry a Kafka error code.
 pub async fn persist_topic(
     broker: &Arc<Broker>,
     record: courier_consensus::catalog::TopicRecord,
+    create: bool,
 ) -> Result<(), (i16, String)> {
-    let store = broker.store.clone();
-    let copy = record.clone();
-    tokio::task::spawn_blocking(move || store.put_topic(&copy))
+    broker
+        .sequencer
+        .put_topic(record, create)
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| (kafka_protocol::ResponseError::UnknownServerError.code(), e))?;
-    broker.topics.insert(record);
-    Ok(())
+        .map_err(|e| (rejected_code(&e), e.to_string()))
+}
+
+/// The Kafka error code for a write the sequencer did not take.
+pub fn rejected_code(e: &crate::sequencer::Rejected) -> i16 {
+    use crate::sequencer::Rejected;
+    use kafka_protocol::ResponseError;
+    match e {
+        Rejected::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
+        Rejected::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
+        Rejected::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
+        Rejected::Storage(_) => ResponseError::KafkaStorageError.code(),
+        Rejected::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        Rejected::Kafka(code, _) => *code,
+    }
 }
 
 /// Runs the handler for one request.

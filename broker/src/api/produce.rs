@@ -86,7 +86,7 @@ pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest) -> Reply {
                     Pending::Failed(code, message) => (code, Some(message), None),
                     Pending::Queued(rx) => match rx.await.unwrap_or(Err(Rejected::ShuttingDown)) {
                         Ok(a) => (0, None, Some(a)),
-                        Err(e) => (rejected_code(&e), Some(e.to_string()), None),
+                        Err(e) => (super::rejected_code(&e), Some(e.to_string()), None),
                     },
                 };
                 super::count_error(ApiKey::Produce, code);
@@ -142,15 +142,5 @@ fn records_code(e: &RecordsError) -> i16 {
     match e {
         RecordsError::DecompressedTooLarge { .. } => ResponseError::MessageTooLarge.code(),
         _ => ResponseError::CorruptMessage.code(),
-    }
-}
-
-fn rejected_code(e: &Rejected) -> i16 {
-    match e {
-        Rejected::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
-        Rejected::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
-        Rejected::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition.code(),
-        Rejected::Storage(_) => ResponseError::KafkaStorageError.code(),
-        Rejected::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
     }
 }

@@ -10,14 +10,21 @@
 //! ```text
 //! "CRBK" | version u16 | topic_id [16] | partition i32 | height u64 | view u64
 //! | prev_hash [32] | base_offset i64 | next_offset i64 | max_timestamp i64
-//! | config_version u64 | receipt_count u32 | receipts… | batches_len u32 | batches
+//! | config_version u64 | receipt_count u32 | receipts… | request_count u32
+//! | (origin u8 | number u64 | error_code i16 | base_offset i64)… | batches_len u32 | batches
 //! ```
+//!
+//! The request records are the contract's results: which replica submitted
+//! each request the block's batch ordered, under which number, and what
+//! became of it. They let any replica (one that installed the block by state
+//! transfer included) rebuild request de-duplication and answer its own
+//! clients from the ledger alone.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ring::digest;
 
 /// The current block format.
-pub const BLOCK_FORMAT_VERSION: u16 = 1;
+pub const BLOCK_FORMAT_VERSION: u16 = 2;
 const MAGIC: &[u8; 4] = b"CRBK";
 const FIXED_BYTES: usize = 4 + 2 + 16 + 4 + 8 + 8 + 32 + 8 + 8 + 8 + 8 + 4;
 
@@ -85,6 +92,22 @@ pub struct Receipt {
     pub timestamp_ms: i64,
 }
 
+/// What the contract made of one ordered request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RequestRecord {
+    /// The replica that submitted it, and its number there.
+    pub origin: u8,
+    pub number: u64,
+    /// 0 when it took effect; otherwise the Kafka error code it got.
+    pub error_code: i16,
+    /// For a produce, the offset of its first record (-1 otherwise).
+    pub base_offset: i64,
+}
+
+impl RequestRecord {
+    const BYTES: usize = 1 + 8 + 2 + 8;
+}
+
 /// One block of a partition ledger.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Block {
@@ -99,6 +122,7 @@ pub struct Block {
     pub max_timestamp: i64,
     pub config_version: u64,
     pub receipts: Vec<Receipt>,
+    pub requests: Vec<RequestRecord>,
     /// Kafka v2 record batches, offsets assigned, back to back.
     pub batches: Bytes,
 }
@@ -204,6 +228,13 @@ impl Block {
                 }
             }
             out.put_i64(r.timestamp_ms);
+        }
+        out.put_u32(self.requests.len() as u32);
+        for r in &self.requests {
+            out.put_u8(r.origin);
+            out.put_u64(r.number);
+            out.put_i16(r.error_code);
+            out.put_i64(r.base_offset);
         }
         out.put_u32(self.batches.len() as u32);
         out
@@ -321,6 +352,19 @@ impl Block {
             });
         }
         need(b, 4)?;
+        let request_count = b.get_u32() as usize;
+        if request_count > b.len() / RequestRecord::BYTES {
+            return Err(BlockError::Truncated);
+        }
+        let requests = (0..request_count)
+            .map(|_| RequestRecord {
+                origin: b.get_u8(),
+                number: b.get_u64(),
+                error_code: b.get_i16(),
+                base_offset: b.get_i64(),
+            })
+            .collect();
+        need(b, 4)?;
         let batches_len = b.get_u32() as usize;
         let block = Block {
             partition,
@@ -332,6 +376,7 @@ impl Block {
             max_timestamp,
             config_version,
             receipts,
+            requests,
             batches: Bytes::new(),
         };
         Ok((block, batches_len))
@@ -371,9 +416,14 @@ mod tests {
                        view in any::<u64>(), prev in any::<[u8; 32]>(), base_offset in any::<i64>(),
                        next_offset in any::<i64>(), max_timestamp in any::<i64>(), config_version in any::<u64>(),
                        receipts in proptest::collection::vec(arb_receipt(), 0..4),
+                       requests in proptest::collection::vec((any::<u8>(), any::<u64>(), any::<i16>(), any::<i64>()), 0..4),
                        batches in proptest::collection::vec(any::<u8>(), 0..200)) -> Block {
+            let requests = requests.into_iter()
+                .map(|(origin, number, error_code, base_offset)| RequestRecord { origin, number, error_code, base_offset })
+                .collect();
             Block { partition: PartitionKey { topic_id, partition }, height, view, prev_hash: BlockHash(prev),
-                    base_offset, next_offset, max_timestamp, config_version, receipts, batches: Bytes::from(batches) }
+                    base_offset, next_offset, max_timestamp, config_version, receipts, requests,
+                    batches: Bytes::from(batches) }
         }
     }
 
@@ -416,6 +466,7 @@ mod tests {
             max_timestamp: -1,
             config_version: 0,
             receipts: vec![],
+            requests: vec![],
             batches: Bytes::new(),
         };
         let mut b = block.encode().to_vec();

@@ -6,9 +6,11 @@ mod payloads;
 mod store;
 mod verify;
 
-pub use block::{Block, BlockError, BlockHash, PartitionKey, Receipt, SealedBlock, BLOCK_FORMAT_VERSION};
+pub use block::{
+    Block, BlockError, BlockHash, PartitionKey, Receipt, RequestRecord, SealedBlock, BLOCK_FORMAT_VERSION,
+};
 pub use store::{CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet};
-pub use verify::{verify_partition, VerifyError, VerifyReport};
+pub use verify::{verify_ledger, verify_partition, CertCheck, VerifyError, VerifyOptions, VerifyReport};
 
 #[cfg(test)]
 mod tests {
@@ -52,6 +54,7 @@ mod tests {
                 next_offset: offset,
                 max_timestamp: 1000 + offset - 1,
                 config_version: 0,
+                requests: vec![],
                 receipts: vec![],
                 batches: batches.freeze(),
             };
@@ -81,7 +84,9 @@ mod tests {
             VerifyReport {
                 blocks: 5,
                 records: 15,
-                receipts: 0
+                receipts: 0,
+                certified: 0,
+                uncertified_tail: 5,
             }
         );
         let from_7 = store.read_from(&PK, 7, 1).unwrap();
@@ -148,6 +153,7 @@ mod tests {
             next_offset: 1,
             max_timestamp: 0,
             config_version: 0,
+            requests: vec![],
             receipts: vec![],
             batches: Bytes::new(),
         };

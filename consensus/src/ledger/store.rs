@@ -14,6 +14,10 @@
 //! * `partitions`: partition key → [`PartitionState`]
 //! * `producers`: partition key ‖ producer id → producer state
 //! * `group_offsets`: len ‖ group ‖ partition key → [`CommittedOffset`]
+//! * `certs`: partition key ‖ height → the block's quorum certificate
+//!   (encoded by `pbft::wire`), for blocks ordered by a replica cluster
+//! * `request_windows`: partition key ‖ origin replica → which request
+//!   numbers from it the partition executed ([`RequestWindow`])
 //! * `topics`: topic name → catalog record; `counters`: name → u64
 
 use std::path::Path;
@@ -24,13 +28,15 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::block::{Block, BlockHash, PartitionKey, SealedBlock};
 use super::payloads::{PayloadLog, PayloadRef};
 use crate::catalog::TopicRecord;
-use crate::contract::{ProducerState, ProducerTable, RememberedBatch};
+use crate::contract::{ProducerState, ProducerTable, RememberedBatch, RequestWindow};
 
 const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
 const OFFSET_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("offset_index");
 const PARTITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partitions");
 const PRODUCERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("producers");
 const GROUP_OFFSETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_offsets");
+const CERTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("certs");
+const REQUEST_WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("request_windows");
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
@@ -185,6 +191,15 @@ pub struct WriteSet {
     pub blocks: Vec<SealedBlock>,
     pub producers: Vec<ProducerEntry>,
     pub offsets: Vec<(String, PartitionKey, CommittedOffset)>,
+    /// Quorum certificates, by partition and the height of the block each
+    /// certifies (that block and, through the hash chain, all below it).
+    pub certs: Vec<(PartitionKey, u64, Bytes)>,
+    /// Request windows that changed, by partition and origin replica.
+    pub windows: Vec<(PartitionKey, u8, RequestWindow)>,
+    /// Topics created or changed, then topics deleted with all their
+    /// partitions' data (applied after the blocks).
+    pub topic_puts: Vec<TopicRecord>,
+    pub topic_deletes: Vec<TopicRecord>,
 }
 
 fn block_key(pk: &PartitionKey, height: u64) -> [u8; 28] {
@@ -199,6 +214,13 @@ fn index_key(pk: &PartitionKey, next_offset: i64, height: u64) -> [u8; 36] {
     k[..20].copy_from_slice(&pk.to_bytes());
     k[20..28].copy_from_slice(&next_offset.to_be_bytes());
     k[28..].copy_from_slice(&height.to_be_bytes());
+    k
+}
+
+fn window_key(pk: &PartitionKey, origin: u8) -> [u8; 21] {
+    let mut k = [0u8; 21];
+    k[..20].copy_from_slice(&pk.to_bytes());
+    k[20] = origin;
     k
 }
 
@@ -318,6 +340,8 @@ impl LedgerStore {
         txn.open_table(TOPICS)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(IDENTITY)?;
+        txn.open_table(CERTS)?;
+        txn.open_table(REQUEST_WINDOWS)?;
         txn.commit()?;
         let committed_end = {
             let txn = db.begin_read()?;
@@ -412,7 +436,22 @@ impl LedgerStore {
                 key.extend_from_slice(&pk.to_bytes());
                 offsets.insert(&key[..], &committed.encode()[..])?;
             }
+            let mut certs = txn.open_table(CERTS)?;
+            for (pk, height, cert) in &set.certs {
+                certs.insert(&block_key(pk, *height)[..], &cert[..])?;
+            }
+            let mut windows = txn.open_table(REQUEST_WINDOWS)?;
+            for (pk, origin, w) in &set.windows {
+                windows.insert(&window_key(pk, *origin)[..], &w.encode()[..])?;
+            }
             txn.open_table(COUNTERS)?.insert(PAYLOAD_END, payload_end)?;
+        }
+        for t in &set.topic_puts {
+            let json = serde_json::to_vec(t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            txn.open_table(TOPICS)?.insert(t.name.as_str(), &json[..])?;
+        }
+        for t in &set.topic_deletes {
+            remove_topic(&txn, t)?;
         }
         txn.commit()?;
         self.payloads.committed(payload_end);
@@ -456,6 +495,95 @@ impl LedgerStore {
             let (k, v) = row?;
             let pk = PartitionKey::from_bytes(k.value()).ok_or_else(|| StoreError::Corrupt("partition key".into()))?;
             out.push((pk, PartitionState::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The newest quorum certificate stored for a partition: (height, bytes).
+    pub fn last_cert(&self, pk: &PartitionKey) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        let prefix = pk.to_bytes();
+        let end = prefix_end(&prefix);
+        let last = table.range::<&[u8]>(&prefix[..]..&end[..])?.next_back();
+        match last {
+            None => Ok(None),
+            Some(row) => {
+                let (k, v) = row?;
+                let height = k
+                    .value()
+                    .get(20..28)
+                    .and_then(|h| h.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt("certificate key".into()))?;
+                Ok(Some((height, Bytes::copy_from_slice(v.value()))))
+            }
+        }
+    }
+
+    /// The stored certificates of a partition from `from_height` on, by height.
+    pub fn certs_from(
+        &self,
+        pk: &PartitionKey,
+        from_height: u64,
+    ) -> Result<std::collections::BTreeMap<u64, Bytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CERTS)?;
+        let start = block_key(pk, from_height);
+        let end = block_key(pk, u64::MAX);
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.range::<&[u8]>(&start[..]..=&end[..])? {
+            let (k, v) = row?;
+            let height = k
+                .value()
+                .get(20..28)
+                .and_then(|h| h.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("certificate key".into()))?;
+            out.insert(height, Bytes::copy_from_slice(v.value()));
+        }
+        Ok(out)
+    }
+
+    /// The hash of each block from `from_height` on, in order.
+    pub fn block_hashes_from(&self, pk: &PartitionKey, from_height: u64) -> Result<Vec<(u64, BlockHash)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOCKS)?;
+        let start = block_key(pk, from_height);
+        let end = block_key(pk, u64::MAX);
+        let mut out = Vec::new();
+        for row in table.range::<&[u8]>(&start[..]..=&end[..])? {
+            let (k, v) = row?;
+            let height = k
+                .value()
+                .get(20..28)
+                .and_then(|h| h.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt("block key".into()))?;
+            let (_, hash, _) = parse_block_record(v.value())?;
+            out.push((height, hash));
+        }
+        Ok(out)
+    }
+
+    /// Request windows of a partition, by origin replica.
+    pub fn request_windows(
+        &self,
+        pk: &PartitionKey,
+    ) -> Result<std::collections::BTreeMap<u8, RequestWindow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REQUEST_WINDOWS)?;
+        let prefix = pk.to_bytes();
+        let end = prefix_end(&prefix);
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.range::<&[u8]>(&prefix[..]..&end[..])? {
+            let (k, v) = row?;
+            let origin = *k
+                .value()
+                .get(20)
+                .ok_or_else(|| StoreError::Corrupt("request window key".into()))?;
+            let w = RequestWindow::decode(v.value()).ok_or_else(|| StoreError::Corrupt("request window".into()))?;
+            out.insert(origin, w);
         }
         Ok(out)
     }
@@ -628,6 +756,19 @@ impl LedgerStore {
         Ok(n)
     }
 
+    /// Increments a named counter and returns its new value (durably).
+    pub fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.begin_write()?;
+        let value;
+        {
+            let mut counters = txn.open_table(COUNTERS)?;
+            value = counters.get(name)?.map(|v| v.value()).unwrap_or(0) + 1;
+            counters.insert(name, value)?;
+        }
+        txn.commit()?;
+        Ok(value)
+    }
+
     /// Hands out the next producer id (persisted before it is returned).
     pub fn allocate_producer_id(&self) -> Result<i64, StoreError> {
         let txn = self.begin_write()?;
@@ -663,6 +804,21 @@ impl LedgerStore {
         Ok(base64_url(&id))
     }
 
+    /// Records a named identity value (e.g. the cluster's member keys).
+    pub fn put_identity(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        txn.open_table(IDENTITY)?.insert(name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn identity(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IDENTITY)?;
+        let value = table.get(name)?.map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
     pub fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TOPICS)?;
@@ -688,20 +844,24 @@ impl LedgerStore {
     /// committed offset of its partitions, in one transaction.
     pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
-        {
-            txn.open_table(TOPICS)?.remove(topic.name.as_str())?;
-            let prefix = topic.id.to_vec();
-            let end = prefix_end(&prefix);
-            for def in [BLOCKS, OFFSET_INDEX, PARTITIONS, PRODUCERS] {
-                let mut table = txn.open_table(def)?;
-                table.retain_in::<&[u8], _>(&prefix[..]..&end[..], |_, _| false)?;
-            }
-            let mut offsets = txn.open_table(GROUP_OFFSETS)?;
-            offsets.retain(|k, _| k.len() < 20 || k[k.len() - 20..k.len() - 4] != topic.id)?;
-        }
+        remove_topic(&txn, topic)?;
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Removes a topic's record and every row of its partitions.
+fn remove_topic(txn: &redb::WriteTransaction, topic: &TopicRecord) -> Result<(), StoreError> {
+    txn.open_table(TOPICS)?.remove(topic.name.as_str())?;
+    let prefix = topic.id.to_vec();
+    let end = prefix_end(&prefix);
+    for def in [BLOCKS, OFFSET_INDEX, PARTITIONS, PRODUCERS, CERTS, REQUEST_WINDOWS] {
+        let mut table = txn.open_table(def)?;
+        table.retain_in::<&[u8], _>(&prefix[..]..&end[..], |_, _| false)?;
+    }
+    let mut offsets = txn.open_table(GROUP_OFFSETS)?;
+    offsets.retain(|k, _| k.len() < 20 || k[k.len() - 20..k.len() - 4] != topic.id)?;
+    Ok(())
 }
 
 #[cfg(any(test, feature = "testing"))]

@@ -31,6 +31,7 @@
 //!   back from that log and the ledger.
 
 mod durable;
+pub mod log;
 mod message;
 mod replica;
 mod view_change;
@@ -42,3 +43,28 @@ pub use message::{
     SignatureCache, SignedMessage, VerifyError,
 };
 pub use replica::{Action, Config, Event, Replica, ReplicaKeys};
+
+/// A replica cluster's identity: SHA-256 over its members' public keys.
+pub fn cluster_fingerprint(members: &[bytes::Bytes]) -> Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"courier-cluster-v1");
+    for k in members {
+        ctx.update(k);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The id one ordering instance of a cluster (a partition's, or the
+/// metadata ledger's) signs under, from the cluster's fingerprint and the
+/// ledger's key: no signature carries over to another partition or cluster.
+pub fn instance_id(fingerprint: &Digest, ledger_key: &[u8]) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(fingerprint);
+    ctx.update(ledger_key);
+    let d = ctx.finish();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(id)
+}

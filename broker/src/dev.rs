@@ -1,0 +1,168 @@
+//! A whole local cluster for development: `courier dev --replicas N` runs N
+//! replica nodes in one process, each with its own keys, data directory,
+//! Kafka listener and loopback TLS links to the others; `courier certs dev`
+//! writes the same identities and one configuration file per node, for a
+//! cluster of separate `courier node` processes.
+//!
+//! Layout under the data directory: `certs/` (CA, each node's TLS
+//! certificate and key, each replica's signing key) and `node-<i>/` (node
+//! i's `log.dirs`). Node i listens for Kafka clients on the base port + i
+//! and for its peers on the peer base port + i.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{host_port, BrokerConfig, ConfigError};
+use crate::replication::identity::{generate_dev, IdentityError};
+use crate::{RunningBroker, StartError};
+
+/// Replicas in a cluster `courier dev` may run.
+pub const REPLICA_COUNTS: [usize; 3] = [1, 4, 7];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("a cluster has 1, 4 or 7 replicas, not {0}")]
+    Replicas(usize),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot find a free port: {0}")]
+    Port(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Each node's settings for an `n`-replica cluster built on `base`:
+/// `base.log_dirs` is the cluster's data directory and `base.listeners`
+/// the first node's Kafka address (port 0: every port is picked free).
+/// Peer ports start at `peer_port` (0: picked free).
+pub fn node_configs(base: &BrokerConfig, n: usize, peer_port: u16) -> Result<Vec<BrokerConfig>, DevError> {
+    if !REPLICA_COUNTS.contains(&n) {
+        return Err(DevError::Replicas(n));
+    }
+    if n == 1 {
+        return Ok(vec![base.clone()]);
+    }
+    let root = base.log_dirs.clone();
+    let (ca, nodes) = generate_dev(&root.join("certs"), n)?;
+    let (host, kafka_port) = host_port(&base.listeners)?;
+    let port = |base_port: u16, i: usize| -> Result<u16, DevError> {
+        if base_port == 0 {
+            free_port(&host)
+        } else {
+            Ok(base_port + i as u16)
+        }
+    };
+    let peers: Vec<String> = (0..n)
+        .map(|i| port(peer_port, i).map(|p| format!("{host}:{p}")))
+        .collect::<Result<_, _>>()?;
+    (0..n)
+        .map(|i| {
+            Ok(BrokerConfig {
+                node_id: i as i32,
+                listeners: format!("{host}:{}", port(kafka_port, i)?),
+                advertised_listeners: None,
+                log_dirs: root.join(format!("node-{i}")),
+                // Metrics and health are served by the first node only.
+                admin_listener: if i == 0 {
+                    base.admin_listener.clone()
+                } else {
+                    String::new()
+                },
+                cluster_replicas: peers.clone(),
+                cluster_public_keys: nodes.iter().map(|n| n.public_key.clone()).collect(),
+                peer_listener: None,
+                peer_tls_ca: ca.clone(),
+                peer_tls_cert: nodes[i].cert.clone(),
+                peer_tls_key: nodes[i].key.clone(),
+                replica_signing_key: nodes[i].signing_key.clone(),
+                ..base.clone()
+            })
+        })
+        .collect()
+}
+
+fn free_port(host: &str) -> Result<u16, DevError> {
+    let l = std::net::TcpListener::bind((host, 0)).map_err(DevError::Port)?;
+    Ok(l.local_addr().map_err(DevError::Port)?.port())
+}
+
+/// Starts every node of a local cluster in this process.
+pub async fn start_cluster(configs: Vec<BrokerConfig>) -> Result<Vec<RunningBroker>, DevError> {
+    let mut running = Vec::with_capacity(configs.len());
+    for c in configs {
+        running.push(crate::start(c).await?);
+    }
+    Ok(running)
+}
+
+/// Writes one TOML file per node (`node-<i>.toml` under `dir`) for a
+/// cluster of separate `courier node` processes, and returns their paths.
+pub fn write_node_files(dir: &Path, configs: &[BrokerConfig]) -> Result<Vec<PathBuf>, DevError> {
+    let mut paths = Vec::new();
+    for c in configs {
+        let path = dir.join(format!("node-{}.toml", c.node_id));
+        let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let text = format!(
+            "# Node {id} of a local Courier cluster (written by `courier certs dev`).\n\
+             \"node.id\" = {id}\n\
+             \"listeners\" = {listeners:?}\n\
+             \"log.dirs\" = {dirs:?}\n\
+             \"admin.listener\" = {admin:?}\n\
+             \"cluster.replicas\" = [{replicas}]\n\
+             \"cluster.public.keys\" = [{keys}]\n\
+             \"peer.tls.ca\" = {ca:?}\n\
+             \"peer.tls.cert\" = {cert:?}\n\
+             \"peer.tls.key\" = {key:?}\n\
+             \"replica.signing.key\" = {signing:?}\n\
+             \"group.initial.rebalance.delay.ms\" = 0\n",
+            id = c.node_id,
+            listeners = c.listeners,
+            dirs = c.log_dirs.display().to_string(),
+            admin = c.admin_listener,
+            replicas = list(&c.cluster_replicas),
+            keys = list(&c.cluster_public_keys),
+            ca = c.peer_tls_ca.display().to_string(),
+            cert = c.peer_tls_cert.display().to_string(),
+            key = c.peer_tls_key.display().to_string(),
+            signing = c.replica_signing_key.display().to_string(),
+        );
+        std::fs::write(&path, text).map_err(|source| DevError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_files_load_back_as_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = BrokerConfig {
+            log_dirs: dir.path().to_owned(),
+            listeners: "127.0.0.1:19092".into(),
+            ..BrokerConfig::default()
+        };
+        let configs = node_configs(&base, 4, 29092).unwrap();
+        assert_eq!(configs[3].listeners, "127.0.0.1:19095");
+        assert_eq!(configs[1].cluster_replicas[2], "127.0.0.1:29094");
+        assert_eq!(configs[1].admin_listener, "");
+        let files = write_node_files(dir.path(), &configs).unwrap();
+        for (c, f) in configs.iter().zip(files) {
+            let loaded = BrokerConfig::load(Some(&f), &[]).unwrap();
+            assert_eq!(loaded.node_id, c.node_id);
+            assert_eq!(loaded.cluster_replicas, c.cluster_replicas);
+            assert_eq!(loaded.cluster_public_keys, c.cluster_public_keys);
+            assert_eq!(loaded.replica_signing_key, c.replica_signing_key);
+            assert!(loaded.replicated());
+        }
+        assert!(matches!(node_configs(&base, 3, 0), Err(DevError::Replicas(3))));
+    }
+}

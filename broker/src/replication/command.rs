@@ -1,0 +1,249 @@
+//! What a replica cluster orders: the payload of each PBFT request.
+//!
+//! A node encodes its clients' work as a [`Command`]; every replica decodes
+//! and executes it. The decoder takes untrusted bytes (a faulty node may
+//! submit anything): lengths are checked, trailing bytes refused, and the
+//! record batches of a produce are validated again at execution.
+//!
+//! ```text
+//! 1 Produce     | topic_id [16] | partition i32 | leader_epoch i32 | records…
+//! 2 Receipt     | topic_id [16] | partition i32 | receipt fields (strings u32-prefixed)
+//! 3 PutTopic    | create u8 | topic record (JSON)
+//! 4 DeleteTopic | topic_id [16]
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use courier_consensus::catalog::TopicRecord;
+use courier_consensus::ledger::{PartitionKey, Receipt};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Record batches for one partition, validated by the submitter and
+    /// again by every replica.
+    Produce {
+        pk: PartitionKey,
+        leader_epoch: i32,
+        records: Bytes,
+    },
+    /// A consumer group's committed offset: a delivery receipt.
+    Receipt {
+        pk: PartitionKey,
+        receipt: Receipt,
+    },
+    /// Creates a topic (`create`: the name must be free) or replaces one
+    /// (its id must exist).
+    PutTopic {
+        record: TopicRecord,
+        create: bool,
+    },
+    DeleteTopic {
+        id: [u8; 16],
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed command")]
+pub struct Malformed;
+
+const PRODUCE: u8 = 1;
+const RECEIPT: u8 = 2;
+const PUT_TOPIC: u8 = 3;
+const DELETE_TOPIC: u8 = 4;
+
+fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
+    out.put_slice(&pk.topic_id);
+    out.put_i32(pk.partition);
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+impl Command {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        match self {
+            Command::Produce {
+                pk,
+                leader_epoch,
+                records,
+            } => {
+                out.reserve(25 + records.len());
+                out.put_u8(PRODUCE);
+                put_pk(&mut out, pk);
+                out.put_i32(*leader_epoch);
+                out.put_slice(records);
+            }
+            Command::Receipt { pk, receipt } => {
+                out.put_u8(RECEIPT);
+                put_pk(&mut out, pk);
+                put_str(&mut out, &receipt.group_id);
+                put_str(&mut out, &receipt.member_id);
+                put_str(&mut out, &receipt.principal);
+                put_str(&mut out, &receipt.client_id);
+                out.put_i64(receipt.offset);
+                out.put_i32(receipt.leader_epoch);
+                match &receipt.metadata {
+                    None => out.put_u8(0),
+                    Some(m) => {
+                        out.put_u8(1);
+                        put_str(&mut out, m);
+                    }
+                }
+                out.put_i64(receipt.timestamp_ms);
+            }
+            Command::PutTopic { record, create } => {
+                out.put_u8(PUT_TOPIC);
+                out.put_u8(u8::from(*create));
+                // A TopicRecord always serializes (strings, numbers, a map).
+                out.put_slice(&serde_json::to_vec(record).unwrap_or_default());
+            }
+            Command::DeleteTopic { id } => {
+                out.put_u8(DELETE_TOPIC);
+                out.put_slice(id);
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(mut b: Bytes) -> Result<Command, Malformed> {
+        fn need(b: &Bytes, n: usize) -> Result<(), Malformed> {
+            if b.remaining() < n {
+                Err(Malformed)
+            } else {
+                Ok(())
+            }
+        }
+        fn pk(b: &mut Bytes) -> Result<PartitionKey, Malformed> {
+            need(b, 20)?;
+            let mut topic_id = [0u8; 16];
+            b.copy_to_slice(&mut topic_id);
+            Ok(PartitionKey {
+                topic_id,
+                partition: b.get_i32(),
+            })
+        }
+        fn string(b: &mut Bytes) -> Result<String, Malformed> {
+            need(b, 4)?;
+            let n = b.get_u32() as usize;
+            need(b, n)?;
+            String::from_utf8(b.split_to(n).to_vec()).map_err(|_| Malformed)
+        }
+        need(&b, 1)?;
+        let cmd = match b.get_u8() {
+            PRODUCE => {
+                let pk = pk(&mut b)?;
+                need(&b, 4)?;
+                let leader_epoch = b.get_i32();
+                return Ok(Command::Produce {
+                    pk,
+                    leader_epoch,
+                    records: b,
+                });
+            }
+            RECEIPT => {
+                let pk = pk(&mut b)?;
+                let group_id = string(&mut b)?;
+                let member_id = string(&mut b)?;
+                let principal = string(&mut b)?;
+                let client_id = string(&mut b)?;
+                need(&b, 13)?;
+                let offset = b.get_i64();
+                let leader_epoch = b.get_i32();
+                let metadata = match b.get_u8() {
+                    0 => None,
+                    _ => Some(string(&mut b)?),
+                };
+                need(&b, 8)?;
+                let timestamp_ms = b.get_i64();
+                Command::Receipt {
+                    pk,
+                    receipt: Receipt {
+                        group_id,
+                        member_id,
+                        principal,
+                        client_id,
+                        offset,
+                        leader_epoch,
+                        metadata,
+                        timestamp_ms,
+                    },
+                }
+            }
+            PUT_TOPIC => {
+                need(&b, 1)?;
+                let create = b.get_u8() != 0;
+                let record = serde_json::from_slice(&b).map_err(|_| Malformed)?;
+                return Ok(Command::PutTopic { record, create });
+            }
+            DELETE_TOPIC => {
+                need(&b, 16)?;
+                let mut id = [0u8; 16];
+                b.copy_to_slice(&mut id);
+                Command::DeleteTopic { id }
+            }
+            _ => return Err(Malformed),
+        };
+        if b.has_remaining() {
+            return Err(Malformed);
+        }
+        Ok(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PK: PartitionKey = PartitionKey {
+        topic_id: [4; 16],
+        partition: 3,
+    };
+
+    #[test]
+    fn every_command_round_trips() {
+        let commands = [
+            Command::Produce {
+                pk: PK,
+                leader_epoch: 2,
+                records: Bytes::from_static(b"batches"),
+            },
+            Command::Receipt {
+                pk: PK,
+                receipt: Receipt {
+                    group_id: "g".into(),
+                    member_id: "m".into(),
+                    principal: "User:ANONYMOUS".into(),
+                    client_id: "c".into(),
+                    offset: 42,
+                    leader_epoch: 0,
+                    metadata: Some("meta".into()),
+                    timestamp_ms: 7,
+                },
+            },
+            Command::PutTopic {
+                record: TopicRecord {
+                    name: "orders".into(),
+                    id: [9; 16],
+                    partitions: 6,
+                    configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+                    epoch: 1,
+                },
+                create: true,
+            },
+            Command::DeleteTopic { id: [9; 16] },
+        ];
+        for c in commands {
+            assert_eq!(Command::decode(c.encode()), Ok(c));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panic(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Command::decode(Bytes::from(raw));
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The engine: the thread that owns a node's PBFT replicas — one per
+//! partition, and one for the metadata ledger — and is their environment.
+//!
+//! Each turn it takes what has queued up (client submissions, peers'
+//! messages, timer ticks, the executor's reports), hands each to its
+//! replica, and carries out the actions in two passes: first every record
+//! the replicas asked to persist is written to the durable log with one
+//! sync, then messages go out, batches go to the executor, certificates are
+//! stored and clients answered. A round of many replicas costs one sync.
+//!
+//! A client's request is answered when the block holding it is certified
+//! (2f + 1 replicas executed it to the same state), with the outcome the
+//! executor recorded for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
+use courier_consensus::pbft::log::DurableLog;
+use courier_consensus::pbft::{
+    self, wire, Action, Durable, Event, QuorumCert, Recovered, Replica, ReplicaKeys, Request, RequestId,
+};
+use ring::signature::Ed25519KeyPair;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info_span, warn};
+
+use super::executor::Job;
+use super::transport::{Frame, Transport};
+use super::{Input, Membership, METADATA};
+
+/// Inputs taken into one turn.
+const TURN_INPUTS_MAX: usize = 1024;
+/// The durable log is compacted when it grows past this.
+const LOG_COMPACT_BYTES: u64 = 256 << 20;
+/// Bytes of blocks asked for in one state-transfer fetch.
+const FETCH_BYTES_MAX: u32 = 16 << 20;
+
+pub struct Engine {
+    pub membership: Arc<Membership>,
+    /// PBFT settings every partition cluster shares (its id is set per partition).
+    pub pbft: pbft::Config,
+    pub signing_key_pkcs8: Vec<u8>,
+    pub store: Arc<LedgerStore>,
+    pub log: DurableLog,
+    /// Durable records read at start, by cluster, for replicas not made yet.
+    pub recovered: BTreeMap<u64, Vec<Durable>>,
+    pub transport: Arc<Transport>,
+    pub executor: SyncSender<Job>,
+    pub inbox: mpsc::Receiver<Input>,
+    pub started: Instant,
+    replicas: HashMap<PartitionKey, Replica>,
+    by_cluster: HashMap<u64, PartitionKey>,
+    next_number: u64,
+    /// Our clients' requests not answered yet.
+    pending: HashMap<RequestId, oneshot::Sender<RequestRecord>>,
+    /// Outcomes of our requests, by the sequence number that executed them,
+    /// waiting for that sequence number to be certified.
+    outcomes: BTreeMap<(PartitionKey, u64), Vec<RequestRecord>>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        membership: Arc<Membership>,
+        pbft: pbft::Config,
+        signing_key_pkcs8: Vec<u8>,
+        store: Arc<LedgerStore>,
+        log: DurableLog,
+        recovered: BTreeMap<u64, Vec<Durable>>,
+        transport: Arc<Transport>,
+        executor: SyncSender<Job>,
+        inbox: mpsc::Receiver<Input>,
+        first_number: u64,
+    ) -> Self {
+        Self {
+            membership,
+            pbft,
+            signing_key_pkcs8,
+            store,
+            log,
+            recovered,
+            transport,
+            executor,
+            inbox,
+            started: Instant::now(),
+            replicas: HashMap::new(),
+            by_cluster: HashMap::new(),
+            next_number: first_number,
+            pending: HashMap::new(),
+            outcomes: BTreeMap::new(),
+        }
+    }
+
+    pub fn run(mut self, partitions: Vec<PartitionKey>) {
+        self.set_partitions(std::iter::once(METADATA).chain(partitions).collect());
+        while let Some(first) = self.inbox.blocking_recv() {
+            let mut inputs = vec![first];
+            while inputs.len() < TURN_INPUTS_MAX {
+                match self.inbox.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+            let span = info_span!("consensus_turn", inputs = inputs.len());
+            let _enter = span.enter();
+            let mut out = Vec::new();
+            let stop = inputs.iter().any(|i| matches!(i, Input::Stop));
+            for input in inputs {
+                self.handle(input, &mut out);
+            }
+            if let Err(e) = self.carry_out(out) {
+                error!(error = %e, "durable log write failed; this replica stops");
+                return;
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// A replica for `pk`, restored from the ledger and the durable log.
+    fn make_replica(&mut self, pk: PartitionKey) -> Option<Replica> {
+        let cluster = self.membership.cluster_id(&pk);
+        let key = Ed25519KeyPair::from_pkcs8(&self.signing_key_pkcs8).ok()?;
+        let recovered = match self.recovered_state(&pk, cluster) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(?pk, error = %e, "cannot read the ledger to restore a replica");
+                return None;
+            }
+        };
+        let config = pbft::Config {
+            cluster,
+            ..self.pbft.clone()
+        };
+        Some(Replica::restore(
+            config,
+            ReplicaKeys {
+                id: self.membership.me,
+                key,
+                members: self.membership.members.clone(),
+            },
+            recovered,
+        ))
+    }
+
+    fn recovered_state(
+        &mut self,
+        pk: &PartitionKey,
+        cluster: u64,
+    ) -> Result<Recovered, courier_consensus::ledger::StoreError> {
+        let certified = match self.store.last_cert(pk)? {
+            Some((_, bytes)) => wire::decode_cert(bytes).ok(),
+            None => None,
+        };
+        let from = certified.as_ref().map_or(0, |c| c.seq);
+        let executed = self
+            .store
+            .block_hashes_from(pk, from)?
+            .into_iter()
+            .map(|(h, hash)| (h + 1, hash.0))
+            .collect();
+        Ok(Recovered {
+            certified,
+            executed,
+            records: self.recovered.remove(&cluster).unwrap_or_default(),
+        })
+    }
+
+    /// Makes the set of partition replicas match `partitions` (the
+    /// metadata cluster always stays).
+    fn set_partitions(&mut self, partitions: Vec<PartitionKey>) {
+        let wanted: std::collections::HashSet<PartitionKey> = partitions.iter().copied().collect();
+        self.replicas.retain(|pk, _| *pk == METADATA || wanted.contains(pk));
+        self.by_cluster.retain(|_, pk| *pk == METADATA || wanted.contains(pk));
+        for pk in partitions {
+            if self.replicas.contains_key(&pk) {
+                continue;
+            }
+            if let Some(r) = self.make_replica(pk) {
+                self.by_cluster.insert(r.config().cluster, pk);
+                self.replicas.insert(pk, r);
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn handle(&mut self, input: Input, out: &mut Vec<(PartitionKey, Action)>) {
+        let (pk, event) = match input {
+            Input::Submit { pk, payload, reply } => {
+                if !self.replicas.contains_key(&pk) {
+                    // The topic is gone (or not here yet): the reply is dropped,
+                    // which the submitter reports.
+                    return;
+                }
+                self.next_number += 1;
+                let id = RequestId {
+                    origin: self.membership.me,
+                    number: self.next_number,
+                };
+                self.pending.insert(id, reply);
+                (pk, Event::Request(Request { id, payload }))
+            }
+            Input::Peer { message } => {
+                let Some(pk) = self.by_cluster.get(&message.cluster).copied() else {
+                    debug!(
+                        cluster = message.cluster,
+                        "message for a cluster this node does not run"
+                    );
+                    return;
+                };
+                (pk, Event::Message(message))
+            }
+            Input::Tick => {
+                let now_ms = self.now_ms();
+                for (pk, r) in self.replicas.iter_mut() {
+                    for a in r.handle(Event::Tick { now_ms }) {
+                        out.push((*pk, a));
+                    }
+                }
+                // Clients that gave up (timed out, disconnected).
+                self.pending.retain(|_, reply| !reply.is_closed());
+                return;
+            }
+            Input::Executed { pk, seq, state, local } => {
+                if !local.is_empty() {
+                    self.outcomes.insert((pk, seq), local);
+                }
+                (pk, Event::Executed { seq, state })
+            }
+            Input::Transferred {
+                pk,
+                cert,
+                executed,
+                local,
+            } => {
+                for r in local {
+                    self.answer(r);
+                }
+                (pk, Event::Transferred { cert, executed })
+            }
+            Input::Partitions(partitions) => {
+                self.set_partitions(partitions);
+                return;
+            }
+            Input::Stop => return,
+        };
+        if let Some(r) = self.replicas.get_mut(&pk) {
+            for a in r.handle(event) {
+                out.push((pk, a));
+            }
+        }
+    }
+
+    fn answer(&mut self, r: RequestRecord) {
+        let id = RequestId {
+            origin: r.origin,
+            number: r.number,
+        };
+        if let Some(reply) = self.pending.remove(&id) {
+            let _ = reply.send(r);
+        }
+    }
+
+    /// Persists, then acts.
+    fn carry_out(&mut self, out: Vec<(PartitionKey, Action)>) -> Result<(), courier_consensus::pbft::log::LogError> {
+        for (pk, a) in &out {
+            if let Action::Persist(record) = a {
+                self.log.append(self.membership.cluster_id(pk), record);
+            }
+        }
+        if self.log.has_pending() {
+            let started = Instant::now();
+            self.log.sync()?;
+            metrics::histogram!("courier_pbft_log_sync_seconds").record(started.elapsed().as_secs_f64());
+        }
+        for (pk, a) in out {
+            match a {
+                Action::Persist(_) => {}
+                Action::Broadcast(m) => {
+                    let frame = Frame::Consensus(wire::encode_message(&m).freeze()).encode();
+                    self.transport.broadcast(&frame);
+                }
+                Action::Send { to, message } => {
+                    let frame = Frame::Consensus(wire::encode_message(&message).freeze()).encode();
+                    self.transport.send(to, frame);
+                }
+                Action::Execute { seq, batch, .. } => {
+                    metrics::counter!("courier_pbft_batches_executed_total").increment(1);
+                    if self.executor.send(Job::Execute { pk, seq, batch }).is_err() {
+                        warn!("executor stopped");
+                    }
+                }
+                Action::Certified(cert) => self.certified(pk, cert),
+                Action::Fetch { peers } => self.fetch(pk, &peers),
+            }
+        }
+        if self.log.len() > LOG_COMPACT_BYTES {
+            let records: Vec<(u64, Durable)> = self
+                .replicas
+                .iter()
+                .flat_map(|(pk, r)| {
+                    let cluster = self.membership.cluster_id(pk);
+                    r.durable_state().into_iter().map(move |d| (cluster, d))
+                })
+                .collect();
+            self.log.rewrite(records)?;
+        }
+        Ok(())
+    }
+
+    fn certified(&mut self, pk: PartitionKey, cert: QuorumCert) {
+        let done: Vec<(PartitionKey, u64)> = self.outcomes.range((pk, 0)..=(pk, cert.seq)).map(|(k, _)| *k).collect();
+        for k in done {
+            for r in self.outcomes.remove(&k).unwrap_or_default() {
+                self.answer(r);
+            }
+        }
+        if self.executor.send(Job::Certify { pk, cert }).is_err() {
+            warn!("executor stopped");
+        }
+    }
+
+    /// Asks one of the peers that are ahead for certified blocks.
+    fn fetch(&mut self, pk: PartitionKey, peers: &[u8]) {
+        let Some(peer) = peers.get(self.now_ms() as usize % peers.len().max(1)).copied() else {
+            return;
+        };
+        let from_height = match self.store.partition_state(&pk) {
+            Ok(s) => s.next_height,
+            Err(e) => {
+                error!(error = %e, "cannot read the ledger for a state transfer");
+                return;
+            }
+        };
+        debug!(?pk, peer, from_height, "state transfer");
+        let frame = Frame::Fetch {
+            pk,
+            from_height,
+            max_bytes: FETCH_BYTES_MAX,
+        }
+        .encode();
+        self.transport.send(peer, frame);
+    }
+}
+
+/// Serves a peer's state-transfer request from the ledger: blocks from
+/// `from_height` up to about `max_bytes`, ending at the last one a stored
+/// certificate covers.
+pub fn serve_fetch(
+    store: &LedgerStore,
+    pk: &PartitionKey,
+    from_height: u64,
+    max_bytes: u32,
+) -> Result<Vec<(Bytes, Option<Bytes>)>, courier_consensus::ledger::StoreError> {
+    let certs = store.certs_from(pk, from_height)?;
+    let Some(last_certified) = certs.keys().next_back().copied() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for height in from_height..=last_certified {
+        let Some(block) = store.block(pk, height)? else { break };
+        bytes += block.len();
+        out.push((block, certs.get(&height).cloned()));
+        if bytes >= max_bytes as usize {
+            break;
+        }
+    }
+    // End at a certified block.
+    while out.last().is_some_and(|(_, c)| c.is_none()) {
+        out.pop();
+    }
+    Ok(out)
+}

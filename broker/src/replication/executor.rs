@@ -1,0 +1,695 @@
+//! The executor: the one writer of a replica's ledger.
+//!
+//! It takes the batches its replicas ordered, in sequence order per
+//! partition, and turns each into exactly one block at height `seq - 1`,
+//! applying the contract the same way on every replica: request
+//! de-duplication by (origin, number), batch validation, the idempotent
+//! producer rules, receipts, topic commands. Whatever a round executed is
+//! written in one transaction (one sync); only then is each replica told
+//! the state it reached, so a checkpoint vote always names a durable block.
+//!
+//! It also stores the quorum certificates its replicas gather, publishes
+//! the high watermark only up to a certified block (consumers never see a
+//! block 2f + 1 replicas have not executed alike), and installs blocks
+//! fetched from peers by state transfer after checking their hash chain
+//! and certificate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use courier_consensus::catalog::TopicRecord;
+use courier_consensus::contract::{judge, remember, ProducerTable, RequestVerdict, RequestWindow, Verdict};
+use courier_consensus::ledger::{
+    Block, BlockHash, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, RequestRecord,
+    SealedBlock, StoreError, WriteSet,
+};
+use courier_consensus::pbft::{wire, Batch, QuorumCert, RequestId};
+use courier_protocol::records::{assign_offset, validate_record_set, BatchHeader, RecordLimits};
+use kafka_protocol::ResponseError;
+use tokio::sync::watch;
+use tracing::{error, info_span, warn};
+
+use super::command::Command;
+use super::{Input, Membership, METADATA};
+use crate::topics::Topics;
+
+/// Decompressed bytes a batch may expand to at execution. A cluster-wide
+/// constant, not a node setting: every replica must judge a batch alike.
+const DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
+/// Jobs taken into one round (one transaction).
+const ROUND_JOBS_MAX: usize = 1024;
+
+pub enum Job {
+    /// Execute the batch ordered at `seq` of a partition's cluster.
+    Execute { pk: PartitionKey, seq: u64, batch: Batch },
+    /// A certificate for the block at `cert.seq - 1`: store it and make
+    /// everything up to that block visible.
+    Certify { pk: PartitionKey, cert: QuorumCert },
+    /// Blocks (canonical bytes, each with its certificate if it has one)
+    /// fetched from a peer, starting at the height we asked for.
+    Install {
+        pk: PartitionKey,
+        from_height: u64,
+        blocks: Vec<(Bytes, Option<Bytes>)>,
+    },
+}
+
+/// What the executor keeps of one partition between rounds.
+struct Working {
+    state: PartitionState,
+    producers: ProducerTable,
+    windows: BTreeMap<u8, RequestWindow>,
+    /// The state after each executed block not yet certified, by height.
+    uncertified: BTreeMap<u64, PartitionState>,
+}
+
+pub struct Executor {
+    pub store: Arc<LedgerStore>,
+    pub topics: Arc<Topics>,
+    pub membership: Arc<Membership>,
+    pub jobs: Receiver<Job>,
+    pub engine: tokio::sync::mpsc::Sender<Input>,
+    pub commits: watch::Sender<u64>,
+    working: HashMap<PartitionKey, Working>,
+    /// Topics by name, as the metadata ledger has them.
+    catalog: BTreeMap<String, TopicRecord>,
+}
+
+/// Everything one round changes, and what to tell afterwards.
+#[derive(Default)]
+struct Round {
+    set: WriteSet,
+    /// (pk, seq, state, records of our own requests)
+    executed: Vec<(PartitionKey, u64, BlockHash, Vec<RequestRecord>)>,
+    /// (pk, visible state) for certified blocks.
+    visible: Vec<(PartitionKey, PartitionState)>,
+    transferred: Vec<Input>,
+    catalog_changed: bool,
+}
+
+impl Executor {
+    pub fn new(
+        store: Arc<LedgerStore>,
+        topics: Arc<Topics>,
+        membership: Arc<Membership>,
+        jobs: Receiver<Job>,
+        engine: tokio::sync::mpsc::Sender<Input>,
+        commits: watch::Sender<u64>,
+    ) -> Result<Self, StoreError> {
+        let catalog = store.topics()?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        Ok(Self {
+            store,
+            topics,
+            membership,
+            jobs,
+            engine,
+            commits,
+            working: HashMap::new(),
+            catalog,
+        })
+    }
+
+    pub fn run(mut self) {
+        while let Ok(first) = self.jobs.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < ROUND_JOBS_MAX {
+                match self.jobs.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.round(jobs) {
+                // The in-memory state may have run past the disk: stop
+                // executing. The replicas stop voting, and the node must be
+                // restarted (it comes back from its ledger and durable log).
+                error!(error = %e, "ledger write failed; this replica stops executing until restarted");
+                return;
+            }
+        }
+    }
+
+    fn working(&mut self, pk: PartitionKey) -> Result<&mut Working, StoreError> {
+        working(&mut self.working, &self.store, pk)
+    }
+
+    fn round(&mut self, jobs: Vec<Job>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let span = info_span!("execute", jobs = jobs.len());
+        let _enter = span.enter();
+        let mut round = Round::default();
+        for job in jobs {
+            match job {
+                Job::Execute { pk, seq, batch } => self.execute(pk, seq, &batch, &mut round)?,
+                Job::Certify { pk, cert } => self.certify(pk, &cert, &mut round)?,
+                Job::Install {
+                    pk,
+                    from_height,
+                    blocks,
+                } => self.install(pk, from_height, blocks, &mut round)?,
+            }
+        }
+        let states = self.store.commit(&round.set)?;
+        let blocks = round.set.blocks.len();
+        metrics::histogram!("courier_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("courier_ledger_blocks_total").increment(blocks as u64);
+        drop(states);
+        if round.catalog_changed {
+            self.publish_catalog(&round.set);
+        }
+        if !round.visible.is_empty() {
+            self.topics.set_states(round.visible.iter().copied());
+            self.commits.send_modify(|n| *n += 1);
+        }
+        for (pk, seq, state, records) in round.executed {
+            let _ = self.engine.blocking_send(Input::Executed {
+                pk,
+                seq,
+                state: state.0,
+                local: records,
+            });
+        }
+        for t in round.transferred {
+            let _ = self.engine.blocking_send(t);
+        }
+        Ok(())
+    }
+
+    /// Makes topic changes visible and tells the engine which partitions
+    /// now exist.
+    fn publish_catalog(&mut self, set: &WriteSet) {
+        for t in &set.topic_deletes {
+            self.topics.remove(t);
+            self.working.retain(|pk, _| pk.topic_id != t.id);
+        }
+        for t in &set.topic_puts {
+            self.topics.insert(t.clone());
+        }
+        let partitions = self
+            .catalog
+            .values()
+            .flat_map(|t| (0..t.partitions).map(|p| t.partition_key(p)))
+            .collect();
+        let _ = self.engine.blocking_send(Input::Partitions(partitions));
+    }
+
+    /// One ordered batch becomes the block at height `seq - 1`.
+    fn execute(&mut self, pk: PartitionKey, seq: u64, batch: &Batch, round: &mut Round) -> Result<(), StoreError> {
+        if pk != METADATA && !self.partition_exists(&pk) {
+            // Its topic was deleted under it: nothing more is written there.
+            return Ok(());
+        }
+        let me = self.membership.me;
+        let height = seq - 1;
+        let w = working(&mut self.working, &self.store, pk)?;
+        if w.state.next_height > height {
+            // A state transfer installed it already; vote for what we hold.
+            let hash = match round
+                .set
+                .blocks
+                .iter()
+                .find(|b| b.block.partition == pk && b.block.height == height)
+            {
+                Some(b) => b.hash,
+                None => self
+                    .store
+                    .block_hashes_from(&pk, height)?
+                    .first()
+                    .filter(|(h, _)| *h == height)
+                    .map(|(_, hash)| *hash)
+                    .ok_or_else(|| StoreError::Corrupt(format!("block {height} of {pk:?} is missing")))?,
+            };
+            round.executed.push((pk, seq, hash, Vec::new()));
+            return Ok(());
+        }
+        if w.state.next_height < height {
+            return Err(StoreError::Corrupt(format!(
+                "asked to execute {seq} of {pk:?} at height {}",
+                w.state.next_height
+            )));
+        }
+        let mut draft = Draft::new(w.state.next_offset);
+        let mut records = Vec::with_capacity(batch.requests.len());
+        for request in &batch.requests {
+            let id = request.id;
+            let window = w.windows.entry(id.origin).or_default();
+            let outcome = match window.judge(id.number) {
+                RequestVerdict::Duplicate => Err(ResponseError::DuplicateSequenceNumber.code()),
+                RequestVerdict::Stale => Err(ResponseError::RequestTimedOut.code()),
+                RequestVerdict::New => {
+                    window.record(id.number);
+                    round.set.windows.push((pk, id.origin, window.clone()));
+                    match Command::decode(request.payload.clone()) {
+                        Err(_) => Err(ResponseError::InvalidRequest.code()),
+                        Ok(cmd) if pk == METADATA => {
+                            apply_topic_command(&mut self.catalog, cmd, &mut draft, &mut round.set)
+                        }
+                        Ok(cmd) => apply_partition_command(pk, w, cmd, &mut draft, &mut round.set),
+                    }
+                }
+            };
+            if pk == METADATA && outcome.is_ok() {
+                round.catalog_changed = true;
+            }
+            let record = RequestRecord {
+                origin: id.origin,
+                number: id.number,
+                error_code: outcome.err().unwrap_or(0),
+                base_offset: outcome.unwrap_or(-1),
+            };
+            records.push(record);
+        }
+        let block = Block {
+            partition: pk,
+            height,
+            view: batch.view,
+            prev_hash: w.state.last_hash,
+            base_offset: w.state.next_offset,
+            next_offset: draft.next_offset,
+            max_timestamp: draft.max_timestamp,
+            config_version: 0,
+            receipts: std::mem::take(&mut draft.receipts),
+            requests: records.clone(),
+            batches: draft.batches.freeze(),
+        }
+        .seal();
+        let committed_offsets = std::mem::take(&mut draft.offsets);
+        for (group, committed) in committed_offsets {
+            round.set.offsets.push((
+                group,
+                pk,
+                CommittedOffset {
+                    receipt_height: height,
+                    ..committed
+                },
+            ));
+        }
+        for producer_id in draft.producers_touched {
+            if let Some(state) = w.producers.get(&producer_id) {
+                round.set.producers.push(ProducerEntry {
+                    partition: pk,
+                    producer_id,
+                    state: state.clone(),
+                });
+            }
+        }
+        w.state = PartitionState {
+            next_height: height + 1,
+            next_offset: block.block.next_offset,
+            last_hash: block.hash,
+            log_start_offset: w.state.log_start_offset,
+            max_timestamp: w.state.max_timestamp.max(block.block.max_timestamp),
+        };
+        w.uncertified.insert(height, w.state);
+        let local = records.into_iter().filter(|r| r.origin == me).collect();
+        round.executed.push((pk, seq, block.hash, local));
+        round.set.blocks.push(block);
+        Ok(())
+    }
+
+    fn partition_exists(&self, pk: &PartitionKey) -> bool {
+        self.catalog
+            .values()
+            .any(|t| t.id == pk.topic_id && (0..t.partitions).contains(&pk.partition))
+    }
+
+    fn certify(&mut self, pk: PartitionKey, cert: &QuorumCert, round: &mut Round) -> Result<(), StoreError> {
+        if pk != METADATA && !self.partition_exists(&pk) {
+            return Ok(());
+        }
+        let height = cert.seq - 1;
+        round.set.certs.push((pk, height, wire::encode_cert(cert).freeze()));
+        let w = self.working(pk)?;
+        let visible = match w.uncertified.get(&height) {
+            Some(s) => Some(*s),
+            // Executed in an earlier life of this node: what is stored is it.
+            None if w.state.next_height == height + 1 => Some(w.state),
+            None => None,
+        };
+        w.uncertified = w.uncertified.split_off(&(height + 1));
+        if let Some(state) = visible {
+            round.visible.push((pk, state));
+        }
+        Ok(())
+    }
+
+    /// Checks fetched blocks against our chain and the last one's
+    /// certificate, then writes them with everything they imply.
+    fn install(
+        &mut self,
+        pk: PartitionKey,
+        from_height: u64,
+        blocks: Vec<(Bytes, Option<Bytes>)>,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        let me = self.membership.me;
+        let cluster = self.membership.cluster_id(&pk);
+        let members = self.membership.members.clone();
+        let quorum = self.membership.quorum();
+        let pending_here = round.set.blocks.iter().any(|b| b.block.partition == pk);
+        let w = working(&mut self.working, &self.store, pk)?;
+        if pending_here || from_height != w.state.next_height || blocks.is_empty() {
+            // Stale answer (we moved on meanwhile): the replica asks again if needed.
+            return Ok(());
+        }
+        let mut state = w.state;
+        let mut sealed = Vec::with_capacity(blocks.len());
+        let mut last_cert = None;
+        let mut certs = Vec::new();
+        for (raw, cert) in &blocks {
+            let Ok(block) = Block::decode(raw) else {
+                warn!(?pk, "state transfer: a block that does not decode; refused");
+                return Ok(());
+            };
+            let hash = BlockHash::of(raw);
+            if block.partition != pk
+                || block.height != state.next_height
+                || block.prev_hash != state.last_hash
+                || block.base_offset != state.next_offset
+                || block.next_offset < block.base_offset
+            {
+                warn!(
+                    ?pk,
+                    height = block.height,
+                    "state transfer: a block that does not extend our chain; refused"
+                );
+                return Ok(());
+            }
+            if let Some(cert_bytes) = cert {
+                let valid = wire::decode_cert(cert_bytes.clone()).ok().filter(|c| {
+                    c.seq == block.height + 1 && c.state == hash.0 && c.verify(cluster, &members, quorum).is_ok()
+                });
+                match valid {
+                    Some(c) => {
+                        certs.push((pk, block.height, cert_bytes.clone()));
+                        last_cert = Some((sealed.len(), c));
+                    }
+                    None => {
+                        warn!(
+                            ?pk,
+                            height = block.height,
+                            "state transfer: a certificate that does not verify; refused"
+                        );
+                        metrics::counter!("courier_state_transfer_refused_total").increment(1);
+                        return Ok(());
+                    }
+                }
+            }
+            state = PartitionState {
+                next_height: block.height + 1,
+                next_offset: block.next_offset,
+                last_hash: hash,
+                log_start_offset: state.log_start_offset,
+                max_timestamp: state.max_timestamp.max(block.max_timestamp),
+            };
+            let head = block.encode_head().freeze();
+            sealed.push((SealedBlock { block, head, hash }, state));
+        }
+        // Only what a certificate covers is installed.
+        let Some((last, cert)) = last_cert else {
+            warn!(?pk, "state transfer: no certificate covers the blocks; refused");
+            return Ok(());
+        };
+        sealed.truncate(last + 1);
+        let mut executed = Vec::new();
+        let mut local = Vec::new();
+        for (b, after) in sealed {
+            for r in &b.block.requests {
+                executed.push(RequestId {
+                    origin: r.origin,
+                    number: r.number,
+                });
+                if r.origin == me {
+                    local.push(*r);
+                }
+                let window = w.windows.entry(r.origin).or_default();
+                if window.judge(r.number) == RequestVerdict::New {
+                    window.record(r.number);
+                }
+                round.set.windows.push((pk, r.origin, window.clone()));
+            }
+            if pk == METADATA {
+                for payload in split_commands(&b.block.batches) {
+                    if let Ok(cmd) = Command::decode(payload) {
+                        let mut scratch = Draft::new(0);
+                        if apply_topic_command(&mut self.catalog, cmd, &mut scratch, &mut round.set).is_ok() {
+                            round.catalog_changed = true;
+                        }
+                    }
+                }
+            } else {
+                derive_producers(&b.block, &mut w.producers, &mut round.set);
+                for r in &b.block.receipts {
+                    round.set.offsets.push((
+                        r.group_id.clone(),
+                        pk,
+                        CommittedOffset {
+                            offset: r.offset,
+                            leader_epoch: r.leader_epoch,
+                            metadata: r.metadata.clone(),
+                            commit_timestamp_ms: r.timestamp_ms,
+                            receipt_height: b.block.height,
+                        },
+                    ));
+                }
+            }
+            w.state = after;
+            round.set.blocks.push(b);
+        }
+        w.uncertified.clear();
+        round
+            .set
+            .certs
+            .extend(certs.into_iter().filter(|(_, h, _)| *h < w.state.next_height));
+        round.visible.push((pk, w.state));
+        metrics::counter!("courier_state_transfer_blocks_total").increment(w.state.next_height - from_height);
+        round.transferred.push(Input::Transferred {
+            pk,
+            cert,
+            executed,
+            local,
+        });
+        Ok(())
+    }
+}
+
+/// A partition's working state, loaded from the store on first use.
+fn working<'a>(
+    all: &'a mut HashMap<PartitionKey, Working>,
+    store: &LedgerStore,
+    pk: PartitionKey,
+) -> Result<&'a mut Working, StoreError> {
+    use std::collections::hash_map::Entry;
+    Ok(match all.entry(pk) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => v.insert(Working {
+            state: store.partition_state(&pk)?,
+            producers: store.producers(&pk)?,
+            windows: store.request_windows(&pk)?,
+            uncertified: BTreeMap::new(),
+        }),
+    })
+}
+
+/// A block being assembled from one batch.
+struct Draft {
+    next_offset: i64,
+    max_timestamp: i64,
+    batches: BytesMut,
+    receipts: Vec<courier_consensus::ledger::Receipt>,
+    offsets: Vec<(String, CommittedOffset)>,
+    producers_touched: Vec<i64>,
+}
+
+impl Draft {
+    fn new(next_offset: i64) -> Self {
+        Self {
+            next_offset,
+            max_timestamp: -1,
+            batches: BytesMut::new(),
+            receipts: Vec::new(),
+            offsets: Vec::new(),
+            producers_touched: Vec::new(),
+        }
+    }
+}
+
+/// A produce or receipt for partition `pk`: `Ok(base offset)` (-1 for a
+/// receipt) or a Kafka error code. All or nothing per request.
+fn apply_partition_command(
+    pk: PartitionKey,
+    w: &mut Working,
+    cmd: Command,
+    draft: &mut Draft,
+    _set: &mut WriteSet,
+) -> Result<i64, i16> {
+    match cmd {
+        Command::Produce {
+            pk: target,
+            leader_epoch,
+            records,
+        } if target == pk => {
+            let limits = RecordLimits {
+                batch_bytes_max: usize::MAX,
+                decompressed_bytes_max: DECOMPRESSED_BYTES_MAX,
+            };
+            let batches = validate_record_set(&records, &limits).map_err(|_| ResponseError::CorruptMessage.code())?;
+            if batches
+                .iter()
+                .any(|b| b.header.is_transactional() || b.header.is_control())
+            {
+                return Err(ResponseError::InvalidRecord.code());
+            }
+            let rollback = (draft.batches.len(), draft.next_offset, draft.max_timestamp);
+            let saved: Vec<(i64, Option<_>)> = batches
+                .iter()
+                .filter(|b| b.header.is_idempotent())
+                .map(|b| (b.header.producer_id, w.producers.get(&b.header.producer_id).cloned()))
+                .collect();
+            let mut first = None;
+            for batch in &batches {
+                let h = &batch.header;
+                let rejected = match judge(w.producers.get(&h.producer_id), h) {
+                    Verdict::Append => None,
+                    Verdict::Duplicate { base_offset } => {
+                        first.get_or_insert(base_offset);
+                        continue;
+                    }
+                    Verdict::InvalidProducerEpoch => Some(ResponseError::InvalidProducerEpoch.code()),
+                    Verdict::OutOfOrderSequence => Some(ResponseError::OutOfOrderSequenceNumber.code()),
+                };
+                if let Some(code) = rejected {
+                    draft.batches.truncate(rollback.0);
+                    draft.next_offset = rollback.1;
+                    draft.max_timestamp = rollback.2;
+                    for (pid, state) in &saved {
+                        match state {
+                            Some(s) => w.producers.insert(*pid, s.clone()),
+                            None => w.producers.remove(pid),
+                        };
+                    }
+                    return Err(code);
+                }
+                let base = draft.next_offset;
+                let start = draft.batches.len();
+                draft.batches.extend_from_slice(&batch.bytes);
+                assign_offset(&mut draft.batches[start..], base, leader_epoch);
+                draft.next_offset = base + h.records_count as i64;
+                draft.max_timestamp = draft.max_timestamp.max(h.max_timestamp);
+                if h.is_idempotent() {
+                    remember(w.producers.entry(h.producer_id).or_default(), h, base);
+                    draft.producers_touched.push(h.producer_id);
+                }
+                first.get_or_insert(base);
+            }
+            Ok(first.unwrap_or(draft.next_offset))
+        }
+        Command::Receipt { pk: target, receipt } if target == pk => {
+            draft.offsets.push((
+                receipt.group_id.clone(),
+                CommittedOffset {
+                    offset: receipt.offset,
+                    leader_epoch: receipt.leader_epoch,
+                    metadata: receipt.metadata.clone(),
+                    commit_timestamp_ms: receipt.timestamp_ms,
+                    receipt_height: 0,
+                },
+            ));
+            draft.receipts.push(receipt);
+            Ok(-1)
+        }
+        _ => Err(ResponseError::InvalidRequest.code()),
+    }
+}
+
+/// A topic command on the metadata ledger. An accepted command is kept in
+/// the block's batches (length-prefixed), so a replica installing the
+/// block by state transfer replays it.
+fn apply_topic_command(
+    catalog: &mut BTreeMap<String, TopicRecord>,
+    cmd: Command,
+    draft: &mut Draft,
+    set: &mut WriteSet,
+) -> Result<i64, i16> {
+    let encoded = cmd.encode();
+    match cmd {
+        Command::PutTopic { record, create } => {
+            let exists = catalog.get(&record.name);
+            match (create, exists) {
+                (true, Some(_)) => return Err(ResponseError::TopicAlreadyExists.code()),
+                (false, Some(t)) if t.id != record.id => return Err(ResponseError::UnknownTopicId.code()),
+                (false, None) => return Err(ResponseError::UnknownTopicOrPartition.code()),
+                _ => {}
+            }
+            if catalog.values().any(|t| t.id == record.id && t.name != record.name) {
+                return Err(ResponseError::InvalidRequest.code());
+            }
+            catalog.insert(record.name.clone(), record.clone());
+            set.topic_deletes.retain(|t| t.name != record.name);
+            set.topic_puts.retain(|t| t.name != record.name);
+            set.topic_puts.push(record);
+        }
+        Command::DeleteTopic { id } => {
+            let Some(name) = catalog.values().find(|t| t.id == id).map(|t| t.name.clone()) else {
+                return Err(ResponseError::UnknownTopicOrPartition.code());
+            };
+            if let Some(record) = catalog.remove(&name) {
+                set.topic_puts.retain(|t| t.name != name);
+                set.topic_deletes.push(record);
+            }
+        }
+        _ => return Err(ResponseError::InvalidRequest.code()),
+    }
+    draft.batches.put_u32(encoded.len() as u32);
+    draft.batches.put_slice(&encoded);
+    Ok(-1)
+}
+
+/// The commands a metadata block holds.
+fn split_commands(batches: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(len) = batches.get(at..at + 4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(cmd) = batches.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        out.push(batches.slice_ref(cmd));
+        at += 4 + len;
+    }
+    out
+}
+
+/// Idempotent-producer state implied by a block's batches.
+fn derive_producers(block: &Block, producers: &mut ProducerTable, set: &mut WriteSet) {
+    let mut at = 0;
+    while at < block.batches.len() {
+        let Ok(h) = BatchHeader::parse(&block.batches[at..]) else {
+            break;
+        };
+        if h.is_idempotent() {
+            let p = producers.entry(h.producer_id).or_default();
+            remember(p, &h, h.base_offset);
+            set.producers.push(ProducerEntry {
+                partition: block.partition,
+                producer_id: h.producer_id,
+                state: p.clone(),
+            });
+        }
+        at += h.total_bytes();
+    }
+}
+
+/// Starts the executor thread.
+pub fn spawn(executor: Executor) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("courier-exec-{}", executor.membership.me))
+        .spawn(move || executor.run())
+}
+
+/// The channel the engine hands jobs over.
+pub fn channel() -> (SyncSender<Job>, Receiver<Job>) {
+    std::sync::mpsc::sync_channel(4096)
+}

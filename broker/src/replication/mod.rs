@@ -1,0 +1,431 @@
+//! Replication: a node's part in the replica cluster that orders its
+//! partitions (PBFT, 3f + 1 replicas, any f of them Byzantine).
+//!
+//! * [`identity`]: TLS certificates and signing keys.
+//! * [`transport`]: one mutually authenticated TLS connection per pair of replicas.
+//! * [`engine`]: the thread that owns the node's PBFT replicas and is their environment.
+//! * [`executor`]: the one writer of the node's ledger, executing ordered batches.
+//! * [`command`]: what the cluster orders (produce, receipt, topic commands).
+//!
+//! Every partition is its own PBFT cluster over the same members (its own
+//! sequence numbers, checkpoints and certificates, its id in every
+//! signature), so partitions order and certify independently. Topic
+//! creation, changes and deletion are ordered by one more cluster, the
+//! metadata ledger ([`METADATA`]), until the Raft layer takes them over.
+//!
+//! Handlers see none of this: they submit through [`Replicated`] (behind
+//! [`crate::sequencer::Sequencer`]) and read the local ledger, which serves
+//! only certified blocks.
+
+pub mod command;
+pub mod engine;
+pub mod executor;
+pub mod identity;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
+use courier_consensus::pbft::log::DurableLog;
+use courier_consensus::pbft::{self, wire, Digest, QuorumCert, RequestId, SignedMessage};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::config::BrokerConfig;
+use crate::shutdown::ShutdownSignal;
+use crate::topics::Topics;
+use command::Command;
+use transport::{Frame, Inbound, Transport};
+
+/// The metadata ledger's key: no topic has an all-zero id (Kafka reads it
+/// as "no id"), so it cannot collide with a partition.
+pub const METADATA: PartitionKey = PartitionKey {
+    topic_id: [0; 16],
+    partition: 0,
+};
+
+/// Where the ledger records the members' public keys (concatenated).
+pub const MEMBERS_KEY: &str = "cluster_members";
+
+/// How often replicas' timers are driven.
+const TICK: Duration = Duration::from_millis(5);
+/// Inputs queued for the engine before senders wait.
+const INBOX_MAX: usize = 1 << 16;
+
+/// Who is in the cluster.
+pub struct Membership {
+    pub me: u8,
+    /// Every replica's ed25519 public key, by replica id.
+    pub members: Vec<Bytes>,
+    /// Every replica's peer address, by replica id.
+    pub peers: Vec<String>,
+    /// SHA-256 over the members' keys: the cluster's identity.
+    fingerprint: Digest,
+}
+
+impl Membership {
+    pub fn new(me: u8, members: Vec<Bytes>, peers: Vec<String>) -> Self {
+        let fingerprint = pbft::cluster_fingerprint(&members);
+        Self {
+            me,
+            members,
+            peers,
+            fingerprint,
+        }
+    }
+
+    pub fn quorum(&self) -> usize {
+        2 * ((self.members.len() - 1) / 3) + 1
+    }
+
+    /// The id a partition's cluster signs under.
+    pub fn cluster_id(&self, pk: &PartitionKey) -> u64 {
+        pbft::instance_id(&self.fingerprint, &pk.to_bytes())
+    }
+
+    /// The Kafka cluster id every member reports: from the fingerprint.
+    pub fn kafka_cluster_id(&self) -> String {
+        uuid::Uuid::from_slice(&self.fingerprint[..16])
+            .map(|u| {
+                use std::fmt::Write;
+                let mut s = String::new();
+                for b in u.as_bytes() {
+                    let _ = write!(s, "{b:02x}");
+                }
+                s
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What the engine is told.
+pub enum Input {
+    /// A client's work for a partition's (or the metadata) cluster.
+    Submit {
+        pk: PartitionKey,
+        payload: Bytes,
+        reply: oneshot::Sender<RequestRecord>,
+    },
+    Peer {
+        message: SignedMessage,
+    },
+    Tick,
+    /// The executor wrote the block for `seq`, reaching `state`; `local`
+    /// holds the outcomes of our own requests in it.
+    Executed {
+        pk: PartitionKey,
+        seq: u64,
+        state: Digest,
+        local: Vec<RequestRecord>,
+    },
+    /// The executor installed blocks from a peer up to `cert.seq`.
+    Transferred {
+        pk: PartitionKey,
+        cert: QuorumCert,
+        executed: Vec<RequestId>,
+        local: Vec<RequestRecord>,
+    },
+    /// The partitions that exist now (after a topic command executed).
+    Partitions(Vec<PartitionKey>),
+    /// The node is shutting down.
+    Stop,
+}
+
+/// Routes frames from peers.
+struct Router {
+    engine: mpsc::Sender<Input>,
+    store: Arc<LedgerStore>,
+    executor: std::sync::mpsc::SyncSender<executor::Job>,
+    transport: OnceLock<Arc<Transport>>,
+}
+
+/// Largest state-transfer answer a peer may ask for.
+const SERVE_BYTES_MAX: u32 = 32 << 20;
+
+impl Inbound for Router {
+    async fn frame(&self, from: u8, frame: Frame) {
+        match frame {
+            Frame::Consensus(bytes) => match wire::decode_message(bytes) {
+                Ok(message) => {
+                    let _ = self.engine.send(Input::Peer { message }).await;
+                }
+                Err(e) => {
+                    metrics::counter!("courier_peer_messages_malformed_total").increment(1);
+                    debug!(from, error = %e, "malformed consensus message");
+                }
+            },
+            Frame::Fetch {
+                pk,
+                from_height,
+                max_bytes,
+            } => {
+                let store = self.store.clone();
+                let max_bytes = max_bytes.min(SERVE_BYTES_MAX);
+                let served =
+                    tokio::task::spawn_blocking(move || engine::serve_fetch(&store, &pk, from_height, max_bytes)).await;
+                match served {
+                    Ok(Ok(blocks)) => {
+                        if let Some(t) = self.transport.get() {
+                            t.send(
+                                from,
+                                Frame::Blocks {
+                                    pk,
+                                    from_height,
+                                    blocks,
+                                }
+                                .encode(),
+                            );
+                        }
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "cannot serve a state transfer"),
+                    Err(e) => warn!(error = %e, "state transfer task failed"),
+                }
+            }
+            Frame::Blocks {
+                pk,
+                from_height,
+                blocks,
+            } => {
+                if blocks.is_empty() {
+                    return;
+                }
+                let job = executor::Job::Install {
+                    pk,
+                    from_height,
+                    blocks,
+                };
+                if self.executor.try_send(job).is_err() {
+                    debug!("executor busy: a state transfer answer is dropped (it will be asked again)");
+                }
+            }
+            Frame::Hello { .. } => {}
+        }
+    }
+}
+
+/// The client-facing side: submit work, learn when certified blocks land.
+pub struct Replicated {
+    inbox: mpsc::Sender<Input>,
+    commits: watch::Receiver<u64>,
+    pub membership: Arc<Membership>,
+}
+
+impl Replicated {
+    /// Queues a command for `pk`'s cluster (in call order); the receiver
+    /// resolves with its outcome once the block holding it is certified,
+    /// and is dropped if the node cannot order it (unknown partition,
+    /// shutting down).
+    pub async fn submit(&self, pk: PartitionKey, command: Command) -> oneshot::Receiver<RequestRecord> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self
+            .inbox
+            .send(Input::Submit {
+                pk,
+                payload: command.encode(),
+                reply,
+            })
+            .await;
+        rx
+    }
+
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
+    /// Stops the engine (the executor follows once nothing more reaches it).
+    pub async fn stop(&self) {
+        let _ = self.inbox.send(Input::Stop).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Log(#[from] pbft::log::LogError),
+    #[error(transparent)]
+    Store(#[from] courier_consensus::ledger::StoreError),
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot start a replication thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running replica's threads.
+pub struct Threads {
+    pub engine: std::thread::JoinHandle<()>,
+    pub executor: std::thread::JoinHandle<()>,
+}
+
+/// Starts this node's replicas: transport, engine and executor.
+pub async fn start(
+    config: &BrokerConfig,
+    store: Arc<LedgerStore>,
+    topics: Arc<Topics>,
+    shutdown: ShutdownSignal,
+) -> Result<(Replicated, Threads), ReplicationError> {
+    let identity = identity::load(config)?;
+    let membership = Arc::new(Membership::new(
+        identity.id,
+        identity.members.clone(),
+        config.cluster_replicas.clone(),
+    ));
+    // Consumers see what was certified before a restart at once.
+    topics.set_states(certified_states(&store)?);
+    let (log, recovered) = DurableLog::open(&log_path(config))?;
+    // Recorded so that `courier ledger verify` can check certificates offline.
+    store.put_identity(MEMBERS_KEY, &membership.members.concat())?;
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
+    let (jobs_tx, jobs_rx) = executor::channel();
+    let (commits_tx, commits_rx) = watch::channel(0);
+    let addr = config
+        .peer_listener
+        .clone()
+        .unwrap_or_else(|| config.cluster_replicas[identity.id as usize].clone());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ReplicationError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let router = Arc::new(Router {
+        engine: inbox_tx.clone(),
+        store: store.clone(),
+        executor: jobs_tx.clone(),
+        transport: OnceLock::new(),
+    });
+    let transport = Arc::new(
+        transport::start(
+            identity.id,
+            config.cluster_replicas.clone(),
+            listener,
+            identity.server.clone(),
+            identity.client.clone(),
+            router.clone(),
+            shutdown.clone(),
+        )
+        .await,
+    );
+    let _ = router.transport.set(transport.clone());
+    let executor = executor::Executor::new(
+        store.clone(),
+        topics.clone(),
+        membership.clone(),
+        jobs_rx,
+        inbox_tx.clone(),
+        commits_tx,
+    )?;
+    let executor = executor::spawn(executor).map_err(ReplicationError::Thread)?;
+    let pbft_config = pbft::Config {
+        cluster: 0,
+        n: membership.members.len(),
+        window: config.pbft_window,
+        batch_bytes_max: config.pbft_batch_bytes_max,
+        batch_delay_ms: config.pbft_batch_delay_ms,
+        view_change_timeout_ms: config.pbft_view_change_timeout_ms,
+        retransmit_ms: config.pbft_retransmit_ms,
+        waiting_requests_max: 1 << 16,
+    };
+    // Request numbers never repeat across restarts: each life of the node
+    // numbers from a fresh boot count.
+    let boot = store.bump_counter("replica_boots")?;
+    let partitions: Vec<PartitionKey> = store
+        .topics()?
+        .iter()
+        .flat_map(|t| (0..t.partitions).map(|p| t.partition_key(p)))
+        .collect();
+    let engine = engine::Engine::new(
+        membership.clone(),
+        pbft_config,
+        std::fs::read(&config.replica_signing_key).map_err(|source| identity::IdentityError::Read {
+            path: config.replica_signing_key.clone(),
+            source,
+        })?,
+        store,
+        log,
+        recovered,
+        transport,
+        jobs_tx,
+        inbox_rx,
+        boot << 40,
+    );
+    let engine = std::thread::Builder::new()
+        .name(format!("courier-pbft-{}", identity.id))
+        .spawn(move || engine.run(partitions))
+        .map_err(ReplicationError::Thread)?;
+    let ticks = inbox_tx.clone();
+    let mut stop = shutdown;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => { let _ = ticks.try_send(Input::Tick); }
+                _ = stop.wait() => return,
+            }
+        }
+    });
+    Ok((
+        Replicated {
+            inbox: inbox_tx,
+            commits: commits_rx,
+            membership,
+        },
+        Threads { engine, executor },
+    ))
+}
+
+/// Each partition's state as of its last certified block: what consumers
+/// may see.
+fn certified_states(
+    store: &LedgerStore,
+) -> Result<Vec<(PartitionKey, courier_consensus::ledger::PartitionState)>, courier_consensus::ledger::StoreError> {
+    let mut out = Vec::new();
+    for (pk, state) in store.partitions()? {
+        let Some((height, _)) = store.last_cert(&pk)? else {
+            continue;
+        };
+        if height + 1 == state.next_height {
+            out.push((pk, state));
+            continue;
+        }
+        let Some(raw) = store.block(&pk, height)? else { continue };
+        let block = courier_consensus::ledger::Block::decode(&raw)
+            .map_err(|e| courier_consensus::ledger::StoreError::Corrupt(format!("block {height}: {e}")))?;
+        out.push((
+            pk,
+            courier_consensus::ledger::PartitionState {
+                next_height: height + 1,
+                next_offset: block.next_offset,
+                last_hash: courier_consensus::ledger::BlockHash::of(&raw),
+                log_start_offset: state.log_start_offset,
+                max_timestamp: state.max_timestamp,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// The durable log's file inside `log.dirs`.
+pub fn log_path(config: &BrokerConfig) -> PathBuf {
+    config.log_dirs.join("pbft.log")
+}
+
+/// A request's outcome as a Kafka error code and message.
+pub fn outcome(record: Option<RequestRecord>) -> Result<RequestRecord, (i16, String)> {
+    match record {
+        Some(r) if r.error_code == 0 => Ok(r),
+        Some(r) => Err((
+            r.error_code,
+            format!("refused by the replica cluster (error {})", r.error_code),
+        )),
+        None => Err((
+            kafka_protocol::ResponseError::NotLeaderOrFollower.code(),
+            "this node cannot order the request now".into(),
+        )),
+    }
+}

@@ -1,0 +1,477 @@
+//! Node-to-node transport: one mutually authenticated TLS connection per
+//! pair of replicas, carrying length-prefixed frames both ways.
+//!
+//! The replica with the lower id dials, and redials with back-off whenever
+//! the connection drops; the other accepts. Each side proves itself with a
+//! certificate signed by the cluster's CA and naming it (`node-<id>.courier`),
+//! and the dialer then says which replica it is, which the acceptor checks
+//! against the certificate. Consensus messages are signed besides, so TLS
+//! keeps the ledger's contents between members and a replica's signature
+//! makes what it says undeniable.
+//!
+//! Each peer has an outgoing queue bounded in bytes. A full queue (a slow or
+//! unreachable peer) drops what does not fit rather than stall the node:
+//! PBFT retransmits what matters, and a peer that fell far behind catches
+//! up by state transfer. Incoming frames are bounded in size; a peer that
+//! sends a malformed frame is disconnected.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use courier_consensus::ledger::PartitionKey;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use super::identity::{certificate_names, node_name};
+use crate::shutdown::ShutdownSignal;
+
+/// Largest frame accepted from a peer.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Bytes queued for one peer before further frames are dropped.
+pub const PEER_QUEUE_BYTES_MAX: usize = 128 << 20;
+const REDIAL_MIN: Duration = Duration::from_millis(50);
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// How long a TLS handshake (and the dialer's hello) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What travels between nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// The dialer's first frame: which replica it is.
+    Hello { id: u8 },
+    /// A consensus message (`pbft::wire` encoding).
+    Consensus(Bytes),
+    /// State transfer: blocks of a partition from `from_height`, up to about
+    /// `max_bytes`, that a certificate covers.
+    Fetch {
+        pk: PartitionKey,
+        from_height: u64,
+        max_bytes: u32,
+    },
+    /// The answer: canonical blocks from `from_height`, each with its
+    /// certificate if it has one.
+    Blocks {
+        pk: PartitionKey,
+        from_height: u64,
+        blocks: Vec<(Bytes, Option<Bytes>)>,
+    },
+}
+
+const HELLO: u8 = 0;
+const CONSENSUS: u8 = 1;
+const FETCH: u8 = 2;
+const BLOCKS: u8 = 3;
+
+impl Frame {
+    /// The frame with its length prefix, ready to write.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u32(0);
+        match self {
+            Frame::Hello { id } => {
+                out.put_u8(HELLO);
+                out.put_u8(*id);
+            }
+            Frame::Consensus(m) => {
+                out.reserve(1 + m.len());
+                out.put_u8(CONSENSUS);
+                out.put_slice(m);
+            }
+            Frame::Fetch {
+                pk,
+                from_height,
+                max_bytes,
+            } => {
+                out.put_u8(FETCH);
+                out.put_slice(&pk.to_bytes());
+                out.put_u64(*from_height);
+                out.put_u32(*max_bytes);
+            }
+            Frame::Blocks {
+                pk,
+                from_height,
+                blocks,
+            } => {
+                out.put_u8(BLOCKS);
+                out.put_slice(&pk.to_bytes());
+                out.put_u64(*from_height);
+                out.put_u32(blocks.len() as u32);
+                for (b, cert) in blocks {
+                    out.put_u32(b.len() as u32);
+                    out.put_slice(b);
+                    match cert {
+                        Some(c) => {
+                            out.put_u32(c.len() as u32 + 1);
+                            out.put_slice(c);
+                        }
+                        None => out.put_u32(0),
+                    }
+                }
+            }
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out.freeze()
+    }
+
+    /// Decodes a frame's body (after the length prefix).
+    pub fn decode(mut b: Bytes) -> Option<Frame> {
+        fn pk(b: &mut Bytes) -> Option<PartitionKey> {
+            let pk = PartitionKey::from_bytes(b.get(..20)?)?;
+            b.advance(20);
+            Some(pk)
+        }
+        if b.is_empty() {
+            return None;
+        }
+        let frame = match b.get_u8() {
+            HELLO if b.len() == 1 => Frame::Hello { id: b.get_u8() },
+            CONSENSUS => Frame::Consensus(b),
+            FETCH if b.len() == 20 + 12 => {
+                let pk = pk(&mut b)?;
+                Frame::Fetch {
+                    pk,
+                    from_height: b.get_u64(),
+                    max_bytes: b.get_u32(),
+                }
+            }
+            BLOCKS => {
+                let pk = pk(&mut b)?;
+                if b.len() < 12 {
+                    return None;
+                }
+                let from_height = b.get_u64();
+                let count = b.get_u32();
+                let mut blocks = Vec::new();
+                for _ in 0..count {
+                    let take = |b: &mut Bytes| -> Option<Bytes> {
+                        if b.len() < 4 {
+                            return None;
+                        }
+                        let n = b.get_u32() as usize;
+                        (b.len() >= n).then(|| b.split_to(n))
+                    };
+                    let block = take(&mut b)?;
+                    if b.len() < 4 {
+                        return None;
+                    }
+                    let n = b.get_u32() as usize;
+                    let cert = match n {
+                        0 => None,
+                        n if b.len() >= n - 1 => Some(b.split_to(n - 1)),
+                        _ => return None,
+                    };
+                    blocks.push((block, cert));
+                }
+                if !b.is_empty() {
+                    return None;
+                }
+                Frame::Blocks {
+                    pk,
+                    from_height,
+                    blocks,
+                }
+            }
+            _ => return None,
+        };
+        Some(frame)
+    }
+}
+
+/// Where incoming frames go (the node decides what each means).
+pub trait Inbound: Send + Sync + 'static {
+    fn frame(&self, from: u8, frame: Frame) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// One peer's outgoing side.
+struct Link {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The handle the node sends through.
+pub struct Transport {
+    me: u8,
+    links: Vec<Option<Link>>,
+}
+
+impl Transport {
+    /// Queues an encoded frame for `to`; drops it if that peer's queue is full.
+    pub fn send(&self, to: u8, frame: Bytes) {
+        let Some(Some(link)) = self.links.get(to as usize) else {
+            return;
+        };
+        let len = frame.len();
+        if link.queued.load(Ordering::Relaxed) + len > PEER_QUEUE_BYTES_MAX {
+            metrics::counter!("courier_peer_frames_dropped_total").increment(1);
+            return;
+        }
+        link.queued.fetch_add(len, Ordering::Relaxed);
+        if link.tx.send(frame).is_err() {
+            link.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a frame for every peer.
+    pub fn broadcast(&self, frame: &Bytes) {
+        for to in 0..self.links.len() as u8 {
+            if to != self.me {
+                self.send(to, frame.clone());
+            }
+        }
+    }
+}
+
+/// Starts accepting and dialing. `peers` are the replicas' peer addresses
+/// by id (ours included).
+pub async fn start<I: Inbound>(
+    me: u8,
+    peers: Vec<String>,
+    listener: TcpListener,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    inbound: Arc<I>,
+    shutdown: ShutdownSignal,
+) -> Transport {
+    let n = peers.len();
+    let mut links = Vec::with_capacity(n);
+    let mut incoming = Vec::with_capacity(n);
+    for peer in 0..n as u8 {
+        if peer == me {
+            links.push(None);
+            incoming.push(None);
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        links.push(Some(Link {
+            tx,
+            queued: queued.clone(),
+        }));
+        let (in_tx, in_rx) = mpsc::channel(4);
+        incoming.push(Some(in_tx));
+        let dial = (me < peer).then(|| (peers[peer as usize].clone(), client.clone()));
+        tokio::spawn(run_link(
+            me,
+            peer,
+            dial,
+            in_rx,
+            rx,
+            queued,
+            inbound.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(accept(me, listener, TlsAcceptor::from(server), incoming, shutdown));
+    Transport { me, links }
+}
+
+type Stream = tokio_rustls::TlsStream<TcpStream>;
+
+async fn accept(
+    me: u8,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    incoming: Vec<Option<mpsc::Sender<Stream>>>,
+    mut shutdown: ShutdownSignal,
+) {
+    let incoming = Arc::new(incoming);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(REDIAL_MIN).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => return,
+        };
+        let acceptor = acceptor.clone();
+        let incoming = incoming.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let handshake = async {
+                let mut tls = acceptor.accept(tcp).await.ok()?;
+                let mut head = [0u8; 4];
+                tls.read_exact(&mut head).await.ok()?;
+                let len = u32::from_be_bytes(head) as usize;
+                if len != 2 {
+                    return None;
+                }
+                let mut body = [0u8; 2];
+                tls.read_exact(&mut body).await.ok()?;
+                let Some(Frame::Hello { id }) = Frame::decode(Bytes::copy_from_slice(&body)) else {
+                    return None;
+                };
+                let (_, conn) = tls.get_ref();
+                let cert = conn.peer_certificates()?.first()?;
+                (id != me && certificate_names(cert, id)).then_some((id, tls))
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Some((id, tls))) => {
+                    if let Some(Some(slot)) = incoming.get(id as usize) {
+                        let _ = slot.send(tokio_rustls::TlsStream::Server(tls)).await;
+                    }
+                }
+                _ => warn!(%addr, "peer connection refused: handshake failed or certificate does not name the replica"),
+            }
+        });
+    }
+}
+
+async fn dial(me: u8, peer: u8, addr: &str, client: Arc<rustls::ClientConfig>) -> std::io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name =
+        ServerName::try_from(node_name(peer)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let connect = async {
+        let mut tls = TlsConnector::from(client).connect(name, tcp).await?;
+        tls.write_all(&Frame::Hello { id: me }.encode()).await?;
+        Ok::<_, std::io::Error>(tls)
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(tokio_rustls::TlsStream::Client(tls))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_link<I: Inbound>(
+    me: u8,
+    peer: u8,
+    dial_to: Option<(String, Arc<rustls::ClientConfig>)>,
+    mut incoming: mpsc::Receiver<Stream>,
+    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    inbound: Arc<I>,
+    mut shutdown: ShutdownSignal,
+) {
+    let mut backoff = REDIAL_MIN;
+    let mut next: Option<Stream> = None;
+    loop {
+        let stream = match next.take() {
+            Some(s) => s,
+            None => match &dial_to {
+                Some((addr, client)) => match dial(me, peer, addr, client.clone()).await {
+                    Ok(s) => {
+                        backoff = REDIAL_MIN;
+                        s
+                    }
+                    Err(e) => {
+                        debug!(peer, error = %e, "dial failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.wait() => return,
+                        }
+                        backoff = (backoff * 2).min(REDIAL_MAX);
+                        continue;
+                    }
+                },
+                None => tokio::select! {
+                    s = incoming.recv() => match s { Some(s) => s, None => return },
+                    _ = shutdown.wait() => return,
+                },
+            },
+        };
+        info!(peer, "peer connected");
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let read = async {
+            loop {
+                let mut head = [0u8; 4];
+                reader.read_exact(&mut head).await?;
+                let len = u32::from_be_bytes(head) as usize;
+                if len > FRAME_BYTES_MAX {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+                }
+                let mut body = BytesMut::zeroed(len);
+                reader.read_exact(&mut body).await?;
+                match Frame::decode(body.freeze()) {
+                    Some(Frame::Hello { .. }) | None => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed frame"));
+                    }
+                    Some(frame) => inbound.frame(peer, frame).await,
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        };
+        let write = async {
+            while let Some(frame) = outgoing.recv().await {
+                let len = frame.len();
+                let r = writer.write_all(&frame).await;
+                queued.fetch_sub(len, Ordering::Relaxed);
+                r?;
+                if outgoing.is_empty() {
+                    writer.flush().await?;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let ended = tokio::select! {
+            r = read => r.err().map(|e| e.to_string()),
+            r = write => r.err().map(|e| e.to_string()),
+            s = incoming.recv(), if dial_to.is_none() => {
+                // The peer reconnected: its old connection is dead to it.
+                next = s;
+                Some("replaced by a new connection".into())
+            }
+            _ = shutdown.wait() => return,
+        };
+        info!(peer, reason = ended.as_deref().unwrap_or("closed"), "peer disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let pk = PartitionKey {
+            topic_id: [3; 16],
+            partition: 2,
+        };
+        let frames = [
+            Frame::Hello { id: 3 },
+            Frame::Consensus(Bytes::from_static(b"signed")),
+            Frame::Fetch {
+                pk,
+                from_height: 9,
+                max_bytes: 1 << 20,
+            },
+            Frame::Blocks {
+                pk,
+                from_height: 9,
+                blocks: vec![
+                    (Bytes::from_static(b"block9"), None),
+                    (Bytes::from_static(b"block10"), Some(Bytes::from_static(b"cert"))),
+                    (Bytes::from_static(b""), Some(Bytes::new())),
+                ],
+            },
+        ];
+        for f in frames {
+            let bytes = f.encode();
+            assert_eq!(
+                u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize,
+                bytes.len() - 4
+            );
+            assert_eq!(Frame::decode(bytes.slice(4..)), Some(f));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panic(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Frame::decode(Bytes::from(raw));
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! A four-replica cluster in one process, driven by librdkafka: every
+//! partition ordered by PBFT, every node serving its own copy of the ledger.
+//! Replicas are stopped and restarted (gracefully here; `multi_process.rs`
+//! kills processes with SIGKILL) while clients keep working, and at the end
+//! every node's ledger verifies, certificates included, and holds the same
+//! chain.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use courier::verify::{verify_data_dir, KeySource};
+use courier::{BrokerConfig, RunningBroker};
+use courier_consensus::ledger::{Durability, LedgerStore};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    configs: Vec<BrokerConfig>,
+    nodes: Vec<Option<RunningBroker>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Short timeouts, so a lost primary is replaced within seconds.
+        let base = common::config(
+            tmp.path(),
+            &[
+                "pbft.view.change.timeout.ms=400",
+                "pbft.retransmit.ms=100",
+                "admin.listener=\"\"",
+            ],
+        );
+        let configs = courier::dev::node_configs(&base, n, 0).expect("node settings");
+        let nodes = courier::dev::start_cluster(configs.clone())
+            .await
+            .expect("cluster starts")
+            .into_iter()
+            .map(Some)
+            .collect();
+        Self {
+            configs,
+            nodes,
+            _tmp: tmp,
+        }
+    }
+
+    fn bootstrap(&self, i: usize) -> String {
+        self.nodes[i].as_ref().expect("node running").kafka_addr.to_string()
+    }
+
+    async fn stop_node(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.stop().await;
+        }
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let n = courier::start(self.configs[i].clone()).await.expect("node restarts");
+        self.nodes[i] = Some(n);
+    }
+
+    /// Stops every node and verifies each one's ledger; returns, per node,
+    /// each partition's (blocks, records, receipts, last block hash).
+    async fn stop_and_verify(&mut self) -> Vec<BTreeMap<String, (u64, i64, u64, String)>> {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await;
+        }
+        let mut out = Vec::new();
+        for c in &self.configs {
+            let (partitions, source) =
+                verify_data_dir(&c.log_dirs, None, |_| {}, || {}).expect("every node's ledger is sound");
+            assert_eq!(source, KeySource::Recorded(self.configs.len()));
+            let store = LedgerStore::open(&c.log_dirs.join(courier::LEDGER_FILE), Durability::None).unwrap();
+            let heads: BTreeMap<_, _> = store
+                .partitions()
+                .unwrap()
+                .into_iter()
+                .map(|(pk, s)| ((pk.topic_id, pk.partition), s.last_hash.to_hex()))
+                .collect();
+            let topics = store.topics().unwrap();
+            let mut summary = BTreeMap::new();
+            for p in partitions {
+                assert!(p.certified > 0, "{}-{} holds certificates", p.topic, p.partition);
+                let id = topics.iter().find(|t| t.name == p.topic).map_or([0; 16], |t| t.id);
+                let head = heads.get(&(id, p.partition)).cloned().unwrap_or_default();
+                summary.insert(
+                    format!("{}-{}", p.topic, p.partition),
+                    (p.blocks, p.records, p.receipts, head),
+                );
+            }
+            out.push(summary);
+        }
+        out
+    }
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer")
+}
+
+fn consumer(bootstrap: &str, group: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics")
+    {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `values` with keys `k<i>` and returns each one's (partition, offset).
+async fn produce(bootstrap: &str, topic: &str, values: std::ops::Range<usize>) -> Vec<(i32, i64)> {
+    let p = producer(bootstrap);
+    let mut sends = Vec::new();
+    for i in values {
+        let key = format!("k{}", i % 17);
+        let value = format!("v{i}");
+        sends.push(
+            p.send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .expect("queued"),
+        );
+    }
+    let mut out = Vec::new();
+    for s in sends {
+        let d = s.await.expect("delivered").expect("acknowledged");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+/// Reads every partition of `topic` from the start until `n` records
+/// arrived; returns each partition's values in offset order.
+async fn read_all(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let c = consumer(bootstrap, &format!("reader-{}", rand_suffix()));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    let mut got = 0;
+    while got < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(m)) => {
+                let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.entry(m.partition()).or_default().push((m.offset(), v));
+                got += 1;
+            }
+            Ok(Err(e)) => panic!("consumer error after {got} records: {e}"),
+            Err(_) => panic!("{bootstrap} served {got} of {n} records of {topic}"),
+        }
+    }
+    out
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Every value `v0..v{n}` appears exactly once, and per partition in the
+/// order it was produced.
+fn assert_exactly_once_in_order(read: &BTreeMap<i32, Vec<(i64, String)>>, n: usize) {
+    let mut seen = vec![false; n];
+    for records in read.values() {
+        let mut last = None;
+        for (offset, v) in records {
+            let i: usize = v[1..].parse().expect("value v<i>");
+            assert!(!seen[i], "{v} read twice");
+            seen[i] = true;
+            assert!(last < Some((*offset, i)), "partition order");
+            last = Some((*offset, i));
+        }
+    }
+    assert!(seen.iter().all(|s| *s), "every acknowledged record is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_the_same_certified_ledger() {
+    let mut cluster = Cluster::start(4).await;
+    create_topic(&cluster.bootstrap(1), "orders", 3).await;
+    let acked = produce(&cluster.bootstrap(2), "orders", 0..300).await;
+    assert_eq!(acked.len(), 300);
+    for node in [0, 3] {
+        let read = read_all(&cluster.bootstrap(node), "orders", 3, 300).await;
+        assert_exactly_once_in_order(&read, 300);
+        // What each producer was told is where the record is.
+        for (i, (p, o)) in acked.iter().enumerate() {
+            assert!(read[p].contains(&(*o, format!("v{i}"))), "v{i} at {p}/{o}");
+        }
+    }
+    // A consumer group commits through node 0: a receipt on the ledger.
+    let c = consumer(&cluster.bootstrap(0), "billing");
+    c.subscribe(&["orders"]).unwrap();
+    let mut got = 0;
+    let deadline = Instant::now() + WAIT;
+    while got < 300 && Instant::now() < deadline {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), c.recv()).await {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 300);
+    c.commit_consumer_state(CommitMode::Sync).expect("offsets committed");
+    drop(c);
+    let summaries = cluster.stop_and_verify().await;
+    let receipts: u64 = summaries[0].values().map(|s| s.2).sum();
+    assert!(receipts >= 3, "the commit left receipts on every partition: {receipts}");
+    for s in &summaries[1..] {
+        assert_eq!(s, &summaries[0], "every replica holds the same chains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backup_misses_nothing_and_catches_up() {
+    let mut cluster = Cluster::start(4).await;
+    create_topic(&cluster.bootstrap(0), "events", 2).await;
+    produce(&cluster.bootstrap(0), "events", 0..100).await;
+    cluster.stop_node(3).await;
+    // Three of four replicas keep ordering.
+    produce(&cluster.bootstrap(1), "events", 100..400).await;
+    cluster.start_node(3).await;
+    produce(&cluster.bootstrap(0), "events", 400..500).await;
+    // The restarted replica fetched what it missed, with certificates.
+    let read = read_all(&cluster.bootstrap(3), "events", 2, 500).await;
+    assert_exactly_once_in_order(&read, 500);
+    let summaries = cluster.stop_and_verify().await;
+    for s in &summaries[1..] {
+        assert_eq!(s, &summaries[0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_is_replaced_by_a_view_change() {
+    let mut cluster = Cluster::start(4).await;
+    create_topic(&cluster.bootstrap(1), "jobs", 1).await;
+    produce(&cluster.bootstrap(1), "jobs", 0..50).await;
+    // Replica 0 is the first view's primary of every cluster.
+    cluster.stop_node(0).await;
+    let started = Instant::now();
+    produce(&cluster.bootstrap(2), "jobs", 50..250).await;
+    eprintln!("produced through the view change in {:?}", started.elapsed());
+    let read = read_all(&cluster.bootstrap(3), "jobs", 1, 250).await;
+    assert_exactly_once_in_order(&read, 250);
+    cluster.start_node(0).await;
+    produce(&cluster.bootstrap(0), "jobs", 250..300).await;
+    let read = read_all(&cluster.bootstrap(0), "jobs", 1, 300).await;
+    assert_exactly_once_in_order(&read, 300);
+    let dir = cluster.configs[2].log_dirs.clone();
+    let summaries = cluster.stop_and_verify().await;
+    for s in &summaries[1..] {
+        assert_eq!(s, &summaries[0]);
+    }
+    // Blocks record the view their batch was proposed in: the records
+    // produced without replica 0 were ordered by a later view's primary.
+    let store = LedgerStore::open(&dir.join(courier::LEDGER_FILE), Durability::None).unwrap();
+    let jobs = store.topics().unwrap().into_iter().find(|t| t.name == "jobs").unwrap();
+    let pk = jobs.partition_key(0);
+    let heights = store.partition_state(&pk).unwrap().next_height;
+    let views: Vec<u64> = (0..heights)
+        .map(|h| {
+            courier_consensus::Block::decode(&store.block(&pk, h).unwrap().unwrap())
+                .unwrap()
+                .view
+        })
+        .collect();
+    assert_eq!(views.first(), Some(&0));
+    assert!(views.iter().any(|v| *v >= 1), "a later view ordered blocks: {views:?}");
+}

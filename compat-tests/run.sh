@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Black-box compatibility run: starts `courier dev`, drives it with kcat,
-# confluent-kafka, kafka-python and kafkajs, then checks the ledger offline: it must
-# verify after all of that, and must fail to verify once a stored record is
-# changed by hand.
+# Black-box compatibility run: starts `courier dev` (4 replicas unless
+# COURIER_COMPAT_REPLICAS says otherwise), drives it with kcat,
+# confluent-kafka, kafka-python and kafkajs, then checks every replica's
+# ledger offline: each must verify (chains, batches, quorum certificates)
+# after all of that, and one replica's ledger must fail to verify once a
+# stored record in it is changed by hand, while the others still verify.
 #
 # Usage: compat-tests/run.sh PATH/TO/courier PYTHON [NODE_MODULES]
 # (kafkajs runs when NODE_MODULES holds it.)
@@ -13,13 +15,14 @@ node_modules=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 data=$(mktemp -d)
 port=${COURIER_COMPAT_PORT:-39092}
+replicas=${COURIER_COMPAT_REPLICAS:-4}
 log=$data/courier.log
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
 trap cleanup EXIT
 [ -n "${COMPAT_KEEP_LOG:-}" ] && trap 'cp "$log" /tmp/compat-courier.log; cleanup' EXIT
 
-"$courier" dev --port "$port" --admin-port 0 --data-dir "$data/ledger" \
+"$courier" dev --replicas "$replicas" --port "$port" --admin-port 0 --data-dir "$data/ledger" \
   >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
@@ -37,19 +40,33 @@ fi
 
 # A unique value to find on disk later.
 echo "marker:COURIER-TAMPER-MARKER-0123456789" | kcat -b "$boot" -P -t tamper -K:
+if [ "$replicas" -gt 1 ]; then
+  # Every replica serves what was produced through node 0.
+  last=$((port + replicas - 1))
+  got=$(kcat -b "127.0.0.1:$last" -C -t tamper -o beginning -e -q -f '%k\n')
+  [ "$got" = "marker" ] || { echo "FAIL node $((replicas - 1)) does not serve the record"; exit 1; }
+  echo "ok   the last replica serves what node 0 acknowledged"
+  nodes=$(seq 0 $((replicas - 1)) | sed "s|^|$data/ledger/node-|")
+else
+  nodes=$data/ledger
+fi
 
 kill -INT "$pid"
 wait "$pid" || true
 pid=
-"$courier" ledger verify --data-dir "$data/ledger" || { echo "FAIL ledger verify after the compat run"; cat "$log"; exit 1; }
-echo "ok   ledger verifies after every client ran"
-"$courier" ledger receipts --data-dir "$data/ledger" --group cf-group | tail -4
-"$courier" ledger receipts --data-dir "$data/ledger" --group cf-group | grep -q "^cf-compat" \
-  || { echo "FAIL no receipts for cf-group on the ledger"; exit 1; }
-echo "ok   the group's commits are receipts on the ledger"
+for dir in $nodes; do
+  "$courier" ledger verify --data-dir "$dir" | tail -2 \
+    || { echo "FAIL ledger verify of $dir after the compat run"; cat "$log"; exit 1; }
+  "$courier" ledger receipts --data-dir "$dir" --group cf-group | grep -q "^cf-compat" \
+    || { echo "FAIL no receipts for cf-group on the ledger in $dir"; exit 1; }
+done
+echo "ok   every replica's ledger verifies after every client ran"
+"$courier" ledger receipts --data-dir "$(echo "$nodes" | head -1)" --group cf-group | tail -3
+echo "ok   the group's commits are receipts on every replica's ledger"
 
-# Change one byte of the stored record by hand.
-"$python" - "$data/ledger" <<'PY'
+# Change one byte of the stored record by hand, in one replica's ledger.
+victim=$(echo "$nodes" | tail -1)
+"$python" - "$victim" <<'PY'
 import os, sys
 marker = b"COURIER-TAMPER-MARKER-0123456789"
 for name in sorted(os.listdir(sys.argv[1])):
@@ -64,8 +81,14 @@ for name in sorted(os.listdir(sys.argv[1])):
 else:
     sys.exit("marker not found in the ledger files")
 PY
-if "$courier" ledger verify --data-dir "$data/ledger"; then
+if "$courier" ledger verify --data-dir "$victim"; then
   echo "FAIL ledger verify accepted a hand-corrupted block"; exit 1
 fi
 echo "ok   ledger verify rejects a hand-corrupted block"
+for dir in $nodes; do
+  [ "$dir" = "$victim" ] && continue
+  "$courier" ledger verify --data-dir "$dir" >/dev/null \
+    || { echo "FAIL corrupting one replica broke another's ledger ($dir)"; exit 1; }
+done
+[ "$replicas" -gt 1 ] && echo "ok   the other replicas' ledgers still verify"
 echo "compat: all checks passed"

@@ -1,23 +1,53 @@
 #!/usr/bin/env bash
-# Benchmark: a release `courier dev` (durable ledger: fsync per commit
-# round) driven by librdkafka through compat-tests' courier-bench.
+# Benchmark: release `courier dev` clusters (durable ledgers) driven by
+# librdkafka through compat-tests' courier-bench, in one run: 1 replica,
+# then 4 replicas ordering every partition by PBFT (all in one process on
+# this machine's cores, with the client). Prints each case, then the
+# 4-replica/1-replica ratios.
 #
 # Usage: compat-tests/bench.sh [--short] [extra courier-bench args]
+#   COURIER_BENCH_RECORDS=n   records per case (default 200,000; --short: 20,000)
+#   COURIER_BENCH_REPLICAS="1 4 7"   which clusters to run (default "1 4")
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 records=${COURIER_BENCH_RECORDS:-200000}
 if [ "${1:-}" = "--short" ]; then records=20000; shift; fi
+replicas_list=${COURIER_BENCH_REPLICAS:-1 4}
 data=$(mktemp -d)
+results=$data/results.tsv
 port=${COURIER_BENCH_PORT:-49092}
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
 trap cleanup EXIT
 
-"$top/target/release/courier" dev --port "$port" --admin-port 0 --data-dir "$data" >"$data.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
-echo "courier dev (1 replica, ledger.fsync=true), $records records per case, $(nproc) cores shared with the client"
-"$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" --label courier-1r --broker-pid "$pid" "$@"
-kill -INT "$pid"; wait "$pid" || true; pid=
-rm -f "$data.log"
+echo "$records records per case, $(nproc) cores shared by the client and every replica"
+for replicas in $replicas_list; do
+  dir=$data/r$replicas
+  "$top/target/release/courier" dev --replicas "$replicas" --port "$port" --admin-port 0 --data-dir "$dir" \
+    >"$data/courier-$replicas.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+  echo "courier dev --replicas $replicas (ledger.fsync=true)"
+  "$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" \
+    --label "courier-${replicas}r" --broker-pid "$pid" --results "$results" "$@"
+  kill -INT "$pid"; wait "$pid" || true; pid=
+done
+
+# Ratios of every cluster to the 1-replica one, case by case.
+awk -F'\t' '
+  { key = $2 "\t" $3; label[NR] = $1; k[NR] = key
+    prod[$1, key] = $4; cons[$1, key] = $5; cpu[$1, key] = $6; p50[$1, key] = $7; p99[$1, key] = $8 }
+  END {
+    printf "\n%-12s %6s %4s %14s %14s %18s %22s\n", "ratio", "size", "part", "produce x", "consume x", "broker CPU/GB x", "paced p50/p99 ms"
+    for (i = 1; i <= NR; i++) {
+      l = label[i]; key = k[i]
+      if (l == "courier-1r" || !(("courier-1r", key) in prod)) continue
+      split(key, f, "\t")
+      base = cpu["courier-1r", key] + 0
+      c = base > 0 ? sprintf("%.1f", cpu[l, key] / base) : "-"
+      printf "%-12s %6s %4s %14.2f %14.2f %18s %15.1f/%.1f\n", l "/1r", f[1], f[2],
+        prod[l, key] / prod["courier-1r", key], cons[l, key] / cons["courier-1r", key],
+        c, p50[l, key], p99[l, key]
+    }
+  }' "$results"

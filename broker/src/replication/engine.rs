@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info_span, warn};
 
 use super::executor::Job;
-use super::transport::{Frame, Transport};
+use super::transport::{consensus_frame, Frame, Transport};
 use super::{Input, Membership, METADATA};
 
 /// Inputs taken into one turn.
@@ -283,14 +283,8 @@ impl Engine {
         for (pk, a) in out {
             match a {
                 Action::Persist(_) => {}
-                Action::Broadcast(m) => {
-                    let frame = Frame::Consensus(wire::encode_message(&m).freeze()).encode();
-                    self.transport.broadcast(&frame);
-                }
-                Action::Send { to, message } => {
-                    let frame = Frame::Consensus(wire::encode_message(&message).freeze()).encode();
-                    self.transport.send(to, frame);
-                }
+                Action::Broadcast(m) => self.transport.broadcast(&consensus_frame(&m)),
+                Action::Send { to, message } => self.transport.send(to, consensus_frame(&message)),
                 Action::Execute { seq, batch, .. } => {
                     metrics::counter!("courier_pbft_batches_executed_total").increment(1);
                     if self.executor.send(Job::Execute { pk, seq, batch }).is_err() {

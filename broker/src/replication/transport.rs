@@ -68,6 +68,17 @@ const CONSENSUS: u8 = 1;
 const FETCH: u8 = 2;
 const BLOCKS: u8 = 3;
 
+/// A consensus message as a frame with its length prefix, encoded once.
+pub fn consensus_frame(m: &courier_consensus::pbft::SignedMessage) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u32(0);
+    out.put_u8(CONSENSUS);
+    courier_consensus::pbft::wire::encode_message_into(&mut out, m);
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out.freeze()
+}
+
 impl Frame {
     /// The frame with its length prefix, ready to write.
     pub fn encode(&self) -> Bytes {

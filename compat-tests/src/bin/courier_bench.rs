@@ -54,6 +54,11 @@ struct Args {
     /// measured peak and report the latencies at that load (0 skips it).
     #[arg(long, default_value_t = 0.5)]
     paced_fraction: f64,
+    /// Also append one tab-separated line per case to this file: label,
+    /// size, partitions, produce MB/s, consume MB/s, broker CPU s/GB for
+    /// produce, and p50/p99 ms at the paced load (for bench.sh's ratios).
+    #[arg(long, value_name = "FILE")]
+    results: Option<std::path::PathBuf>,
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
@@ -294,11 +299,13 @@ async fn main() -> anyhow::Result<()> {
                 per_gb(p_client, p_broker),
                 per_gb(c_client, c_broker)
             );
+            let mut paced = (f64::NAN, f64::NAN);
             if args.paced_fraction > 0.0 {
                 let rate = r.produce_mb_s * 1e6 * args.paced_fraction;
                 let paced_topic = format!("{topic}-paced");
                 create_topic(&args.bootstrap, &paced_topic, partitions).await?;
                 let (elapsed, lat) = produce(&args, &paced_topic, size, Some(rate))?;
+                paced = (percentile(&lat, 0.50), percentile(&lat, 0.99));
                 println!(
                     "{:<10} {:>6} {:>4} {:>10.1} {:>12.0} {:>9.2} {:>9.2}   (paced at {:.0}% of peak)",
                     args.label,
@@ -310,6 +317,20 @@ async fn main() -> anyhow::Result<()> {
                     percentile(&lat, 0.99),
                     args.paced_fraction * 100.0
                 );
+            }
+            if let Some(path) = &args.results {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                writeln!(
+                    f,
+                    "{}\t{size}\t{partitions}\t{:.1}\t{:.1}\t{:.2}\t{:.2}\t{:.2}",
+                    args.label,
+                    r.produce_mb_s,
+                    r.consume_mb_s,
+                    p_broker.map_or(f64::NAN, |b| b / gb),
+                    paced.0,
+                    paced.1
+                )?;
             }
         }
     }

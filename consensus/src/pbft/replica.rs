@@ -192,6 +192,10 @@ fn signature_cache_max(config: &Config) -> usize {
     (config.window as usize) * 6 * config.n + 1024
 }
 
+/// Batches in flight (ordered, not yet executed) below which the primary
+/// cuts a batch as soon as a request arrives.
+const IDLE_IN_FLIGHT_MAX: u64 = 4;
+
 /// Messages held per replica at most (a window's worth of slots, 3 kinds, all senders).
 fn held_max(config: &Config) -> usize {
     (config.window as usize) * 3 * config.n + 2 * config.n
@@ -343,9 +347,7 @@ impl Replica {
         self.arm_timer();
         if self.is_primary() {
             self.enqueue(request);
-            if self.pending_bytes >= self.config.batch_bytes_max {
-                self.cut_batches(out, false);
-            }
+            self.cut_batches(out, false);
         } else if local && self.view_changing {
             // No primary to hand it to: whoever is ordering should see it.
             if let Some(w) = self.waiting.get_mut(&request.id) {
@@ -382,14 +384,19 @@ impl Replica {
     }
 
     /// Primary: turns pending requests into pre-prepares while the window
-    /// has room; on a tick, also cuts a partial batch that has waited long enough.
+    /// has room. A batch is cut when full; when the pipeline is nearly idle
+    /// (fewer than [`IDLE_IN_FLIGHT_MAX`] batches not yet executed), at once,
+    /// so a lone request does not wait; and on a tick, when its oldest
+    /// request has waited `batch_delay_ms`. Under load, requests gather
+    /// while earlier batches are in flight.
     pub(super) fn cut_batches(&mut self, out: &mut Vec<Action>, tick: bool) {
         while self.is_primary() && !self.pending.is_empty() && self.in_window(self.next_seq) {
             let full = self.pending_bytes >= self.config.batch_bytes_max;
             let waited = self
                 .oldest_pending_ms
                 .is_some_and(|t| self.now_ms.saturating_sub(t) >= self.config.batch_delay_ms);
-            if !(full || (tick && waited)) {
+            let idle = self.next_seq - self.last_executed <= IDLE_IN_FLIGHT_MAX;
+            if !(full || idle || (tick && waited)) {
                 break;
             }
             let mut batch = Batch {

@@ -39,6 +39,13 @@ pub fn encode_message(m: &SignedMessage) -> BytesMut {
     out
 }
 
+/// Appends a message's encoding to `out` (e.g. after a frame header, so
+/// a large batch is copied once).
+pub fn encode_message_into(out: &mut BytesMut, m: &SignedMessage) {
+    out.reserve(encoded_len_hint(&m.message));
+    put_message(out, m);
+}
+
 /// Decodes one whole message.
 pub fn decode_message(bytes: Bytes) -> Result<SignedMessage, WireError> {
     let mut r = Reader(bytes);

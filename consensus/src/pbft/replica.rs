@@ -175,6 +175,9 @@ pub struct Replica {
     pub(super) committed: BTreeMap<u64, (SignedMessage, Vec<SignedMessage>)>,
     /// Peers' progress as of the last retransmission (who is stalled).
     progress_at_retransmit: BTreeMap<ReplicaId, u64>,
+    /// What we had executed at the last retransmission: slots are sent
+    /// again only when that has not moved (a stall, not a busy pipeline).
+    executed_at_retransmit: u64,
     /// Retransmission rounds left in which a restarted replica announces
     /// how far it got, so peers that are ahead help it catch up.
     pub(super) announcements_left: u8,
@@ -243,6 +246,7 @@ impl Replica {
             fetch_deadline_ms: None,
             committed: BTreeMap::new(),
             progress_at_retransmit: BTreeMap::new(),
+            executed_at_retransmit: 0,
             announcements_left: 0,
             resend_requests_ms: 0,
         }
@@ -863,9 +867,6 @@ impl Replica {
         true
     }
 
-    /// Sends again what peers may have missed: our messages for slots not
-    /// yet stable, our VIEW-CHANGE while changing, our latest checkpoint vote
-    /// to peers behind it, and the NEW-VIEW to peers still in older views.
     /// Peers whose checkpoint votes have not moved since the last
     /// retransmission and are behind what we executed get the committed
     /// batches they lack, whatever view they are in.
@@ -900,12 +901,19 @@ impl Replica {
         }
     }
 
+    /// Sends again what peers may have missed: our messages for slots not
+    /// yet stable (only when nothing executed since the last time: a busy
+    /// pipeline is not a lost message), our VIEW-CHANGE while changing, our
+    /// latest checkpoint vote to peers behind it, and the NEW-VIEW to peers
+    /// still in older views.
     fn retransmit(&mut self, out: &mut Vec<Action>) {
         let me = self.keys.id;
+        let stalled = self.last_executed == self.executed_at_retransmit;
+        self.executed_at_retransmit = self.last_executed;
         if let (true, Some(vc)) = (self.view_changing, &self.my_view_change) {
             out.push(Action::Broadcast(vc.clone()));
         }
-        if !self.view_changing {
+        if !self.view_changing && stalled {
             for slot in self.slots.values() {
                 let Some(pp) = &slot.pre_prepare else { continue };
                 if pp.slot().is_none_or(|(v, _, _)| v != self.view) {

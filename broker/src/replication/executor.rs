@@ -197,6 +197,8 @@ impl Executor {
 
     /// One ordered batch becomes the block at height `seq - 1`.
     fn execute(&mut self, pk: PartitionKey, seq: u64, batch: &Batch, round: &mut Round) -> Result<(), StoreError> {
+        let span = tracing::debug_span!("consensus_round", partition = pk.partition, seq, view = batch.view);
+        let _enter = span.enter();
         if pk != METADATA && !self.partition_exists(&pk) {
             // Its topic was deleted under it: nothing more is written there.
             return Ok(());

@@ -46,7 +46,7 @@ impl Replica {
     /// A replica restarted from its durable log and its ledger.
     pub fn restore(config: Config, keys: ReplicaKeys, recovered: Recovered) -> Self {
         let mut r = Replica::new(config, keys);
-        r.announcements_left = 3;
+        r.announcing = Some((0, r.config().retransmit_ms / 2));
         if let Some(cert) = recovered.certified {
             r.low = cert.seq;
             r.last_executed = cert.seq;

@@ -178,9 +178,11 @@ pub struct Replica {
     /// What we had executed at the last retransmission: slots are sent
     /// again only when that has not moved (a stall, not a busy pipeline).
     executed_at_retransmit: u64,
-    /// Retransmission rounds left in which a restarted replica announces
-    /// how far it got, so peers that are ahead help it catch up.
-    pub(super) announcements_left: u8,
+    /// A restarted replica announces how far it got (a checkpoint vote for
+    /// what it holds) until it has heard votes from f + 1 peers, so peers
+    /// that are ahead learn it is behind and help it catch up. `Some`: next
+    /// announcement at, and the back-off interval.
+    pub(super) announcing: Option<(u64, u64)>,
     /// While changing views, when our own waiting requests are next sent to
     /// everyone (whoever orders them may have missed them).
     pub(super) resend_requests_ms: u64,
@@ -194,6 +196,10 @@ pub struct Replica {
 fn signature_cache_max(config: &Config) -> usize {
     (config.window as usize) * 6 * config.n + 1024
 }
+
+/// A restarted replica's announcements back off to at most this many
+/// retransmission intervals apart.
+const ANNOUNCE_INTERVAL_MAX_RETRANSMITS: u64 = 32;
 
 /// Batches in flight (ordered, not yet executed) below which the primary
 /// cuts a batch as soon as a request arrives.
@@ -247,7 +253,7 @@ impl Replica {
             committed: BTreeMap::new(),
             progress_at_retransmit: BTreeMap::new(),
             executed_at_retransmit: 0,
-            announcements_left: 0,
+            announcing: None,
             resend_requests_ms: 0,
         }
     }
@@ -928,14 +934,19 @@ impl Replica {
             }
         }
         self.hand_committed_to_stalled_peers(out);
-        if self.announcements_left > 0 {
-            self.announcements_left -= 1;
-            let state = self.states.get(&self.last_applied).copied().unwrap_or_default();
-            let vote = self.sign(Message::Checkpoint {
-                seq: self.last_applied,
-                state,
-            });
-            out.push(Action::Broadcast(vote));
+        if let Some((next_ms, interval_ms)) = self.announcing {
+            if self.peer_progress.len() > self.config.f() {
+                self.announcing = None;
+            } else if self.now_ms >= next_ms {
+                let state = self.states.get(&self.last_applied).copied().unwrap_or_default();
+                let vote = self.sign(Message::Checkpoint {
+                    seq: self.last_applied,
+                    state,
+                });
+                out.push(Action::Broadcast(vote));
+                let interval_ms = (interval_ms * 2).min(ANNOUNCE_INTERVAL_MAX_RETRANSMITS * self.config.retransmit_ms);
+                self.announcing = Some((self.now_ms + interval_ms, interval_ms));
+            }
         }
         let heard = std::mem::take(&mut self.peers_heard);
         if let Some(state) = self.states.get(&self.last_applied).copied() {

@@ -283,8 +283,27 @@ impl Engine {
         for (pk, a) in out {
             match a {
                 Action::Persist(_) => {}
-                Action::Broadcast(m) => self.transport.broadcast(&consensus_frame(&m)),
-                Action::Send { to, message } => self.transport.send(to, consensus_frame(&message)),
+                Action::Broadcast(m) => {
+                    match &m.message {
+                        pbft::Message::Request(_) => {
+                            metrics::counter!("courier_pbft_requests_relayed_total").increment(1)
+                        }
+                        pbft::Message::ViewChange { .. } => {
+                            metrics::counter!("courier_pbft_view_changes_sent_total").increment(1)
+                        }
+                        pbft::Message::PrePrepare { .. } => {
+                            metrics::counter!("courier_pbft_pre_prepares_sent_total").increment(1)
+                        }
+                        _ => {}
+                    }
+                    self.transport.broadcast(&consensus_frame(&m))
+                }
+                Action::Send { to, message } => {
+                    if let pbft::Message::Committed { .. } = &message.message {
+                        metrics::counter!("courier_pbft_committed_handed_over_total").increment(1);
+                    }
+                    self.transport.send(to, consensus_frame(&message))
+                }
                 Action::Execute { seq, batch, .. } => {
                     metrics::counter!("courier_pbft_batches_executed_total").increment(1);
                     if self.executor.send(Job::Execute { pk, seq, batch }).is_err() {
@@ -292,7 +311,10 @@ impl Engine {
                     }
                 }
                 Action::Certified(cert) => self.certified(pk, cert),
-                Action::Fetch { peers } => self.fetch(pk, &peers),
+                Action::Fetch { peers } => {
+                    metrics::counter!("courier_pbft_state_transfers_started_total").increment(1);
+                    self.fetch(pk, &peers)
+                }
             }
         }
         if self.log.len() > LOG_COMPACT_BYTES {

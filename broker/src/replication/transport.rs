@@ -200,9 +200,15 @@ pub trait Inbound: Send + Sync + 'static {
     fn frame(&self, from: u8, frame: Frame) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// One peer's outgoing side.
+/// Frames at least this large (batches, handed-over and transferred
+/// blocks) go in a peer's bulk lane; smaller ones (votes, prepares,
+/// commits) overtake them, so a vote never waits behind megabytes.
+const BULK_FRAME_BYTES: usize = 16 << 10;
+
+/// One peer's outgoing side: a lane for small frames and one for bulk.
 struct Link {
-    tx: mpsc::UnboundedSender<Bytes>,
+    control: mpsc::UnboundedSender<Bytes>,
+    bulk: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -224,7 +230,12 @@ impl Transport {
             return;
         }
         link.queued.fetch_add(len, Ordering::Relaxed);
-        if link.tx.send(frame).is_err() {
+        let lane = if len >= BULK_FRAME_BYTES {
+            &link.bulk
+        } else {
+            &link.control
+        };
+        if lane.send(frame).is_err() {
             link.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
@@ -259,10 +270,12 @@ pub async fn start<I: Inbound>(
             incoming.push(None);
             continue;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (bulk, bulk_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         links.push(Some(Link {
-            tx,
+            control,
+            bulk,
             queued: queued.clone(),
         }));
         let (in_tx, in_rx) = mpsc::channel(4);
@@ -273,7 +286,10 @@ pub async fn start<I: Inbound>(
             peer,
             dial,
             in_rx,
-            rx,
+            Lanes {
+                control: control_rx,
+                bulk: bulk_rx,
+            },
             queued,
             inbound.clone(),
             shutdown.clone(),
@@ -354,13 +370,34 @@ async fn dial(me: u8, peer: u8, addr: &str, client: Arc<rustls::ClientConfig>) -
     Ok(tokio_rustls::TlsStream::Client(tls))
 }
 
+/// The receiving ends of a peer's two lanes.
+struct Lanes {
+    control: mpsc::UnboundedReceiver<Bytes>,
+    bulk: mpsc::UnboundedReceiver<Bytes>,
+}
+
+impl Lanes {
+    /// The next frame to write: a small one whenever one is waiting.
+    async fn next(&mut self) -> Option<Bytes> {
+        tokio::select! {
+            biased;
+            f = self.control.recv() => f,
+            f = self.bulk.recv() => f,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.bulk.is_empty()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_link<I: Inbound>(
     me: u8,
     peer: u8,
     dial_to: Option<(String, Arc<rustls::ClientConfig>)>,
     mut incoming: mpsc::Receiver<Stream>,
-    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
+    mut outgoing: Lanes,
     queued: Arc<AtomicUsize>,
     inbound: Arc<I>,
     mut shutdown: ShutdownSignal,
@@ -415,7 +452,7 @@ async fn run_link<I: Inbound>(
             Ok::<(), std::io::Error>(())
         };
         let write = async {
-            while let Some(frame) = outgoing.recv().await {
+            while let Some(frame) = outgoing.next().await {
                 let len = frame.len();
                 let r = writer.write_all(&frame).await;
                 queued.fetch_sub(len, Ordering::Relaxed);

@@ -173,8 +173,13 @@ pub struct Replica {
     /// Batches proven committed (by 2f + 1 COMMITs) above what we executed,
     /// received from peers while we lagged. At most a window of them.
     pub(super) committed: BTreeMap<u64, (SignedMessage, Vec<SignedMessage>)>,
-    /// Peers' progress as of the last retransmission (who is stalled).
-    progress_at_retransmit: BTreeMap<ReplicaId, u64>,
+    /// For each sequence number we executed above the low watermark, the
+    /// pre-prepare and 2f + 1 commits it was executed with: what a lagging
+    /// peer is handed. A later view re-proposing the slot does not touch it.
+    pub(super) executed_proofs: BTreeMap<u64, (SignedMessage, Vec<SignedMessage>)>,
+    /// Peers' progress as of the last retransmission, and for how many
+    /// retransmissions in a row it has not moved (who is stalled).
+    progress_at_retransmit: BTreeMap<ReplicaId, (u64, u32)>,
     /// What we had executed at the last retransmission: slots are sent
     /// again only when that has not moved (a stall, not a busy pipeline).
     executed_at_retransmit: u64,
@@ -196,6 +201,11 @@ pub struct Replica {
 fn signature_cache_max(config: &Config) -> usize {
     (config.window as usize) * 6 * config.n + 1024
 }
+
+/// Retransmissions in a row a peer's progress must stand still before it is
+/// handed committed batches, and how many it is handed each time.
+const HANDOVER_STALLED_ROUNDS: u32 = 2;
+const HANDOVER_BATCHES_MAX: u64 = 2;
 
 /// A restarted replica's announcements back off to at most this many
 /// retransmission intervals apart.
@@ -251,6 +261,7 @@ impl Replica {
             behind_since: None,
             fetch_deadline_ms: None,
             committed: BTreeMap::new(),
+            executed_proofs: BTreeMap::new(),
             progress_at_retransmit: BTreeMap::new(),
             executed_at_retransmit: 0,
             announcing: None,
@@ -667,6 +678,8 @@ impl Replica {
                 digest: d,
                 commits,
             };
+            // Kept as proof for peers that lag, whatever later views do to the slot.
+            self.executed_proofs.insert(seq, (pp.clone(), cert.commits.clone()));
             self.last_executed = seq;
             self.committed = self.committed.split_off(&(seq + 1));
             self.note_executed(batch.requests.iter().map(|r| r.id));
@@ -750,6 +763,7 @@ impl Replica {
         self.prepared = self.prepared.split_off(&(seq + 1));
         self.checkpoints = self.checkpoints.split_off(&(seq + 1));
         self.committed = self.committed.split_off(&(seq + 1));
+        self.executed_proofs = self.executed_proofs.split_off(&(seq + 1));
         self.states = self.states.split_off(&seq);
         self.replay_held(out);
         self.cut_batches(out, true);
@@ -876,30 +890,31 @@ impl Replica {
     /// Peers whose checkpoint votes have not moved since the last
     /// retransmission and are behind what we executed get the committed
     /// batches they lack, whatever view they are in.
+    /// Only the next few, and only once a peer has not moved for
+    /// [`HANDOVER_STALLED_ROUNDS`] retransmissions: under load a busy peer's
+    /// votes can lag behind large frames, and handing it whole batches then
+    /// would only add to the load.
     fn hand_committed_to_stalled_peers(&mut self, out: &mut Vec<Action>) {
         let me = self.keys.id;
-        let last = std::mem::take(&mut self.progress_at_retransmit);
         for p in (0..self.config.n as ReplicaId).filter(|p| *p != me) {
             let progress = self.peer_progress.get(&p).copied().unwrap_or(0);
-            self.progress_at_retransmit.insert(p, progress);
-            if progress >= self.last_executed || last.get(&p) != Some(&progress) {
+            let stalled = match self.progress_at_retransmit.get(&p) {
+                Some((before, rounds)) if *before == progress => rounds + 1,
+                _ => 0,
+            };
+            self.progress_at_retransmit.insert(p, (progress, stalled));
+            if progress >= self.last_executed || stalled < HANDOVER_STALLED_ROUNDS {
                 continue;
             }
-            for (seq, slot) in self.slots.range(progress + 1..=self.last_executed) {
-                let Some(pp) = &slot.pre_prepare else { continue };
-                let Some(key) = pp.slot() else { continue };
-                let commits: Vec<SignedMessage> = slot
-                    .commits
-                    .values()
-                    .filter(|c| c.slot() == Some(key))
-                    .take(self.config.quorum())
-                    .cloned()
-                    .collect();
-                if commits.len() < self.config.quorum() || key.1 != *seq {
-                    continue;
-                }
+            let upto = self.last_executed.min(progress + HANDOVER_BATCHES_MAX);
+            let proofs: Vec<(SignedMessage, Vec<SignedMessage>)> = self
+                .executed_proofs
+                .range(progress + 1..=upto)
+                .map(|(_, proof)| proof.clone())
+                .collect();
+            for (pp, commits) in proofs {
                 let message = self.sign(Message::Committed {
-                    pre_prepare: Box::new(pp.clone()),
+                    pre_prepare: Box::new(pp),
                     commits,
                 });
                 out.push(Action::Send { to: p, message });

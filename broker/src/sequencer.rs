@@ -29,12 +29,12 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use courier_consensus::catalog::TopicRecord;
-use courier_consensus::contract::{judge, remember, ProducerTable, Verdict};
+use courier_consensus::contract::{append_request, BatchRun, ProducerTable, Verdict};
 use courier_consensus::ledger::{
     Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, RequestRecord,
     SealedBlock, StoreError, WriteSet,
 };
-use courier_protocol::records::{assign_offset, Batch, BatchHeader};
+use courier_protocol::records::{Batch, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
@@ -360,9 +360,7 @@ struct Working {
 /// A block being assembled during a round.
 struct Draft {
     base_offset: i64,
-    next_offset: i64,
-    max_timestamp: i64,
-    batches: BytesMut,
+    run: BatchRun,
     receipts: Vec<Receipt>,
 }
 
@@ -535,59 +533,31 @@ impl Worker {
         let draft = drafts
             .entry(pk)
             .or_insert_with(|| Draft::empty(working.state.next_offset));
-        let rollback = (draft.batches.len(), draft.next_offset, draft.max_timestamp);
-        let saved: Vec<(i64, Option<_>)> = batches
-            .iter()
-            .filter(|b| b.header.is_idempotent())
-            .map(|b| {
-                (
-                    b.header.producer_id,
-                    working.producers.get(&b.header.producer_id).cloned(),
-                )
-            })
-            .collect();
-        let mut first_offset = None;
-        for batch in batches {
-            let h = &batch.header;
-            let verdict = judge(working.producers.get(&h.producer_id), h);
-            let rejected = match verdict {
-                Verdict::Append => None,
-                Verdict::Duplicate { base_offset } => {
-                    first_offset.get_or_insert(base_offset);
-                    continue;
-                }
-                Verdict::InvalidProducerEpoch => Some(Rejected::InvalidProducerEpoch),
-                Verdict::OutOfOrderSequence => Some(Rejected::OutOfOrderSequence),
-            };
-            if let Some(rejected) = rejected {
-                draft.batches.truncate(rollback.0);
-                draft.next_offset = rollback.1;
-                draft.max_timestamp = rollback.2;
-                for (pid, state) in &saved {
-                    match state {
-                        Some(s) => working.producers.insert(*pid, s.clone()),
-                        None => working.producers.remove(pid),
-                    };
-                }
-                debug!(?pk, %rejected, "batch rejected by contract");
-                return Err(rejected);
-            }
-            let base = draft.next_offset;
-            let start = draft.batches.len();
-            draft.batches.extend_from_slice(&batch.bytes);
-            assign_offset(&mut draft.batches[start..], base, leader_epoch);
-            draft.next_offset = base + h.records_count as i64;
-            draft.max_timestamp = draft.max_timestamp.max(h.max_timestamp);
-            if h.is_idempotent() {
-                remember(working.producers.entry(h.producer_id).or_default(), h, base);
-                touched.insert((pk, h.producer_id), ());
-            }
-            first_offset.get_or_insert(base);
+        let mut producers = Vec::new();
+        let outcome = append_request(
+            &mut working.producers,
+            &mut draft.run,
+            batches,
+            leader_epoch,
+            &mut producers,
+        );
+        for producer_id in producers {
+            touched.insert((pk, producer_id), ());
         }
-        Ok(Appended {
-            base_offset: first_offset.unwrap_or(draft.base_offset),
-            log_start_offset: working.state.log_start_offset,
-        })
+        match outcome {
+            Ok(first) => Ok(Appended {
+                base_offset: first.unwrap_or(draft.base_offset),
+                log_start_offset: working.state.log_start_offset,
+            }),
+            Err(verdict) => {
+                let rejected = match verdict {
+                    Verdict::InvalidProducerEpoch => Rejected::InvalidProducerEpoch,
+                    _ => Rejected::OutOfOrderSequence,
+                };
+                debug!(?pk, %rejected, "batch rejected by contract");
+                Err(rejected)
+            }
+        }
     }
 
     /// Seals a round's drafts into blocks, advances the partitions' state
@@ -605,7 +575,7 @@ impl Worker {
         }
         let mut set = WriteSet::default();
         for (pk, draft) in drafts {
-            if draft.batches.is_empty() && draft.receipts.is_empty() {
+            if draft.run.bytes.is_empty() && draft.receipts.is_empty() {
                 continue;
             }
             let Some(w) = self.working.get_mut(&pk) else { continue };
@@ -753,7 +723,7 @@ impl Committer {
 /// [`BLOCK_BYTES_MAX`] (cut at batch boundaries), chained from `state`.
 /// Receipts go into the last block.
 fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<SealedBlock> {
-    let batches = draft.batches.freeze();
+    let batches = draft.run.bytes.freeze();
     let mut out = Vec::with_capacity(batches.len() / BLOCK_BYTES_MAX + 1);
     let mut height = state.next_height;
     let mut prev_hash = state.last_hash;
@@ -799,7 +769,10 @@ fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<Sea
         next_offset = h.last_offset() + 1;
         max_timestamp = max_timestamp.max(h.max_timestamp);
     }
-    debug_assert_eq!(next_offset, draft.next_offset, "cut blocks end where the draft does");
+    debug_assert_eq!(
+        next_offset, draft.run.next_offset,
+        "cut blocks end where the draft does"
+    );
     out
 }
 
@@ -807,9 +780,7 @@ impl Draft {
     fn empty(next_offset: i64) -> Self {
         Self {
             base_offset: next_offset,
-            next_offset,
-            max_timestamp: -1,
-            batches: BytesMut::new(),
+            run: BatchRun::new(next_offset),
             receipts: Vec::new(),
         }
     }
@@ -818,7 +789,7 @@ impl Draft {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use courier_protocol::records::{encode_batch, NewRecord, ProducerIds};
+    use courier_protocol::records::{assign_offset, encode_batch, NewRecord, ProducerIds};
 
     #[test]
     fn drafts_are_cut_into_chained_blocks_of_bounded_size() {
@@ -839,10 +810,10 @@ mod tests {
                 ..Default::default()
             };
             let b = encode_batch(i, ProducerIds::NONE, &[record.clone(), record]);
-            let start = draft.batches.len();
-            draft.batches.extend_from_slice(&b);
-            assign_offset(&mut draft.batches[start..], draft.next_offset, 0);
-            draft.next_offset += 2;
+            let start = draft.run.bytes.len();
+            draft.run.bytes.extend_from_slice(&b);
+            assign_offset(&mut draft.run.bytes[start..], draft.run.next_offset, 0);
+            draft.run.next_offset += 2;
         }
         draft.receipts.push(Receipt {
             group_id: "g".into(),

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 
-use courier_protocol::records::BatchHeader;
+use bytes::BytesMut;
+use courier_protocol::records::{assign_offset, Batch, BatchHeader};
 
 /// How many recent batches per producer are remembered for de-duplication;
 /// Kafka's producers keep at most five requests in flight when idempotent.
@@ -117,6 +118,82 @@ pub fn remember(state: &mut ProducerState, batch: &BatchHeader, base_offset: i64
 
 /// Producer states of one partition, as the contract sees them.
 pub type ProducerTable = HashMap<i64, ProducerState>;
+
+/// Record batches being assembled into a block: their bytes back to back,
+/// offsets assigned, the next offset, and the largest timestamp so far.
+#[derive(Debug, Default)]
+pub struct BatchRun {
+    pub bytes: BytesMut,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+}
+
+impl BatchRun {
+    pub fn new(next_offset: i64) -> Self {
+        Self {
+            bytes: BytesMut::new(),
+            next_offset,
+            max_timestamp: -1,
+        }
+    }
+}
+
+/// Applies one produce request's batches to a block being assembled, all
+/// or nothing: each batch is judged against its producer's state, then
+/// appended with its offsets (and `leader_epoch`) assigned, and remembered;
+/// a batch that must be refused undoes the request's earlier ones. Returns
+/// the offset of the request's first record (for a retried batch, where it
+/// was first written), or `None` when it held no batch; the refusal
+/// otherwise. `touched` gets every producer whose state changed.
+pub fn append_request(
+    producers: &mut ProducerTable,
+    run: &mut BatchRun,
+    batches: &[Batch],
+    leader_epoch: i32,
+    touched: &mut Vec<i64>,
+) -> Result<Option<i64>, Verdict> {
+    let rollback = (run.bytes.len(), run.next_offset, run.max_timestamp);
+    let saved: Vec<(i64, Option<ProducerState>)> = batches
+        .iter()
+        .filter(|b| b.header.is_idempotent())
+        .map(|b| (b.header.producer_id, producers.get(&b.header.producer_id).cloned()))
+        .collect();
+    let mut first = None;
+    for batch in batches {
+        let h = &batch.header;
+        match judge(producers.get(&h.producer_id), h) {
+            Verdict::Append => {}
+            Verdict::Duplicate { base_offset } => {
+                first.get_or_insert(base_offset);
+                continue;
+            }
+            refused => {
+                run.bytes.truncate(rollback.0);
+                run.next_offset = rollback.1;
+                run.max_timestamp = rollback.2;
+                for (pid, state) in &saved {
+                    match state {
+                        Some(s) => producers.insert(*pid, s.clone()),
+                        None => producers.remove(pid),
+                    };
+                }
+                return Err(refused);
+            }
+        }
+        let base = run.next_offset;
+        let start = run.bytes.len();
+        run.bytes.extend_from_slice(&batch.bytes);
+        assign_offset(&mut run.bytes[start..], base, leader_epoch);
+        run.next_offset = base + h.records_count as i64;
+        run.max_timestamp = run.max_timestamp.max(h.max_timestamp);
+        if h.is_idempotent() {
+            remember(producers.entry(h.producer_id).or_default(), h, base);
+            touched.push(h.producer_id);
+        }
+        first.get_or_insert(base);
+    }
+    Ok(first)
+}
 
 /// Request numbers one submitting replica may have in flight on one
 /// partition: a request this far below the newest one executed is refused

@@ -55,11 +55,6 @@ fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
     out.put_i32(pk.partition);
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u32(s.len() as u32);
-    out.put_slice(s.as_bytes());
-}
-
 impl Command {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
@@ -78,20 +73,7 @@ impl Command {
             Command::Receipt { pk, receipt } => {
                 out.put_u8(RECEIPT);
                 put_pk(&mut out, pk);
-                put_str(&mut out, &receipt.group_id);
-                put_str(&mut out, &receipt.member_id);
-                put_str(&mut out, &receipt.principal);
-                put_str(&mut out, &receipt.client_id);
-                out.put_i64(receipt.offset);
-                out.put_i32(receipt.leader_epoch);
-                match &receipt.metadata {
-                    None => out.put_u8(0),
-                    Some(m) => {
-                        out.put_u8(1);
-                        put_str(&mut out, m);
-                    }
-                }
-                out.put_i64(receipt.timestamp_ms);
+                receipt.encode_into(&mut out);
             }
             Command::PutTopic { record, create } => {
                 out.put_u8(PUT_TOPIC);
@@ -124,12 +106,6 @@ impl Command {
                 partition: b.get_i32(),
             })
         }
-        fn string(b: &mut Bytes) -> Result<String, Malformed> {
-            need(b, 4)?;
-            let n = b.get_u32() as usize;
-            need(b, n)?;
-            String::from_utf8(b.split_to(n).to_vec()).map_err(|_| Malformed)
-        }
         need(&b, 1)?;
         let cmd = match b.get_u8() {
             PRODUCE => {
@@ -144,32 +120,10 @@ impl Command {
             }
             RECEIPT => {
                 let pk = pk(&mut b)?;
-                let group_id = string(&mut b)?;
-                let member_id = string(&mut b)?;
-                let principal = string(&mut b)?;
-                let client_id = string(&mut b)?;
-                need(&b, 13)?;
-                let offset = b.get_i64();
-                let leader_epoch = b.get_i32();
-                let metadata = match b.get_u8() {
-                    0 => None,
-                    _ => Some(string(&mut b)?),
-                };
-                need(&b, 8)?;
-                let timestamp_ms = b.get_i64();
-                Command::Receipt {
-                    pk,
-                    receipt: Receipt {
-                        group_id,
-                        member_id,
-                        principal,
-                        client_id,
-                        offset,
-                        leader_epoch,
-                        metadata,
-                        timestamp_ms,
-                    },
-                }
+                let mut rest: &[u8] = &b;
+                let receipt = Receipt::decode_from(&mut rest).map_err(|_| Malformed)?;
+                b.advance(b.len() - rest.len());
+                Command::Receipt { pk, receipt }
             }
             PUT_TOPIC => {
                 need(&b, 1)?;

@@ -19,15 +19,17 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use courier_consensus::catalog::TopicRecord;
-use courier_consensus::contract::{judge, remember, ProducerTable, RequestVerdict, RequestWindow, Verdict};
+use courier_consensus::contract::{
+    append_request, remember, BatchRun, ProducerTable, RequestVerdict, RequestWindow, Verdict,
+};
 use courier_consensus::ledger::{
     Block, BlockHash, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, RequestRecord,
     SealedBlock, StoreError, WriteSet,
 };
 use courier_consensus::pbft::{wire, Batch, QuorumCert, RequestId};
-use courier_protocol::records::{assign_offset, validate_record_set, BatchHeader, RecordLimits};
+use courier_protocol::records::{validate_record_set, BatchHeader, RecordLimits};
 use kafka_protocol::ResponseError;
 use tokio::sync::watch;
 use tracing::{error, info_span, warn};
@@ -269,12 +271,12 @@ impl Executor {
             view: batch.view,
             prev_hash: w.state.last_hash,
             base_offset: w.state.next_offset,
-            next_offset: draft.next_offset,
-            max_timestamp: draft.max_timestamp,
+            next_offset: draft.run.next_offset,
+            max_timestamp: draft.run.max_timestamp,
             config_version: 0,
             receipts: std::mem::take(&mut draft.receipts),
             requests: records.clone(),
-            batches: draft.batches.freeze(),
+            batches: std::mem::take(&mut draft.run.bytes).freeze(),
         }
         .seal();
         let committed_offsets = std::mem::take(&mut draft.offsets);
@@ -497,9 +499,7 @@ fn working<'a>(
 
 /// A block being assembled from one batch.
 struct Draft {
-    next_offset: i64,
-    max_timestamp: i64,
-    batches: BytesMut,
+    run: BatchRun,
     receipts: Vec<courier_consensus::ledger::Receipt>,
     offsets: Vec<(String, CommittedOffset)>,
     producers_touched: Vec<i64>,
@@ -508,9 +508,7 @@ struct Draft {
 impl Draft {
     fn new(next_offset: i64) -> Self {
         Self {
-            next_offset,
-            max_timestamp: -1,
-            batches: BytesMut::new(),
+            run: BatchRun::new(next_offset),
             receipts: Vec::new(),
             offsets: Vec::new(),
             producers_touched: Vec::new(),
@@ -544,49 +542,17 @@ fn apply_partition_command(
             {
                 return Err(ResponseError::InvalidRecord.code());
             }
-            let rollback = (draft.batches.len(), draft.next_offset, draft.max_timestamp);
-            let saved: Vec<(i64, Option<_>)> = batches
-                .iter()
-                .filter(|b| b.header.is_idempotent())
-                .map(|b| (b.header.producer_id, w.producers.get(&b.header.producer_id).cloned()))
-                .collect();
-            let mut first = None;
-            for batch in &batches {
-                let h = &batch.header;
-                let rejected = match judge(w.producers.get(&h.producer_id), h) {
-                    Verdict::Append => None,
-                    Verdict::Duplicate { base_offset } => {
-                        first.get_or_insert(base_offset);
-                        continue;
-                    }
-                    Verdict::InvalidProducerEpoch => Some(ResponseError::InvalidProducerEpoch.code()),
-                    Verdict::OutOfOrderSequence => Some(ResponseError::OutOfOrderSequenceNumber.code()),
-                };
-                if let Some(code) = rejected {
-                    draft.batches.truncate(rollback.0);
-                    draft.next_offset = rollback.1;
-                    draft.max_timestamp = rollback.2;
-                    for (pid, state) in &saved {
-                        match state {
-                            Some(s) => w.producers.insert(*pid, s.clone()),
-                            None => w.producers.remove(pid),
-                        };
-                    }
-                    return Err(code);
-                }
-                let base = draft.next_offset;
-                let start = draft.batches.len();
-                draft.batches.extend_from_slice(&batch.bytes);
-                assign_offset(&mut draft.batches[start..], base, leader_epoch);
-                draft.next_offset = base + h.records_count as i64;
-                draft.max_timestamp = draft.max_timestamp.max(h.max_timestamp);
-                if h.is_idempotent() {
-                    remember(w.producers.entry(h.producer_id).or_default(), h, base);
-                    draft.producers_touched.push(h.producer_id);
-                }
-                first.get_or_insert(base);
+            match append_request(
+                &mut w.producers,
+                &mut draft.run,
+                &batches,
+                leader_epoch,
+                &mut draft.producers_touched,
+            ) {
+                Ok(first) => Ok(first.unwrap_or(draft.run.next_offset)),
+                Err(Verdict::InvalidProducerEpoch) => Err(ResponseError::InvalidProducerEpoch.code()),
+                Err(_) => Err(ResponseError::OutOfOrderSequenceNumber.code()),
             }
-            Ok(first.unwrap_or(draft.next_offset))
         }
         Command::Receipt { pk: target, receipt } if target == pk => {
             draft.offsets.push((
@@ -644,8 +610,8 @@ fn apply_topic_command(
         }
         _ => return Err(ResponseError::InvalidRequest.code()),
     }
-    draft.batches.put_u32(encoded.len() as u32);
-    draft.batches.put_slice(&encoded);
+    draft.run.bytes.put_u32(encoded.len() as u32);
+    draft.run.bytes.put_slice(&encoded);
     Ok(-1)
 }
 

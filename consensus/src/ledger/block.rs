@@ -92,6 +92,55 @@ pub struct Receipt {
     pub timestamp_ms: i64,
 }
 
+impl Receipt {
+    /// The receipt's canonical encoding (as blocks hold it):
+    /// `group | member | principal | client` (u32-prefixed UTF-8),
+    /// `offset i64 | leader_epoch i32 | metadata? (u8, string) | timestamp_ms i64`.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        put_str(out, &self.group_id);
+        put_str(out, &self.member_id);
+        put_str(out, &self.principal);
+        put_str(out, &self.client_id);
+        out.put_i64(self.offset);
+        out.put_i32(self.leader_epoch);
+        match &self.metadata {
+            None => out.put_u8(0),
+            Some(m) => {
+                out.put_u8(1);
+                put_str(out, m);
+            }
+        }
+        out.put_i64(self.timestamp_ms);
+    }
+
+    /// Decodes one receipt from the front of `b`, advancing it.
+    pub fn decode_from(b: &mut &[u8]) -> Result<Receipt, BlockError> {
+        let group_id = get_str(b)?;
+        let member_id = get_str(b)?;
+        let principal = get_str(b)?;
+        let client_id = get_str(b)?;
+        need(b, 13)?;
+        let offset = b.get_i64();
+        let leader_epoch = b.get_i32();
+        let metadata = match b.get_u8() {
+            0 => None,
+            _ => Some(get_str(b)?),
+        };
+        need(b, 8)?;
+        let timestamp_ms = b.get_i64();
+        Ok(Receipt {
+            group_id,
+            member_id,
+            principal,
+            client_id,
+            offset,
+            leader_epoch,
+            metadata,
+            timestamp_ms,
+        })
+    }
+}
+
 /// What the contract made of one ordered request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct RequestRecord {
@@ -214,20 +263,7 @@ impl Block {
         out.put_u64(self.config_version);
         out.put_u32(self.receipts.len() as u32);
         for r in &self.receipts {
-            put_str(&mut out, &r.group_id);
-            put_str(&mut out, &r.member_id);
-            put_str(&mut out, &r.principal);
-            put_str(&mut out, &r.client_id);
-            out.put_i64(r.offset);
-            out.put_i32(r.leader_epoch);
-            match &r.metadata {
-                None => out.put_u8(0),
-                Some(m) => {
-                    out.put_u8(1);
-                    put_str(&mut out, m);
-                }
-            }
-            out.put_i64(r.timestamp_ms);
+            r.encode_into(&mut out);
         }
         out.put_u32(self.requests.len() as u32);
         for r in &self.requests {
@@ -327,29 +363,7 @@ impl Block {
         }
         let mut receipts = Vec::with_capacity(receipt_count);
         for _ in 0..receipt_count {
-            let group_id = get_str(b)?;
-            let member_id = get_str(b)?;
-            let principal = get_str(b)?;
-            let client_id = get_str(b)?;
-            need(b, 13)?;
-            let offset = b.get_i64();
-            let leader_epoch = b.get_i32();
-            let metadata = match b.get_u8() {
-                0 => None,
-                _ => Some(get_str(b)?),
-            };
-            need(b, 8)?;
-            let timestamp_ms = b.get_i64();
-            receipts.push(Receipt {
-                group_id,
-                member_id,
-                principal,
-                client_id,
-                offset,
-                leader_epoch,
-                metadata,
-                timestamp_ms,
-            });
+            receipts.push(Receipt::decode_from(b)?);
         }
         need(b, 4)?;
         let request_count = b.get_u32() as usize;

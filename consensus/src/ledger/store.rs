@@ -217,6 +217,14 @@ fn index_key(pk: &PartitionKey, next_offset: i64, height: u64) -> [u8; 36] {
     k
 }
 
+/// The height in a `partition key ‖ height` key.
+fn key_height(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(20..28)
+        .and_then(|h| h.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt("a key without a height".into()))
+}
+
 fn window_key(pk: &PartitionKey, origin: u8) -> [u8; 21] {
     let mut k = [0u8; 21];
     k[..20].copy_from_slice(&pk.to_bytes());
@@ -510,12 +518,7 @@ impl LedgerStore {
             None => Ok(None),
             Some(row) => {
                 let (k, v) = row?;
-                let height = k
-                    .value()
-                    .get(20..28)
-                    .and_then(|h| h.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StoreError::Corrupt("certificate key".into()))?;
+                let height = key_height(k.value())?;
                 Ok(Some((height, Bytes::copy_from_slice(v.value()))))
             }
         }
@@ -534,12 +537,7 @@ impl LedgerStore {
         let mut out = std::collections::BTreeMap::new();
         for row in table.range::<&[u8]>(&start[..]..=&end[..])? {
             let (k, v) = row?;
-            let height = k
-                .value()
-                .get(20..28)
-                .and_then(|h| h.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt("certificate key".into()))?;
+            let height = key_height(k.value())?;
             out.insert(height, Bytes::copy_from_slice(v.value()));
         }
         Ok(out)
@@ -554,12 +552,7 @@ impl LedgerStore {
         let mut out = Vec::new();
         for row in table.range::<&[u8]>(&start[..]..=&end[..])? {
             let (k, v) = row?;
-            let height = k
-                .value()
-                .get(20..28)
-                .and_then(|h| h.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt("block key".into()))?;
+            let height = key_height(k.value())?;
             let (_, hash, _) = parse_block_record(v.value())?;
             out.push((height, hash));
         }

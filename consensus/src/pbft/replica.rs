@@ -383,6 +383,16 @@ impl Replica {
         }
     }
 
+    /// Requests submitted here and not executed yet.
+    pub(super) fn own_waiting(&self) -> Vec<Request> {
+        let me = self.keys.id;
+        self.waiting
+            .values()
+            .filter(|w| w.request.id.origin == me)
+            .map(|w| w.request.clone())
+            .collect()
+    }
+
     pub(super) fn enqueue(&mut self, request: Request) {
         self.oldest_pending_ms.get_or_insert(self.now_ms);
         self.pending_bytes += request.encoded_len();
@@ -842,14 +852,7 @@ impl Replica {
         self.cut_batches(out, true);
         if self.view_changing && self.now_ms >= self.resend_requests_ms {
             self.resend_requests_ms = self.now_ms + self.config.view_change_timeout_ms;
-            let me = self.keys.id;
-            let mine: Vec<Request> = self
-                .waiting
-                .values()
-                .filter(|w| w.request.id.origin == me)
-                .map(|w| w.request.clone())
-                .collect();
-            for r in mine {
+            for r in self.own_waiting() {
                 let m = self.sign(Message::Request(r));
                 out.push(Action::Broadcast(m));
             }

@@ -262,15 +262,8 @@ impl Replica {
             }
         } else {
             // Our own requests go to the new primary.
-            let me = self.keys.id;
             let to = self.primary(view);
-            let mine: Vec<_> = self
-                .waiting
-                .values()
-                .filter(|w| w.request.id.origin == me)
-                .map(|w| w.request.clone())
-                .collect();
-            for r in mine {
+            for r in self.own_waiting() {
                 let message = self.sign(Message::Request(r));
                 out.push(Action::Send { to, message });
             }

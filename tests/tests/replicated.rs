@@ -1,4 +1,4 @@
-//! A four-replica cluster in one process, driven by librdkafka: every
+//! Four- and seven-replica clusters in one process, driven by librdkafka: every
 //! partition ordered by PBFT, every node serving its own copy of the ledger.
 //! Replicas are stopped and restarted (gracefully here; `multi_process.rs`
 //! kills processes with SIGKILL) while clients keep working, and at the end
@@ -302,4 +302,26 @@ async fn a_stopped_primary_is_replaced_by_a_view_change() {
         .collect();
     assert_eq!(views.first(), Some(&0));
     assert!(views.iter().any(|v| *v >= 1), "a later view ordered blocks: {views:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_replicas_ride_out_two_stopped_ones_the_primary_among_them() {
+    let mut cluster = Cluster::start(7).await;
+    create_topic(&cluster.bootstrap(3), "ledgers", 2).await;
+    produce(&cluster.bootstrap(3), "ledgers", 0..100).await;
+    // f = 2: the first view's primary and one backup go away.
+    cluster.stop_node(0).await;
+    cluster.stop_node(5).await;
+    produce(&cluster.bootstrap(4), "ledgers", 100..300).await;
+    let read = read_all(&cluster.bootstrap(6), "ledgers", 2, 300).await;
+    assert_exactly_once_in_order(&read, 300);
+    cluster.start_node(0).await;
+    cluster.start_node(5).await;
+    produce(&cluster.bootstrap(1), "ledgers", 300..350).await;
+    let read = read_all(&cluster.bootstrap(5), "ledgers", 2, 350).await;
+    assert_exactly_once_in_order(&read, 350);
+    let summaries = cluster.stop_and_verify().await;
+    for s in &summaries[1..] {
+        assert_eq!(s, &summaries[0], "every replica holds the same chains");
+    }
 }

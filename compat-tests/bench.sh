@@ -16,7 +16,9 @@ if [ "${1:-}" = "--short" ]; then records=20000; shift; fi
 replicas_list=${COURIER_BENCH_REPLICAS:-1 4}
 data=$(mktemp -d)
 results=$data/results.tsv
-port=${COURIER_BENCH_PORT:-49092}
+# Below the ephemeral range (32768+), so no outgoing connection holds one of
+# the cluster's ports (node i: Kafka port + i, peers Kafka port + 10000 + i).
+port=${COURIER_BENCH_PORT:-22092}
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
 trap cleanup EXIT
@@ -27,7 +29,12 @@ for replicas in $replicas_list; do
   "$top/target/release/courier" dev --replicas "$replicas" --port "$port" --admin-port 0 --data-dir "$dir" \
     >"$data/courier-$replicas.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+  # Nodes start in order: the last one listening means all are up.
+  last=$((port + replicas - 1))
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$last") 2>/dev/null && break; sleep 0.1; done
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "courier dev --replicas $replicas did not start:"; cat "$data/courier-$replicas.log"; exit 1
+  fi
   echo "courier dev --replicas $replicas (ledger.fsync=true)"
   "$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" \
     --label "courier-${replicas}r" --broker-pid "$pid" --results "$results" "$@"

@@ -14,7 +14,9 @@ python=$2
 node_modules=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 data=$(mktemp -d)
-port=${COURIER_COMPAT_PORT:-39092}
+# Below the ephemeral range (32768+), so no outgoing connection holds one of
+# the cluster's ports (node i: Kafka port + i, peers Kafka port + 10000 + i).
+port=${COURIER_COMPAT_PORT:-21092}
 replicas=${COURIER_COMPAT_REPLICAS:-4}
 log=$data/courier.log
 pid=
@@ -25,10 +27,12 @@ trap cleanup EXIT
 "$courier" dev --replicas "$replicas" --port "$port" --admin-port 0 --data-dir "$data/ledger" \
   >"$log" 2>&1 &
 pid=$!
+# Nodes start in order: the last one listening means all are up.
 for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+  (exec 3<>/dev/tcp/127.0.0.1/$((port + replicas - 1))) 2>/dev/null && break
   sleep 0.1
 done
+kill -0 "$pid" 2>/dev/null || { echo "FAIL courier dev did not start"; cat "$log"; exit 1; }
 boot=127.0.0.1:$port
 
 "$here/kcat_compat.sh" "$boot"
@@ -41,10 +45,17 @@ fi
 # A unique value to find on disk later.
 echo "marker:COURIER-TAMPER-MARKER-0123456789" | kcat -b "$boot" -P -t tamper -K:
 if [ "$replicas" -gt 1 ]; then
-  # Every replica serves what was produced through node 0.
+  # Every replica serves what was produced through node 0. Acknowledged
+  # means 2f + 1 replicas certified it; the last node may be the one still
+  # catching up, so it gets a bounded while.
   last=$((port + replicas - 1))
-  got=$(kcat -b "127.0.0.1:$last" -C -t tamper -o beginning -e -q -f '%k\n')
-  [ "$got" = "marker" ] || { echo "FAIL node $((replicas - 1)) does not serve the record"; exit 1; }
+  got=
+  for _ in $(seq 1 50); do
+    got=$(kcat -b "127.0.0.1:$last" -C -t tamper -o beginning -e -q -f '%k\n' 2>/dev/null || true)
+    [ "$got" = "marker" ] && break
+    sleep 0.2
+  done
+  [ "$got" = "marker" ] || { echo "FAIL node $((replicas - 1)) does not serve the record within 10 s"; exit 1; }
   echo "ok   the last replica serves what node 0 acknowledged"
   nodes=$(seq 0 $((replicas - 1)) | sed "s|^|$data/ledger/node-|")
 else

@@ -52,7 +52,7 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot start the ledger threads: {0}")]
     Threads(std::io::Error),
-    #[error("cannot start replication: {0}")]
+    #[error("cannot start replication")]
     Replication(#[from] replication::ReplicationError),
 }
 

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{append_request, BatchRun, ProducerTable, Verdict};
 use courier_consensus::ledger::{
@@ -38,7 +37,7 @@ use courier_protocol::records::{Batch, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
-use crate::replication::command::Command;
+use crate::replication::command::{encode_produce, Command};
 use crate::replication::{Replicated, METADATA};
 use crate::topics::Topics;
 
@@ -123,16 +122,8 @@ impl Sequencer {
         match self {
             Sequencer::Local(l) => l.enqueue_produce(pk, leader_epoch, batches).await,
             Sequencer::Replicated(r) => {
-                let mut records = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
-                for b in &batches {
-                    records.extend_from_slice(&b.bytes);
-                }
-                let command = Command::Produce {
-                    pk,
-                    leader_epoch,
-                    records: records.freeze(),
-                };
-                let outcome = r.submit(pk, command).await;
+                let payload = encode_produce(&pk, leader_epoch, batches.iter().map(|b| &b.bytes[..]));
+                let outcome = r.submit_encoded(pk, payload).await;
                 relay(outcome, |rec| Appended {
                     base_offset: rec.base_offset,
                     log_start_offset: 0,

@@ -55,6 +55,24 @@ fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
     out.put_i32(pk.partition);
 }
 
+/// A produce command's encoding, written straight from the request's
+/// validated batches: the records are copied once, into the payload.
+pub fn encode_produce<'a>(
+    pk: &PartitionKey,
+    leader_epoch: i32,
+    batches: impl Iterator<Item = &'a [u8]> + Clone,
+) -> Bytes {
+    let len: usize = batches.clone().map(<[u8]>::len).sum();
+    let mut out = BytesMut::with_capacity(25 + len);
+    out.put_u8(PRODUCE);
+    put_pk(&mut out, pk);
+    out.put_i32(leader_epoch);
+    for b in batches {
+        out.put_slice(b);
+    }
+    out.freeze()
+}
+
 impl Command {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
@@ -63,13 +81,7 @@ impl Command {
                 pk,
                 leader_epoch,
                 records,
-            } => {
-                out.reserve(25 + records.len());
-                out.put_u8(PRODUCE);
-                put_pk(&mut out, pk);
-                out.put_i32(*leader_epoch);
-                out.put_slice(records);
-            }
+            } => return encode_produce(pk, *leader_epoch, std::iter::once(&records[..])),
             Command::Receipt { pk, receipt } => {
                 out.put_u8(RECEIPT);
                 put_pk(&mut out, pk);

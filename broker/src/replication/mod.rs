@@ -219,15 +219,13 @@ impl Replicated {
     /// and is dropped if the node cannot order it (unknown partition,
     /// shutting down).
     pub async fn submit(&self, pk: PartitionKey, command: Command) -> oneshot::Receiver<RequestRecord> {
+        self.submit_encoded(pk, command.encode()).await
+    }
+
+    /// [`Replicated::submit`] for a command already encoded.
+    pub async fn submit_encoded(&self, pk: PartitionKey, payload: Bytes) -> oneshot::Receiver<RequestRecord> {
         let (reply, rx) = oneshot::channel();
-        let _ = self
-            .inbox
-            .send(Input::Submit {
-                pk,
-                payload: command.encode(),
-                reply,
-            })
-            .await;
+        let _ = self.inbox.send(Input::Submit { pk, payload, reply }).await;
         rx
     }
 
@@ -249,7 +247,7 @@ pub enum ReplicationError {
     Log(#[from] pbft::log::LogError),
     #[error(transparent)]
     Store(#[from] courier_consensus::ledger::StoreError),
-    #[error("cannot listen for peers on {addr}: {source}")]
+    #[error("cannot listen for peers on {addr}")]
     Listen { addr: String, source: std::io::Error },
     #[error("cannot start a replication thread: {0}")]
     Thread(std::io::Error),

@@ -4,7 +4,9 @@
 //!   redb-backed block store, and chain verification.
 //! * [`contract`]: the deterministic rules every replica applies to an ordered
 //!   batch before it becomes part of a block (idempotent producer sequences).
-//! * [`catalog`]: topics and their configuration (moves into Raft later).
+//! * [`catalog`]: topic records and their naming rules.
+//! * [`pbft`]: layer 1, the PBFT replica as a deterministic state machine.
+//! * [`raft`]: layer 2, the Raft group holding nodes, clusters and topics.
 //!
 //! Nothing here touches sockets or clocks: time comes in as arguments.
 #![forbid(unsafe_code)]
@@ -13,5 +15,6 @@ pub mod catalog;
 pub mod contract;
 pub mod ledger;
 pub mod pbft;
+pub mod raft;
 
 pub use ledger::{Block, BlockHash, PartitionKey, Receipt, RequestRecord};

@@ -1,0 +1,283 @@
+//! Layer 2: one Raft group (openraft) of every node, holding the cluster's
+//! configuration — nodes, PBFT clusters, topics and where each partition is
+//! ordered.
+//!
+//! * [`state_machine`]: [`MetaState`] and the commands that change it, a
+//!   pure function of the ordered log.
+//! * [`store`]: the log and the state machine's snapshots in redb.
+//! * [`network`]: Raft RPCs over any [`RaftTransport`].
+//!
+//! Applications talk to [`MetaRaft`]: [`MetaRaft::write`] orders a command
+//! from any node (forwarding it to the leader), [`MetaRaft::subscribe`]
+//! follows the state as this node applies it.
+
+pub mod network;
+pub mod state_machine;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+pub use network::{RaftTransport, TransportError};
+pub use state_machine::{ClusterRecord, MetaCommand, MetaResponse, MetaState, NodeId, NodeRecord, TopicEntry};
+
+use network::{Network, Rpc, RpcReply, WriteOutcome};
+
+openraft::declare_raft_types!(
+    /// Courier's Raft types: commands are [`MetaCommand`]s, node ids `u64`,
+    /// a node is known by its peer address.
+    pub TypeConfig:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = NodeId,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Raft timing and log limits; defaults suit a LAN.
+#[derive(Clone, Debug)]
+pub struct RaftLimits {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Entries between snapshots (and kept after one, for slow followers).
+    pub snapshot_every_entries: u64,
+    /// How long [`MetaRaft::write`] keeps trying to reach a leader.
+    pub write_timeout_ms: u64,
+    /// One RPC's wait for its answer.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for RaftLimits {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 1000,
+            write_timeout_ms: 10_000,
+            rpc_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStartError {
+    #[error("cannot open the Raft store: {0}")]
+    Store(#[from] redb::Error),
+    #[error("invalid Raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("Raft did not start: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// Why a write did not take effect (a refusal by the state machine is not
+/// an error: it is a [`MetaResponse`] with an error code).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no Raft leader was reachable within {0:?}")]
+    NoLeader(Duration),
+    #[error("the Raft node stopped: {0}")]
+    Stopped(String),
+}
+
+/// A node's member of the Raft group.
+pub struct MetaRaft<T> {
+    pub id: NodeId,
+    raft: Raft<TypeConfig>,
+    transport: Arc<T>,
+    state: watch::Receiver<Arc<MetaState>>,
+    limits: RaftLimits,
+}
+
+impl<T: RaftTransport> MetaRaft<T> {
+    /// Opens the node's Raft file at `path` and starts its Raft task.
+    pub async fn start(id: NodeId, path: &Path, transport: Arc<T>, limits: RaftLimits) -> Result<Self, RaftStartError> {
+        let (log, sm) = store::open(path)?;
+        let state = sm.subscribe();
+        let config = Config {
+            cluster_name: "courier".into(),
+            heartbeat_interval: limits.heartbeat_ms,
+            election_timeout_min: limits.election_timeout_min_ms,
+            election_timeout_max: limits.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(limits.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: limits.snapshot_every_entries,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, sm).await?;
+        Ok(Self {
+            id,
+            raft,
+            transport,
+            state,
+            limits,
+        })
+    }
+
+    /// Makes `members` the first voters, if this node has no Raft state
+    /// yet (a second call, or a call on an initialized node, does nothing).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), WriteError> {
+        match self.raft.is_initialized().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(WriteError::Stopped(e.to_string())),
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                info!(node = self.id, "Raft group initialized");
+                Ok(())
+            }
+            Err(RaftError::APIError(e)) => {
+                debug!(error = %e, "Raft initialization not needed");
+                Ok(())
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The state as this node has applied it.
+    pub fn state(&self) -> Arc<MetaState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetaState>> {
+        self.state.clone()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Orders `command` through the group from this node, whichever node
+    /// leads, and returns once this node has applied it too (so this node's
+    /// clients see their own change).
+    ///
+    /// A write may be retried on another leader after a step-down left it
+    /// in doubt, so every command is absolute (create topic *with this id*,
+    /// grow *to* n partitions): applied twice, it takes effect once.
+    pub async fn write(&self, command: MetaCommand) -> Result<MetaResponse, WriteError> {
+        let timeout = Duration::from_millis(self.limits.write_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut target = self.leader().unwrap_or(self.id);
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::NoLeader(timeout));
+            }
+            // A leader cut off from the majority never commits: each
+            // attempt ends at the deadline, its outcome then in doubt.
+            let attempt = async {
+                if target == self.id {
+                    self.write_here(command.clone()).await
+                } else {
+                    Ok(self.write_at(target, &command).await)
+                }
+            };
+            let Ok(outcome) = tokio::time::timeout_at(deadline, attempt).await else {
+                return Err(WriteError::NoLeader(timeout));
+            };
+            let outcome = outcome?;
+            match outcome {
+                Some(WriteOutcome::Applied(response)) => {
+                    self.await_version(response.version, deadline).await;
+                    return Ok(response);
+                }
+                Some(WriteOutcome::NotLeader(Some(leader))) if leader != target => target = leader,
+                Some(WriteOutcome::Failed(m)) => return Err(WriteError::Stopped(m)),
+                _ => {
+                    // No leader known (an election is on) or it did not
+                    // answer: wait a heartbeat and ask again.
+                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
+                    target = self.leader().unwrap_or(self.id);
+                }
+            }
+        }
+    }
+
+    async fn write_here(&self, command: MetaCommand) -> Result<Option<WriteOutcome>, WriteError> {
+        match self.raft.client_write(command).await {
+            Ok(r) => Ok(Some(WriteOutcome::Applied(r.data))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Some(WriteOutcome::NotLeader(f.leader_id)))
+            }
+            Err(RaftError::APIError(e)) => Ok(Some(WriteOutcome::Failed(e.to_string()))),
+            Err(RaftError::Fatal(e)) => Err(WriteError::Stopped(e.to_string())),
+        }
+    }
+
+    async fn write_at(&self, target: NodeId, command: &MetaCommand) -> Option<WriteOutcome> {
+        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms);
+        let answer = self
+            .transport
+            .call(target, network::encode(&Rpc::Write(command.clone())), timeout)
+            .await
+            .ok()?;
+        match network::decode::<RpcReply>(&answer) {
+            Ok(RpcReply::Written(outcome)) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Waits (until `deadline`) for this node to apply up to `version`.
+    async fn await_version(&self, version: u64, deadline: tokio::time::Instant) {
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout_at(deadline, state.wait_for(|s| s.version >= version)).await;
+    }
+
+    /// Answers another node's request.
+    pub async fn serve(&self, request: &[u8]) -> Bytes {
+        let rpc = match network::decode::<Rpc>(request) {
+            Ok(rpc) => rpc,
+            Err(e) => return network::encode(&RpcReply::Malformed(e.to_string())),
+        };
+        let reply = match rpc {
+            Rpc::Append(r) => RpcReply::Append(self.raft.append_entries(r).await),
+            Rpc::Vote(r) => RpcReply::Vote(self.raft.vote(r).await),
+            Rpc::Snapshot(r) => RpcReply::Snapshot(self.raft.install_snapshot(r).await),
+            Rpc::Write(command) => RpcReply::Written(match self.write_here(command).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => WriteOutcome::NotLeader(None),
+                Err(e) => WriteOutcome::Failed(e.to_string()),
+            }),
+        };
+        network::encode(&reply)
+    }
+
+    /// Adds a node as a learner, then makes it a voter.
+    pub async fn add_voter(&self, id: NodeId, peer: String) -> Result<(), String> {
+        self.raft
+            .add_learner(id, BasicNode { addr: peer }, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let voters: std::collections::BTreeSet<NodeId> = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().chain(std::iter::once(id)).collect()
+        };
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

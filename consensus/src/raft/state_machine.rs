@@ -205,7 +205,7 @@ impl MetaState {
 
     fn form_cluster(&mut self, members: &[NodeId]) -> Result<u32, Refusal> {
         let n = members.len();
-        if !(CLUSTER_SIZE_MIN..=CLUSTER_SIZE_MAX).contains(&n) || (n - 1) % 3 != 0 {
+        if !(CLUSTER_SIZE_MIN..=CLUSTER_SIZE_MAX).contains(&n) || !(n - 1).is_multiple_of(3) {
             return Err((
                 code::INVALID_REQUEST,
                 format!("a PBFT cluster has 3f + 1 members, 4 or 7; not {n}"),

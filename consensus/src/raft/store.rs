@@ -12,6 +12,10 @@
 //! Every state the machine reaches is published on a `watch` channel:
 //! that is how the broker learns about topics and clusters.
 
+// openraft's traits fix the error type (`StorageError`, ~224 bytes); the
+// helpers here return it too rather than boxing and unboxing it.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

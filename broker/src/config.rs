@@ -120,12 +120,18 @@ pub struct BrokerConfig {
     /// Courier: how often unfinished consensus work is sent again.
     #[serde(rename = "pbft.retransmit.ms")]
     pub pbft_retransmit_ms: u64,
+    /// Courier: the organization that runs this node (recorded in the Raft
+    /// state; clients are routed to their own organization's nodes).
+    /// Default: `local`.
+    #[serde(rename = "node.organization")]
+    pub organization: String,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             node_id: 1,
+            organization: "local".into(),
             listeners: "127.0.0.1:9092".into(),
             advertised_listeners: None,
             log_dirs: PathBuf::from("./courier-data"),

@@ -168,6 +168,9 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Some(a) => config::host_port(a)?,
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),
     };
+    if let Sequencer::Replicated(r) = &sequencer {
+        r.join(format!("{host}:{port}"), config.organization.clone(), shutdown.signal());
+    }
     let groups = GroupCoordinator::new(&config, shutdown.signal());
     let broker = Arc::new(Broker {
         node: NodeInfo {

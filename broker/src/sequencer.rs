@@ -38,7 +38,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info_span};
 
 use crate::replication::command::{encode_produce, Command};
-use crate::replication::{Replicated, METADATA};
+use crate::replication::Replicated;
+use courier_consensus::raft::{MetaCommand, MetaState};
 use crate::topics::Topics;
 
 // Threads: the sequencer orders and seals rounds; the committer makes them
@@ -99,6 +100,50 @@ enum Submission {
     },
 }
 
+/// The Raft commands that turn the topic as `state` has it into `record`
+/// (`create`: a new topic). Handlers change one thing at a time (the
+/// partition count or the configs), so this is at most one command in
+/// practice; each is absolute, so a retried one takes effect once. `None`:
+/// the topic to change does not exist.
+fn topic_changes(state: &MetaState, record: TopicRecord, create: bool) -> Option<Vec<MetaCommand>> {
+    let current = state.topics.get(&record.name).map(|t| &t.record);
+    Some(match (current, create) {
+        (None, false) => return None,
+        (Some(current), false) => {
+            let mut out = Vec::new();
+            if record.partitions != current.partitions {
+                out.push(MetaCommand::CreatePartitions {
+                    name: record.name.clone(),
+                    total: record.partitions,
+                });
+            }
+            if record.configs != current.configs {
+                let removed = current
+                    .configs
+                    .keys()
+                    .filter(|k| !record.configs.contains_key(*k))
+                    .map(|k| (k.clone(), None));
+                let set = record
+                    .configs
+                    .iter()
+                    .filter(|(k, v)| current.configs.get(*k) != Some(v))
+                    .map(|(k, v)| (k.clone(), Some(v.clone())));
+                out.push(MetaCommand::AlterConfigs {
+                    name: record.name.clone(),
+                    changes: removed.chain(set).collect(),
+                });
+            }
+            out
+        }
+        (_, true) => vec![MetaCommand::CreateTopic {
+            name: record.name,
+            id: record.id,
+            partitions: record.partitions,
+            configs: record.configs,
+        }],
+    })
+}
+
 /// How partitions are ordered: by this node alone, or by a replica cluster.
 #[derive(Clone)]
 pub enum Sequencer {
@@ -149,8 +194,11 @@ impl Sequencer {
         match self {
             Sequencer::Local(l) => l.put_topic(record).await,
             Sequencer::Replicated(r) => {
-                let rx = r.submit(METADATA, Command::PutTopic { record, create }).await;
-                wait(rx).await.map(|_| ())
+                let changes = topic_changes(&r.meta.state(), record, create).ok_or(Rejected::UnknownTopicOrPartition)?;
+                for change in changes {
+                    r.change(change).await.map_err(|(code, m)| Rejected::Kafka(code, m))?;
+                }
+                Ok(())
             }
         }
     }
@@ -159,10 +207,10 @@ impl Sequencer {
     pub async fn delete_topic(&self, topic: TopicRecord) -> Result<(), Rejected> {
         match self {
             Sequencer::Local(l) => l.delete_topic(topic).await,
-            Sequencer::Replicated(r) => {
-                let rx = r.submit(METADATA, Command::DeleteTopic { id: topic.id }).await;
-                wait(rx).await.map(|_| ())
-            }
+            Sequencer::Replicated(r) => r
+                .change(MetaCommand::DeleteTopic { id: topic.id })
+                .await
+                .map_err(|(code, m)| Rejected::Kafka(code, m)),
         }
     }
 

@@ -9,7 +9,7 @@ use courier_consensus::ledger::{
 };
 use courier_consensus::pbft;
 
-use crate::replication::{MEMBERS_KEY, METADATA};
+use crate::replication::MEMBERS_KEY;
 
 /// One verified partition.
 #[derive(Debug, Clone)]
@@ -97,9 +97,6 @@ pub fn receipts(
     Ok(out)
 }
 
-/// The name `courier ledger verify` shows for the metadata ledger.
-pub const METADATA_NAME: &str = "__courier_metadata";
-
 /// Verifies every ledger in a data directory: chains, batches, and (for a
 /// replica's ledger) quorum certificates, against `keys` when given (the
 /// members' ed25519 public keys, trusted by the caller) or else the keys
@@ -132,15 +129,11 @@ pub fn verify_data_dir(
     total(partitions.iter().map(|(_, s)| s.next_height).sum());
     let mut out = Vec::new();
     for (pk, _) in partitions {
-        let topic = if pk == METADATA {
-            METADATA_NAME.to_owned()
-        } else {
-            topics
-                .iter()
-                .find(|t| t.id == pk.topic_id)
-                .map(|t| t.name.clone())
-                .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)))
-        };
+        let topic = topics
+            .iter()
+            .find(|t| t.id == pk.topic_id)
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
         let certs = match (&members, &fingerprint) {
             (Some(m), Some(f)) => Some(CertCheck {
                 instance: pbft::instance_id(f, &pk.to_bytes()),
@@ -150,7 +143,7 @@ pub fn verify_data_dir(
             _ => None,
         };
         let options = VerifyOptions {
-            kafka_batches: pk != METADATA,
+            kafka_batches: true,
             certs,
         };
         let report = verify_ledger(&store, &pk, &options, |_| on_block()).map_err(|source| LedgerCheckError::Bad {

@@ -8,12 +8,12 @@
 //! ```text
 //! 1 Produce     | topic_id [16] | partition i32 | leader_epoch i32 | records…
 //! 2 Receipt     | topic_id [16] | partition i32 | receipt fields (strings u32-prefixed)
-//! 3 PutTopic    | create u8 | topic record (JSON)
-//! 4 DeleteTopic | topic_id [16]
 //! ```
+//!
+//! (Tags 3 and 4 were topic commands on the PBFT metadata ledger; topics
+//! are Raft commands now, and the tags stay unused.)
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use courier_consensus::catalog::TopicRecord;
 use courier_consensus::ledger::{PartitionKey, Receipt};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +30,6 @@ pub enum Command {
         pk: PartitionKey,
         receipt: Receipt,
     },
-    /// Creates a topic (`create`: the name must be free) or replaces one
-    /// (its id must exist).
-    PutTopic {
-        record: TopicRecord,
-        create: bool,
-    },
-    DeleteTopic {
-        id: [u8; 16],
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,8 +38,6 @@ pub struct Malformed;
 
 const PRODUCE: u8 = 1;
 const RECEIPT: u8 = 2;
-const PUT_TOPIC: u8 = 3;
-const DELETE_TOPIC: u8 = 4;
 
 fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
     out.put_slice(&pk.topic_id);
@@ -86,16 +75,6 @@ impl Command {
                 out.put_u8(RECEIPT);
                 put_pk(&mut out, pk);
                 receipt.encode_into(&mut out);
-            }
-            Command::PutTopic { record, create } => {
-                out.put_u8(PUT_TOPIC);
-                out.put_u8(u8::from(*create));
-                // A TopicRecord always serializes (strings, numbers, a map).
-                out.put_slice(&serde_json::to_vec(record).unwrap_or_default());
-            }
-            Command::DeleteTopic { id } => {
-                out.put_u8(DELETE_TOPIC);
-                out.put_slice(id);
             }
         }
         out.freeze()
@@ -137,18 +116,6 @@ impl Command {
                 b.advance(b.len() - rest.len());
                 Command::Receipt { pk, receipt }
             }
-            PUT_TOPIC => {
-                need(&b, 1)?;
-                let create = b.get_u8() != 0;
-                let record = serde_json::from_slice(&b).map_err(|_| Malformed)?;
-                return Ok(Command::PutTopic { record, create });
-            }
-            DELETE_TOPIC => {
-                need(&b, 16)?;
-                let mut id = [0u8; 16];
-                b.copy_to_slice(&mut id);
-                Command::DeleteTopic { id }
-            }
             _ => return Err(Malformed),
         };
         if b.has_remaining() {
@@ -189,17 +156,6 @@ mod tests {
                     timestamp_ms: 7,
                 },
             },
-            Command::PutTopic {
-                record: TopicRecord {
-                    name: "orders".into(),
-                    id: [9; 16],
-                    partitions: 6,
-                    configs: [("retention.ms".to_string(), "1000".to_string())].into(),
-                    epoch: 1,
-                },
-                create: true,
-            },
-            Command::DeleteTopic { id: [9; 16] },
         ];
         for c in commands {
             assert_eq!(Command::decode(c.encode()), Ok(c));

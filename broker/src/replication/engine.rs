@@ -1,5 +1,5 @@
 //! The engine: the thread that owns a node's PBFT replicas — one per
-//! partition, and one for the metadata ledger — and is their environment.
+//! partition — and is their environment.
 //!
 //! Each turn it takes what has queued up (client submissions, peers'
 //! messages, timer ticks, the executor's reports), hands each to its
@@ -29,7 +29,7 @@ use tracing::{debug, error, info_span, warn};
 
 use super::executor::Job;
 use super::transport::{consensus_frame, Frame, Transport};
-use super::{Input, Membership, METADATA};
+use super::{Input, Membership};
 
 /// Inputs taken into one turn.
 const TURN_INPUTS_MAX: usize = 1024;
@@ -95,7 +95,7 @@ impl Engine {
     }
 
     pub fn run(mut self, partitions: Vec<PartitionKey>) {
-        self.set_partitions(std::iter::once(METADATA).chain(partitions).collect());
+        self.set_partitions(partitions);
         while let Some(first) = self.inbox.blocking_recv() {
             let mut inputs = vec![first];
             while inputs.len() < TURN_INPUTS_MAX {
@@ -170,12 +170,11 @@ impl Engine {
         })
     }
 
-    /// Makes the set of partition replicas match `partitions` (the
-    /// metadata cluster always stays).
+    /// Makes the set of partition replicas match `partitions`.
     fn set_partitions(&mut self, partitions: Vec<PartitionKey>) {
         let wanted: std::collections::HashSet<PartitionKey> = partitions.iter().copied().collect();
-        self.replicas.retain(|pk, _| *pk == METADATA || wanted.contains(pk));
-        self.by_cluster.retain(|_, pk| *pk == METADATA || wanted.contains(pk));
+        self.replicas.retain(|pk, _| wanted.contains(pk));
+        self.by_cluster.retain(|_, pk| wanted.contains(pk));
         for pk in partitions {
             if self.replicas.contains_key(&pk) {
                 continue;

@@ -4,7 +4,7 @@
 //! partition, and turns each into exactly one block at height `seq - 1`,
 //! applying the contract the same way on every replica: request
 //! de-duplication by (origin, number), batch validation, the idempotent
-//! producer rules, receipts, topic commands. Whatever a round executed is
+//! producer rules, receipts. Whatever a round executed is
 //! written in one transaction (one sync); only then is each replica told
 //! the state it reached, so a checkpoint vote always names a durable block.
 //!
@@ -13,13 +13,18 @@
 //! block 2f + 1 replicas have not executed alike), and installs blocks
 //! fetched from peers by state transfer after checking their hash chain
 //! and certificate.
+//!
+//! Topics come from the Raft group ([`Job::Catalog`]): the executor keeps
+//! its copy of the catalog, records it in the ledger database (so
+//! `courier ledger verify` can name partitions) and publishes it to the
+//! broker's handlers and the engine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{
     append_request, remember, BatchRun, ProducerTable, RequestVerdict, RequestWindow, Verdict,
@@ -35,7 +40,7 @@ use tokio::sync::watch;
 use tracing::{error, info_span, warn};
 
 use super::command::Command;
-use super::{Input, Membership, METADATA};
+use super::{Input, Membership};
 use crate::topics::Topics;
 
 /// Decompressed bytes a batch may expand to at execution. A cluster-wide
@@ -57,6 +62,11 @@ pub enum Job {
         from_height: u64,
         blocks: Vec<(Bytes, Option<Bytes>)>,
     },
+    /// The topics as the Raft group has them at `version`.
+    Catalog {
+        topics: BTreeMap<String, TopicRecord>,
+        version: u64,
+    },
 }
 
 /// What the executor keeps of one partition between rounds.
@@ -75,9 +85,13 @@ pub struct Executor {
     pub jobs: Receiver<Job>,
     pub engine: tokio::sync::mpsc::Sender<Input>,
     pub commits: watch::Sender<u64>,
+    /// The Raft state version whose topics the handlers see.
+    pub catalog_version: watch::Sender<u64>,
     working: HashMap<PartitionKey, Working>,
-    /// Topics by name, as the metadata ledger has them.
+    /// Topics by name, as the Raft group has them.
     catalog: BTreeMap<String, TopicRecord>,
+    /// The Raft state version `catalog` reflects (as stored).
+    catalog_at: u64,
 }
 
 /// Everything one round changes, and what to tell afterwards.
@@ -90,6 +104,8 @@ struct Round {
     visible: Vec<(PartitionKey, PartitionState)>,
     transferred: Vec<Input>,
     catalog_changed: bool,
+    /// The Raft state version the round's catalog reflects.
+    catalog_version: Option<u64>,
 }
 
 impl Executor {
@@ -100,8 +116,11 @@ impl Executor {
         jobs: Receiver<Job>,
         engine: tokio::sync::mpsc::Sender<Input>,
         commits: watch::Sender<u64>,
+        catalog_version: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
         let catalog = store.topics()?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let catalog_at = store.counter(courier_consensus::ledger::CATALOG_VERSION)?;
+        catalog_version.send_replace(catalog_at);
         Ok(Self {
             store,
             topics,
@@ -109,8 +128,10 @@ impl Executor {
             jobs,
             engine,
             commits,
+            catalog_version,
             working: HashMap::new(),
             catalog,
+            catalog_at,
         })
     }
 
@@ -151,6 +172,7 @@ impl Executor {
                     from_height,
                     blocks,
                 } => self.install(pk, from_height, blocks, &mut round)?,
+                Job::Catalog { topics, version } => self.take_catalog(topics, version, &mut round),
             }
         }
         let states = self.store.commit(&round.set)?;
@@ -160,6 +182,13 @@ impl Executor {
         drop(states);
         if round.catalog_changed {
             self.publish_catalog(&round.set);
+        }
+        if let Some(v) = round.catalog_version {
+            self.catalog_version.send_if_modified(|old| {
+                let newer = v > *old;
+                *old = (*old).max(v);
+                newer
+            });
         }
         if !round.visible.is_empty() {
             self.topics.set_states(round.visible.iter().copied());
@@ -177,6 +206,35 @@ impl Executor {
             let _ = self.engine.blocking_send(t);
         }
         Ok(())
+    }
+
+    /// Adopts the Raft group's topics: what changed is written in this
+    /// round and published after it.
+    fn take_catalog(&mut self, topics: BTreeMap<String, TopicRecord>, version: u64, round: &mut Round) {
+        if version < self.catalog_at {
+            // A node's Raft state restarts from its snapshot and replays
+            // the log after it: the states on the way were adopted before
+            // and must not be adopted again (an older one would delete a
+            // topic that exists, and its data with it).
+            return;
+        }
+        for (name, old) in &self.catalog {
+            if topics.get(name).is_none_or(|t| t.id != old.id) {
+                round.set.topic_puts.retain(|t| &t.name != name);
+                round.set.topic_deletes.push(old.clone());
+            }
+        }
+        for (name, t) in &topics {
+            if self.catalog.get(name) != Some(t) {
+                round.set.topic_puts.retain(|p| &p.name != name);
+                round.set.topic_puts.push(t.clone());
+            }
+        }
+        round.catalog_changed |= topics != self.catalog;
+        round.catalog_version = Some(version);
+        round.set.catalog_version = Some(version);
+        self.catalog = topics;
+        self.catalog_at = version;
     }
 
     /// Makes topic changes visible and tells the engine which partitions
@@ -201,7 +259,7 @@ impl Executor {
     fn execute(&mut self, pk: PartitionKey, seq: u64, batch: &Batch, round: &mut Round) -> Result<(), StoreError> {
         let span = tracing::debug_span!("consensus_round", partition = pk.partition, seq, view = batch.view);
         let _enter = span.enter();
-        if pk != METADATA && !self.partition_exists(&pk) {
+        if !self.partition_exists(&pk) {
             // Its topic was deleted under it: nothing more is written there.
             return Ok(());
         }
@@ -247,16 +305,10 @@ impl Executor {
                     round.set.windows.push((pk, id.origin, window.clone()));
                     match Command::decode(request.payload.clone()) {
                         Err(_) => Err(ResponseError::InvalidRequest.code()),
-                        Ok(cmd) if pk == METADATA => {
-                            apply_topic_command(&mut self.catalog, cmd, &mut draft, &mut round.set)
-                        }
                         Ok(cmd) => apply_partition_command(pk, w, cmd, &mut draft, &mut round.set),
                     }
                 }
             };
-            if pk == METADATA && outcome.is_ok() {
-                round.catalog_changed = true;
-            }
             let record = RequestRecord {
                 origin: id.origin,
                 number: id.number,
@@ -320,7 +372,7 @@ impl Executor {
     }
 
     fn certify(&mut self, pk: PartitionKey, cert: &QuorumCert, round: &mut Round) -> Result<(), StoreError> {
-        if pk != METADATA && !self.partition_exists(&pk) {
+        if !self.partition_exists(&pk) {
             return Ok(());
         }
         let height = cert.seq - 1;
@@ -434,16 +486,7 @@ impl Executor {
                 }
                 round.set.windows.push((pk, r.origin, window.clone()));
             }
-            if pk == METADATA {
-                for payload in split_commands(&b.block.batches) {
-                    if let Ok(cmd) = Command::decode(payload) {
-                        let mut scratch = Draft::new(0);
-                        if apply_topic_command(&mut self.catalog, cmd, &mut scratch, &mut round.set).is_ok() {
-                            round.catalog_changed = true;
-                        }
-                    }
-                }
-            } else {
+            {
                 derive_producers(&b.block, &mut w.producers, &mut round.set);
                 for r in &b.block.receipts {
                     round.set.offsets.push((
@@ -570,64 +613,6 @@ fn apply_partition_command(
         }
         _ => Err(ResponseError::InvalidRequest.code()),
     }
-}
-
-/// A topic command on the metadata ledger. An accepted command is kept in
-/// the block's batches (length-prefixed), so a replica installing the
-/// block by state transfer replays it.
-fn apply_topic_command(
-    catalog: &mut BTreeMap<String, TopicRecord>,
-    cmd: Command,
-    draft: &mut Draft,
-    set: &mut WriteSet,
-) -> Result<i64, i16> {
-    let encoded = cmd.encode();
-    match cmd {
-        Command::PutTopic { record, create } => {
-            let exists = catalog.get(&record.name);
-            match (create, exists) {
-                (true, Some(_)) => return Err(ResponseError::TopicAlreadyExists.code()),
-                (false, Some(t)) if t.id != record.id => return Err(ResponseError::UnknownTopicId.code()),
-                (false, None) => return Err(ResponseError::UnknownTopicOrPartition.code()),
-                _ => {}
-            }
-            if catalog.values().any(|t| t.id == record.id && t.name != record.name) {
-                return Err(ResponseError::InvalidRequest.code());
-            }
-            catalog.insert(record.name.clone(), record.clone());
-            set.topic_deletes.retain(|t| t.name != record.name);
-            set.topic_puts.retain(|t| t.name != record.name);
-            set.topic_puts.push(record);
-        }
-        Command::DeleteTopic { id } => {
-            let Some(name) = catalog.values().find(|t| t.id == id).map(|t| t.name.clone()) else {
-                return Err(ResponseError::UnknownTopicOrPartition.code());
-            };
-            if let Some(record) = catalog.remove(&name) {
-                set.topic_puts.retain(|t| t.name != name);
-                set.topic_deletes.push(record);
-            }
-        }
-        _ => return Err(ResponseError::InvalidRequest.code()),
-    }
-    draft.run.bytes.put_u32(encoded.len() as u32);
-    draft.run.bytes.put_slice(&encoded);
-    Ok(-1)
-}
-
-/// The commands a metadata block holds.
-fn split_commands(batches: &Bytes) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(len) = batches.get(at..at + 4) {
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let Some(cmd) = batches.get(at + 4..at + 4 + len) else {
-            break;
-        };
-        out.push(batches.slice_ref(cmd));
-        at += 4 + len;
-    }
-    out
 }
 
 /// Idempotent-producer state implied by a block's batches.

@@ -5,13 +5,15 @@
 //! * [`transport`]: one mutually authenticated TLS connection per pair of replicas.
 //! * [`engine`]: the thread that owns the node's PBFT replicas and is their environment.
 //! * [`executor`]: the one writer of the node's ledger, executing ordered batches.
-//! * [`command`]: what the cluster orders (produce, receipt, topic commands).
+//! * [`command`]: what the cluster orders (produce, receipt).
+//! * [`raft_link`]: the Raft group's RPCs over the same transport.
 //!
 //! Every partition is its own PBFT cluster over the same members (its own
 //! sequence numbers, checkpoints and certificates, its id in every
-//! signature), so partitions order and certify independently. Topic
-//! creation, changes and deletion are ordered by one more cluster, the
-//! metadata ledger ([`METADATA`]), until the Raft layer takes them over.
+//! signature), so partitions order and certify independently. Topics,
+//! nodes and clusters are the Raft group's (`consensus::raft`): a change
+//! is a Raft command, and each node's executor adopts the topics as its
+//! Raft state reaches them ([`sync_catalog`]).
 //!
 //! Handlers see none of this: they submit through [`Replicated`] (behind
 //! [`crate::sequencer::Sequencer`]) and read the local ledger, which serves
@@ -21,6 +23,7 @@ pub mod command;
 pub mod engine;
 pub mod executor;
 pub mod identity;
+pub mod raft_link;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -29,23 +32,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
+use courier_consensus::raft::{MetaCommand, MetaRaft, MetaState, NodeId, NodeRecord, RaftLimits};
 use courier_consensus::pbft::log::DurableLog;
 use courier_consensus::pbft::{self, wire, Digest, QuorumCert, RequestId, SignedMessage};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::shutdown::ShutdownSignal;
 use crate::topics::Topics;
 use command::Command;
+use raft_link::RaftLink;
 use transport::{Frame, Inbound, Transport};
-
-/// The metadata ledger's key: no topic has an all-zero id (Kafka reads it
-/// as "no id"), so it cannot collide with a partition.
-pub const METADATA: PartitionKey = PartitionKey {
-    topic_id: [0; 16],
-    partition: 0,
-};
 
 /// Where the ledger records the members' public keys (concatenated).
 pub const MEMBERS_KEY: &str = "cluster_members";
@@ -140,6 +138,7 @@ struct Router {
     store: Arc<LedgerStore>,
     executor: std::sync::mpsc::SyncSender<executor::Job>,
     transport: OnceLock<Arc<Transport>>,
+    raft: Arc<RaftLink>,
 }
 
 /// Largest state-transfer answer a peer may ask for.
@@ -201,6 +200,7 @@ impl Inbound for Router {
                     debug!("executor busy: a state transfer answer is dropped (it will be asked again)");
                 }
             }
+            Frame::Raft { call, reply, body } => self.raft.frame(from, call, reply, body),
             Frame::Hello { .. } => {}
         }
     }
@@ -211,6 +211,10 @@ pub struct Replicated {
     inbox: mpsc::Sender<Input>,
     commits: watch::Receiver<u64>,
     pub membership: Arc<Membership>,
+    /// This node's member of the Raft group.
+    pub meta: Arc<MetaRaft<RaftLink>>,
+    /// The Raft state version whose topics this node's handlers see.
+    catalog_version: watch::Receiver<u64>,
 }
 
 impl Replicated {
@@ -233,9 +237,125 @@ impl Replicated {
         self.commits.clone()
     }
 
+    /// Orders a structural change through Raft and waits (bounded) until
+    /// this node's handlers see its outcome. A refusal is an `Err` with
+    /// its Kafka error code.
+    pub async fn change(&self, command: MetaCommand) -> Result<(), (i16, String)> {
+        if matches!(command, MetaCommand::CreateTopic { .. } | MetaCommand::CreatePartitions { .. }) {
+            // Right after the nodes start, their cluster may not be formed
+            // yet: partitions need one to be placed on.
+            let mut state = self.meta.subscribe();
+            let _ = tokio::time::timeout(CATALOG_WAIT_MAX, state.wait_for(|s| !s.clusters.is_empty())).await;
+        }
+        let response = self.meta.write(command).await.map_err(|e| {
+            (
+                kafka_protocol::ResponseError::RequestTimedOut.code(),
+                format!("the cluster configuration could not be changed: {e}"),
+            )
+        })?;
+        if response.error_code != 0 {
+            return Err((response.error_code, response.message.unwrap_or_default()));
+        }
+        let mut seen = self.catalog_version.clone();
+        let _ = tokio::time::timeout(CATALOG_WAIT_MAX, seen.wait_for(|v| *v >= response.version)).await;
+        Ok(())
+    }
+
+    /// Registers this node in the Raft state (its Kafka address
+    /// `kafka`, its organization) and, once every configured node is
+    /// registered, forms their PBFT cluster if none serves them yet. Runs
+    /// until it has, or until shutdown.
+    pub fn join(&self, kafka: String, organization: String, mut stop: ShutdownSignal) {
+        let meta = self.meta.clone();
+        let membership = self.membership.clone();
+        tokio::spawn(async move {
+            let me = NodeRecord {
+                id: NodeId::from(membership.me),
+                kafka,
+                peer: membership.peers[membership.me as usize].clone(),
+                organization,
+                public_key: membership.members[membership.me as usize].to_vec(),
+            };
+            let members: Vec<NodeId> = (0..membership.members.len() as NodeId).collect();
+            tokio::select! {
+                _ = join_cluster(&meta, me, members) => {}
+                _ = stop.wait() => {}
+            }
+        });
+    }
+
     /// Stops the engine (the executor follows once nothing more reaches it).
     pub async fn stop(&self) {
         let _ = self.inbox.send(Input::Stop).await;
+        self.meta.shutdown().await;
+    }
+}
+
+/// Longest a topic change waits to become visible on this node after Raft
+/// applied it.
+const CATALOG_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Pause between attempts to register or form a cluster while no leader
+/// answers.
+const JOIN_RETRY: Duration = Duration::from_millis(200);
+
+async fn join_cluster(meta: &MetaRaft<RaftLink>, me: NodeRecord, members: Vec<NodeId>) {
+    loop {
+        if meta.state().nodes.get(&me.id) == Some(&me) {
+            break;
+        }
+        match meta.write(MetaCommand::RegisterNode(me.clone())).await {
+            Ok(r) if r.error_code == 0 => info!(node = me.id, "registered in the Raft group"),
+            Ok(r) => warn!(node = me.id, error = ?r.message, "registration refused"),
+            Err(e) => debug!(error = %e, "registration not ordered yet"),
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+    // Any registered node may propose the cluster: the first proposal
+    // ordered forms it, the others are refused (their members serve one).
+    let mut state = meta.subscribe();
+    loop {
+        let ready = {
+            let s = state.borrow_and_update();
+            let formed = members.iter().all(|m| s.cluster_of_node(*m).is_some());
+            let registered = members.iter().all(|m| s.nodes.contains_key(m));
+            (formed, registered)
+        };
+        match ready {
+            (true, _) => return,
+            (false, true) => {
+                let _ = meta.write(MetaCommand::FormCluster { members: members.clone() }).await;
+            }
+            (false, false) => {
+                let _ = tokio::time::timeout(JOIN_RETRY * 5, state.changed()).await;
+            }
+        }
+    }
+}
+
+/// Hands the executor every new Raft state's topics, in order.
+async fn sync_catalog(
+    mut state: watch::Receiver<Arc<MetaState>>,
+    executor: std::sync::mpsc::SyncSender<executor::Job>,
+    mut stop: ShutdownSignal,
+) {
+    loop {
+        let snapshot = state.borrow_and_update().clone();
+        let job = executor::Job::Catalog {
+            topics: snapshot
+                .topics
+                .iter()
+                .map(|(name, t)| (name.clone(), t.record.clone()))
+                .collect(),
+            version: snapshot.version,
+        };
+        let executor = executor.clone();
+        if tokio::task::spawn_blocking(move || executor.send(job)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = stop.wait() => return,
+        }
     }
 }
 
@@ -251,6 +371,8 @@ pub enum ReplicationError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot start a replication thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Raft(#[from] courier_consensus::raft::RaftStartError),
 }
 
 /// A running replica's threads.
@@ -280,6 +402,8 @@ pub async fn start(
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
     let (jobs_tx, jobs_rx) = executor::channel();
     let (commits_tx, commits_rx) = watch::channel(0);
+    let (catalog_tx, catalog_rx) = watch::channel(0);
+    let raft_link = Arc::new(RaftLink::default());
     let addr = config
         .peer_listener
         .clone()
@@ -295,6 +419,7 @@ pub async fn start(
         store: store.clone(),
         executor: jobs_tx.clone(),
         transport: OnceLock::new(),
+        raft: raft_link.clone(),
     });
     let transport = Arc::new(
         transport::start(
@@ -309,6 +434,29 @@ pub async fn start(
         .await,
     );
     let _ = router.transport.set(transport.clone());
+    let meta = Arc::new(
+        MetaRaft::start(
+            NodeId::from(identity.id),
+            &config.log_dirs.join("raft.redb"),
+            raft_link.clone(),
+            RaftLimits::default(),
+        )
+        .await?,
+    );
+    raft_link.attach(transport.clone(), meta.clone());
+    if identity.id == 0 {
+        // The first node starts the group with every configured node as a
+        // voter; on a restart (or on the others) this does nothing.
+        let voters = config
+            .cluster_replicas
+            .iter()
+            .enumerate()
+            .map(|(id, peer)| (id as NodeId, openraft::BasicNode::new(peer)))
+            .collect();
+        if let Err(e) = meta.initialize(voters).await {
+            warn!(error = %e, "cannot initialize the Raft group");
+        }
+    }
     let executor = executor::Executor::new(
         store.clone(),
         topics.clone(),
@@ -316,6 +464,7 @@ pub async fn start(
         jobs_rx,
         inbox_tx.clone(),
         commits_tx,
+        catalog_tx,
     )?;
     let executor = executor::spawn(executor).map_err(ReplicationError::Thread)?;
     let pbft_config = pbft::Config {
@@ -336,6 +485,7 @@ pub async fn start(
         .iter()
         .flat_map(|t| (0..t.partitions).map(|p| t.partition_key(p)))
         .collect();
+    tokio::spawn(sync_catalog(meta.subscribe(), jobs_tx.clone(), shutdown.clone()));
     let engine = engine::Engine::new(
         membership.clone(),
         pbft_config,
@@ -372,6 +522,8 @@ pub async fn start(
             inbox: inbox_tx,
             commits: commits_rx,
             membership,
+            meta,
+            catalog_version: catalog_rx,
         },
         Threads { engine, executor },
     ))

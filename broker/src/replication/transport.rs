@@ -61,12 +61,16 @@ pub enum Frame {
         from_height: u64,
         blocks: Vec<(Bytes, Option<Bytes>)>,
     },
+    /// A Raft RPC (`reply` false) or its answer (`reply` true), matched by
+    /// the caller's `call` number.
+    Raft { call: u64, reply: bool, body: Bytes },
 }
 
 const HELLO: u8 = 0;
 const CONSENSUS: u8 = 1;
 const FETCH: u8 = 2;
 const BLOCKS: u8 = 3;
+const RAFT: u8 = 4;
 
 /// A consensus message as a frame with its length prefix, encoded once.
 pub fn consensus_frame(m: &courier_consensus::pbft::SignedMessage) -> Bytes {
@@ -124,6 +128,13 @@ impl Frame {
                         None => out.put_u32(0),
                     }
                 }
+            }
+            Frame::Raft { call, reply, body } => {
+                out.reserve(10 + body.len());
+                out.put_u8(RAFT);
+                out.put_u8(u8::from(*reply));
+                out.put_u64(*call);
+                out.put_slice(body);
             }
         }
         let len = (out.len() - 4) as u32;
@@ -187,6 +198,18 @@ impl Frame {
                     pk,
                     from_height,
                     blocks,
+                }
+            }
+            RAFT if b.len() >= 9 => {
+                let reply = match b.get_u8() {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                Frame::Raft {
+                    reply,
+                    call: b.get_u64(),
+                    body: b,
                 }
             }
             _ => return None,
@@ -504,6 +527,16 @@ mod tests {
                     (Bytes::from_static(b"block10"), Some(Bytes::from_static(b"cert"))),
                     (Bytes::from_static(b""), Some(Bytes::new())),
                 ],
+            },
+            Frame::Raft {
+                call: 7,
+                reply: true,
+                body: Bytes::from_static(b"vote"),
+            },
+            Frame::Raft {
+                call: u64::MAX,
+                reply: false,
+                body: Bytes::new(),
             },
         ];
         for f in frames {

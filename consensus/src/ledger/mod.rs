@@ -9,7 +9,9 @@ mod verify;
 pub use block::{
     Block, BlockError, BlockHash, PartitionKey, Receipt, RequestRecord, SealedBlock, BLOCK_FORMAT_VERSION,
 };
-pub use store::{CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet};
+pub use store::{
+    CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet, CATALOG_VERSION,
+};
 pub use verify::{verify_ledger, verify_partition, CertCheck, VerifyError, VerifyOptions, VerifyReport};
 
 #[cfg(test)]

@@ -200,7 +200,13 @@ pub struct WriteSet {
     /// partitions' data (applied after the blocks).
     pub topic_puts: Vec<TopicRecord>,
     pub topic_deletes: Vec<TopicRecord>,
+    /// The Raft state version the topics now reflect (written with them,
+    /// so the store never holds topics of one version under another).
+    pub catalog_version: Option<u64>,
 }
+
+/// The counter holding [`WriteSet::catalog_version`].
+pub const CATALOG_VERSION: &str = "raft_catalog_version";
 
 fn block_key(pk: &PartitionKey, height: u64) -> [u8; 28] {
     let mut k = [0u8; 28];
@@ -454,12 +460,17 @@ impl LedgerStore {
             }
             txn.open_table(COUNTERS)?.insert(PAYLOAD_END, payload_end)?;
         }
+        // Deletes first: a name deleted and created again (a new id) in
+        // one set keeps the new record.
+        for t in &set.topic_deletes {
+            remove_topic(&txn, t)?;
+        }
         for t in &set.topic_puts {
             let json = serde_json::to_vec(t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             txn.open_table(TOPICS)?.insert(t.name.as_str(), &json[..])?;
         }
-        for t in &set.topic_deletes {
-            remove_topic(&txn, t)?;
+        if let Some(v) = set.catalog_version {
+            txn.open_table(COUNTERS)?.insert(CATALOG_VERSION, v)?;
         }
         txn.commit()?;
         self.payloads.committed(payload_end);
@@ -747,6 +758,14 @@ impl LedgerStore {
         }
         txn.commit()?;
         Ok(n)
+    }
+
+    /// A named counter's value (0 if it was never set).
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let counters = txn.open_table(COUNTERS)?;
+        let value = counters.get(name)?.map(|v| v.value()).unwrap_or(0);
+        Ok(value)
     }
 
     /// Increments a named counter and returns its new value (durably).

@@ -1,0 +1,119 @@
+//! Raft's RPCs over the node-to-node transport.
+//!
+//! A call is a [`Frame::Raft`] carrying a number; the answer comes back on
+//! the same connection pair with that number. Calls that get no answer in
+//! time (the peer is down, its queue dropped the frame) fail as timeouts
+//! and openraft retries them; its election and replication timers, not this
+//! link, decide what a silent peer means.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_consensus::raft::{MetaRaft, NodeId, RaftTransport, TransportError};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::debug;
+
+use super::transport::{Frame, Transport};
+
+/// Raft RPCs from peers served at once; more are dropped (the caller
+/// retries), so a peer cannot pile up tasks on this node.
+const SERVING_MAX: usize = 256;
+
+/// This node's end of Raft's RPCs.
+pub struct RaftLink {
+    transport: OnceLock<Arc<Transport>>,
+    meta: OnceLock<Arc<MetaRaft<RaftLink>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+    next_call: AtomicU64,
+    serving: Arc<Semaphore>,
+}
+
+impl Default for RaftLink {
+    fn default() -> Self {
+        Self {
+            transport: OnceLock::new(),
+            meta: OnceLock::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+            serving: Arc::new(Semaphore::new(SERVING_MAX)),
+        }
+    }
+}
+
+impl RaftLink {
+    /// Connects the link to the transport and the Raft node it serves
+    /// (both exist only after the link: they are built around it).
+    pub fn attach(&self, transport: Arc<Transport>, meta: Arc<MetaRaft<RaftLink>>) {
+        let _ = self.transport.set(transport);
+        let _ = self.meta.set(meta);
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Bytes>>> {
+        // The map is only inserted into and removed from; a panic while
+        // holding it cannot leave it inconsistent.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A Raft frame from peer `from`.
+    pub fn frame(&self, from: u8, call: u64, reply: bool, body: Bytes) {
+        if reply {
+            if let Some(waiter) = self.pending().remove(&call) {
+                let _ = waiter.send(body);
+            }
+            return;
+        }
+        let (Some(meta), Some(transport)) = (self.meta.get().cloned(), self.transport.get().cloned()) else {
+            return;
+        };
+        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+            metrics::counter!("courier_raft_calls_dropped_total").increment(1);
+            debug!(from, "too many Raft calls in service: one is dropped");
+            return;
+        };
+        // Served on its own task: a forwarded write waits for a commit,
+        // which needs this very connection to keep reading.
+        tokio::spawn(async move {
+            let body = meta.serve(&body).await;
+            transport.send(
+                from,
+                Frame::Raft {
+                    call,
+                    reply: true,
+                    body,
+                }
+                .encode(),
+            );
+            drop(permit);
+        });
+    }
+}
+
+impl RaftTransport for RaftLink {
+    async fn call(&self, target: NodeId, request: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
+        let (Some(transport), Ok(to)) = (self.transport.get(), u8::try_from(target)) else {
+            return Err(TransportError::Unreachable(target));
+        };
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(call, tx);
+        transport.send(
+            to,
+            Frame::Raft {
+                call,
+                reply: false,
+                body: request,
+            }
+            .encode(),
+        );
+        let answer = tokio::time::timeout(timeout, rx).await;
+        self.pending().remove(&call);
+        match answer {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(TransportError::Unreachable(target)),
+            Err(_) => Err(TransportError::Timeout(target)),
+        }
+    }
+}

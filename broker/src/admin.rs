@@ -1,4 +1,6 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text) and `/health`.
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/health`, and
+//! `/raft` (this node's view of the Raft group: leader, term, voters,
+//! applied state version, clusters).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .route("/raft", get(raft))
         .with_state(broker);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -52,4 +55,32 @@ async fn health(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
         broker.topics.all().len()
     );
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn raft(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let body = match &broker.sequencer {
+        crate::sequencer::Sequencer::Replicated(r) => {
+            let metrics = r.meta.raft().metrics().borrow().clone();
+            let state = r.meta.state();
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            serde_json::json!({
+                "node_id": broker.node.node_id,
+                "leader": metrics.current_leader,
+                "term": metrics.current_term,
+                "voters": voters,
+                "last_applied": metrics.last_applied.map(|l| l.index),
+                "version": state.version,
+                "nodes": state.nodes.keys().collect::<Vec<_>>(),
+                "clusters": state.clusters.values().map(|c| &c.members).collect::<Vec<_>>(),
+                "topics": state.topics.values().map(|t| serde_json::json!({
+                    "name": t.record.name,
+                    "id": uuid::Uuid::from_bytes(t.record.id).to_string(),
+                    "partitions": t.record.partitions,
+                    "placement": t.placement,
+                })).collect::<Vec<_>>(),
+            })
+        }
+        crate::sequencer::Sequencer::Local(_) => serde_json::json!({ "node_id": broker.node.node_id, "leader": null }),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], format!("{body}\n"))
 }

@@ -6,6 +6,10 @@
 //! from the restarted node and from another, and every node's ledger must
 //! verify offline, certificates checked against the configured keys.
 //!
+//! A third run kills the Raft leader while topics are being created
+//! through the other nodes: every topic must then exist exactly once, with
+//! the same id on every node, and take records.
+//!
 //! It lives beside the binary because Cargo hands the binary's path
 //! (`CARGO_BIN_EXE_courier`) only to its own package's tests.
 
@@ -52,6 +56,8 @@ struct Node {
     config: PathBuf,
     data: PathBuf,
     kafka: String,
+    /// The admin HTTP endpoint (`/raft` tells the node's view of the group).
+    admin: String,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -71,7 +77,9 @@ impl Node {
                 "pbft.view.change.timeout.ms=500",
                 "--set",
                 "pbft.retransmit.ms=100",
+                "--set",
             ])
+            .arg(format!("admin.listener={}", self.admin))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -116,7 +124,7 @@ impl Drop for Node {
 }
 
 fn cluster(dir: &Path) -> Vec<Node> {
-    let base = free_ports(2 * NODES as u16 + 1);
+    let base = free_ports(3 * NODES as u16 + 1);
     let status = Command::new(COURIER)
         .args(["certs", "dev", "--out"])
         .arg(dir)
@@ -132,6 +140,7 @@ fn cluster(dir: &Path) -> Vec<Node> {
             config: dir.join(format!("node-{i}.toml")),
             data: dir.join(format!("node-{i}")),
             kafka: format!("127.0.0.1:{}", base + i as u16),
+            admin: format!("127.0.0.1:{}", base + 2 * NODES as u16 + i as u16),
             log: dir.join(format!("node-{i}.log")),
             child: None,
         })
@@ -331,4 +340,158 @@ async fn acknowledged_records_survive_killing_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_killing_a_backup() {
     kill_during_load(3).await;
+}
+
+/// A node's view of the Raft group, from its admin endpoint.
+fn raft_view(node: &Node) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&node.admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /raft HTTP/1.0\r\nHost: courier\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+/// Waits until the live nodes agree on a leader and a formed cluster.
+fn agreed_leader(nodes: &[Node], live: &[usize]) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let views: Vec<_> = live.iter().filter_map(|i| raft_view(&nodes[*i])).collect();
+        let leaders: std::collections::BTreeSet<_> = views.iter().map(|v| v["leader"].as_u64()).collect();
+        let formed = views.iter().all(|v| v["clusters"].as_array().is_some_and(|c| !c.is_empty()));
+        if views.len() == live.len() && formed && leaders.len() == 1 {
+            if let Some(Some(l)) = leaders.into_iter().next() {
+                if live.contains(&(l as usize)) {
+                    return l;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed Raft leader: {views:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_raft_leader_during_create_topics_leaves_each_topic_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let all: Vec<usize> = (0..NODES).collect();
+    let leader = agreed_leader(&nodes, &all) as usize;
+    let entry = (leader + 1) % NODES;
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &nodes[entry].kafka)
+            .create()
+            .unwrap(),
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("created-{i}")).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // Creations go out 25 ms apart; the leader is killed while they are in
+    // flight.
+    let mut creating = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (admin, name) = (admin.clone(), name.clone());
+        creating.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(25 * i as u64)).await;
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            let r = admin
+                .create_topics(&[NewTopic::new(&name, 3, TopicReplication::Fixed(1))], &options)
+                .await
+                .unwrap();
+            r.into_iter().next().unwrap()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(110)).await;
+    nodes[leader].kill_9();
+    let mut outcomes = Vec::new();
+    for c in creating {
+        outcomes.push(c.await.unwrap());
+    }
+    // What a client does after an error: try again (an in-doubt create that
+    // did land answers TOPIC_ALREADY_EXISTS).
+    for (name, outcome) in names.iter().zip(&outcomes) {
+        if outcome.is_err() {
+            let again = admin
+                .create_topics(&[NewTopic::new(name, 3, TopicReplication::Fixed(1))], &options)
+                .await
+                .unwrap();
+            match &again[0] {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err(e) => panic!("{name} could not be created after the leader died: {e:?}"),
+            }
+        }
+    }
+    let survivors: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = agreed_leader(&nodes, &survivors);
+    assert_ne!(new_leader as usize, leader);
+    nodes[leader].start();
+    agreed_leader(&nodes, &all);
+    // Every node has every topic once, under one id, with 3 partitions.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let views: Vec<_> = nodes.iter().filter_map(raft_view).collect();
+        let per_node: Vec<BTreeMap<String, (String, u64)>> = views
+            .iter()
+            .map(|v| {
+                v["topics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t["name"].as_str().unwrap().to_owned(),
+                            (t["id"].as_str().unwrap().to_owned(), t["partitions"].as_u64().unwrap()),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let complete = views.len() == NODES
+            && per_node.iter().all(|m| names.iter().all(|n| m.contains_key(n)))
+            && per_node.windows(2).all(|w| w[0] == w[1]);
+        if complete {
+            let topics = &per_node[0];
+            assert_eq!(topics.len(), names.len(), "exactly the created topics: {topics:?}");
+            assert!(topics.values().all(|(_, p)| *p == 3));
+            let ids: std::collections::BTreeSet<_> = topics.values().map(|(id, _)| id).collect();
+            assert_eq!(ids.len(), names.len(), "one id per topic");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes disagree on topics: {per_node:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Kafka clients see the topics on every node (Metadata from the node's
+    // own replica of the state), and they take records.
+    for n in &nodes {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &n.kafka)
+            .set("group.id", "metadata-check")
+            .create()
+            .unwrap();
+        let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        for name in &names {
+            let t = md.topics().iter().find(|t| t.name() == name);
+            assert_eq!(t.map(|t| t.partitions().len()), Some(3), "{name} on {}", n.kafka);
+        }
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[leader].kafka)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    for name in &names {
+        producer
+            .send(FutureRecord::to(name).key("k").payload("v"), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {name}: {e}"));
+    }
+    for n in nodes.iter_mut() {
+        n.terminate();
+    }
 }

@@ -39,8 +39,8 @@ use tracing::{debug, error, info_span};
 
 use crate::replication::command::{encode_produce, Command};
 use crate::replication::Replicated;
-use courier_consensus::raft::{MetaCommand, MetaState};
 use crate::topics::Topics;
+use courier_consensus::raft::{MetaCommand, MetaState};
 
 // Threads: the sequencer orders and seals rounds; the committer makes them
 // durable. See the module documentation.
@@ -194,7 +194,8 @@ impl Sequencer {
         match self {
             Sequencer::Local(l) => l.put_topic(record).await,
             Sequencer::Replicated(r) => {
-                let changes = topic_changes(&r.meta.state(), record, create).ok_or(Rejected::UnknownTopicOrPartition)?;
+                let changes =
+                    topic_changes(&r.meta.state(), record, create).ok_or(Rejected::UnknownTopicOrPartition)?;
                 for change in changes {
                     r.change(change).await.map_err(|(code, m)| Rejected::Kafka(code, m))?;
                 }

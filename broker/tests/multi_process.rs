@@ -360,7 +360,9 @@ fn agreed_leader(nodes: &[Node], live: &[usize]) -> u64 {
     loop {
         let views: Vec<_> = live.iter().filter_map(|i| raft_view(&nodes[*i])).collect();
         let leaders: std::collections::BTreeSet<_> = views.iter().map(|v| v["leader"].as_u64()).collect();
-        let formed = views.iter().all(|v| v["clusters"].as_array().is_some_and(|c| !c.is_empty()));
+        let formed = views
+            .iter()
+            .all(|v| v["clusters"].as_array().is_some_and(|c| !c.is_empty()));
         if views.len() == live.len() && formed && leaders.len() == 1 {
             if let Some(Some(l)) = leaders.into_iter().next() {
                 if live.contains(&(l as usize)) {

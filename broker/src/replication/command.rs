@@ -26,10 +26,7 @@ pub enum Command {
         records: Bytes,
     },
     /// A consumer group's committed offset: a delivery receipt.
-    Receipt {
-        pk: PartitionKey,
-        receipt: Receipt,
-    },
+    Receipt { pk: PartitionKey, receipt: Receipt },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -646,3 +646,65 @@ pub fn spawn(executor: Executor) -> std::io::Result<std::thread::JoinHandle<()>>
 pub fn channel() -> (SyncSender<Job>, Receiver<Job>) {
     std::sync::mpsc::sync_channel(4096)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_consensus::ledger::Durability;
+
+    fn topic(name: &str, id: u8) -> TopicRecord {
+        TopicRecord {
+            name: name.into(),
+            id: [id; 16],
+            partitions: 2,
+            configs: BTreeMap::new(),
+            epoch: 0,
+        }
+    }
+
+    fn executor(dir: &std::path::Path) -> Executor {
+        let store = Arc::new(LedgerStore::open(&dir.join("ledger.redb"), Durability::None).unwrap());
+        let (_, jobs) = channel();
+        let (engine, _) = tokio::sync::mpsc::channel(16);
+        let membership = Arc::new(Membership::new(0, vec![Bytes::from(vec![1; 32])], vec!["p".into()]));
+        Executor::new(
+            store,
+            Arc::new(Topics::default()),
+            membership,
+            jobs,
+            engine,
+            watch::channel(0).0,
+            watch::channel(0).0,
+        )
+        .unwrap()
+    }
+
+    /// After a restart, Raft replays states older than the one the ledger
+    /// reflects; adopting one would delete a topic that exists, data and all.
+    #[test]
+    fn an_older_raft_state_never_deletes_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = executor(dir.path());
+        let mut round = Round::default();
+        let topics: BTreeMap<_, _> = [("orders".to_string(), topic("orders", 1))].into();
+        e.take_catalog(topics.clone(), 5, &mut round);
+        e.store.commit(&round.set).unwrap();
+        drop(e);
+
+        let mut e = executor(dir.path());
+        assert_eq!(e.catalog_at, 5, "the version is stored with the topics");
+        let mut replay = Round::default();
+        e.take_catalog(BTreeMap::new(), 3, &mut replay);
+        assert!(replay.set.topic_deletes.is_empty() && replay.catalog_version.is_none());
+        e.take_catalog(topics.clone(), 5, &mut replay);
+        assert!(replay.set.topic_puts.is_empty(), "the same state again changes nothing");
+
+        let mut newer = Round::default();
+        e.take_catalog(BTreeMap::new(), 6, &mut newer);
+        assert_eq!(
+            newer.set.topic_deletes,
+            vec![topic("orders", 1)],
+            "a newer state deletes"
+        );
+    }
+}

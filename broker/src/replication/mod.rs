@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
-use courier_consensus::raft::{MetaCommand, MetaRaft, MetaState, NodeId, NodeRecord, RaftLimits};
 use courier_consensus::pbft::log::DurableLog;
 use courier_consensus::pbft::{self, wire, Digest, QuorumCert, RequestId, SignedMessage};
+use courier_consensus::raft::{MetaCommand, MetaRaft, MetaState, NodeId, NodeRecord, RaftLimits};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -241,7 +241,10 @@ impl Replicated {
     /// this node's handlers see its outcome. A refusal is an `Err` with
     /// its Kafka error code.
     pub async fn change(&self, command: MetaCommand) -> Result<(), (i16, String)> {
-        if matches!(command, MetaCommand::CreateTopic { .. } | MetaCommand::CreatePartitions { .. }) {
+        if matches!(
+            command,
+            MetaCommand::CreateTopic { .. } | MetaCommand::CreatePartitions { .. }
+        ) {
             // Right after the nodes start, their cluster may not be formed
             // yet: partitions need one to be placed on.
             let mut state = self.meta.subscribe();
@@ -323,7 +326,11 @@ async fn join_cluster(meta: &MetaRaft<RaftLink>, me: NodeRecord, members: Vec<No
         match ready {
             (true, _) => return,
             (false, true) => {
-                let _ = meta.write(MetaCommand::FormCluster { members: members.clone() }).await;
+                let _ = meta
+                    .write(MetaCommand::FormCluster {
+                        members: members.clone(),
+                    })
+                    .await;
             }
             (false, false) => {
                 let _ = tokio::time::timeout(JOIN_RETRY * 5, state.changed()).await;

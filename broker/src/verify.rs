@@ -9,7 +9,7 @@ use courier_consensus::ledger::{
 };
 use courier_consensus::pbft;
 
-use crate::replication::MEMBERS_KEY;
+use crate::replication::{partition_members_key, MEMBERS_KEY};
 
 /// One verified partition.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub enum LedgerCheckError {
     Open { path: String, source: StoreError },
     #[error("{topic}: {source}")]
     Bad { topic: String, source: VerifyError },
+    #[error("{topic} partition {partition}: its recorded cluster has a key that is not among the keys given")]
+    UntrustedCluster { topic: String, partition: i32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -134,14 +136,30 @@ pub fn verify_data_dir(
             .find(|t| t.id == pk.topic_id)
             .map(|t| t.name.clone())
             .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
-        let certs = match (&members, &fingerprint) {
-            (Some(m), Some(f)) => Some(CertCheck {
-                instance: pbft::instance_id(f, &pk.to_bytes()),
-                members: m,
-                quorum: 2 * ((m.len().max(1) - 1) / 3) + 1,
-            }),
+        // The partition's own cluster, as recorded; each of its keys must
+        // be one the caller trusts (when keys are given).
+        let own: Option<Vec<Bytes>> = store
+            .identity(&partition_members_key(&pk))?
+            .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect());
+        let cluster: Option<(Vec<Bytes>, pbft::Digest)> = match (own, &members, &fingerprint) {
+            (Some(own), Some(trusted), _) if own.iter().all(|k| trusted.contains(k)) => {
+                let f = pbft::cluster_fingerprint(&own);
+                Some((own, f))
+            }
+            (Some(_), Some(_), _) => {
+                return Err(LedgerCheckError::UntrustedCluster {
+                    topic,
+                    partition: pk.partition,
+                });
+            }
+            (_, Some(m), Some(f)) => Some((m.clone(), *f)),
             _ => None,
         };
+        let certs = cluster.as_ref().map(|(m, f)| CertCheck {
+            instance: pbft::instance_id(f, &pk.to_bytes()),
+            members: m,
+            quorum: 2 * ((m.len().max(1) - 1) / 3) + 1,
+        });
         let options = VerifyOptions {
             kafka_batches: true,
             certs,

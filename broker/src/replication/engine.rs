@@ -29,7 +29,7 @@ use tracing::{debug, error, info_span, warn};
 
 use super::executor::Job;
 use super::transport::{consensus_frame, Frame, Transport};
-use super::{Input, Membership};
+use super::{ClusterView, Input, Membership, Served};
 
 /// Inputs taken into one turn.
 const TURN_INPUTS_MAX: usize = 1024;
@@ -52,6 +52,8 @@ pub struct Engine {
     pub inbox: mpsc::Receiver<Input>,
     pub started: Instant,
     replicas: HashMap<PartitionKey, Replica>,
+    /// The cluster of each partition in `replicas`.
+    views: HashMap<PartitionKey, Arc<ClusterView>>,
     by_cluster: HashMap<u64, PartitionKey>,
     next_number: u64,
     /// Our clients' requests not answered yet.
@@ -87,6 +89,7 @@ impl Engine {
             inbox,
             started: Instant::now(),
             replicas: HashMap::new(),
+            views: HashMap::new(),
             by_cluster: HashMap::new(),
             next_number: first_number,
             pending: HashMap::new(),
@@ -94,8 +97,9 @@ impl Engine {
         }
     }
 
-    pub fn run(mut self, partitions: Vec<PartitionKey>) {
-        self.set_partitions(partitions);
+    /// Runs until stopped. Replicas are made once the executor reports
+    /// which partitions this node orders (from the Raft state).
+    pub fn run(mut self) {
         while let Some(first) = self.inbox.blocking_recv() {
             let mut inputs = vec![first];
             while inputs.len() < TURN_INPUTS_MAX {
@@ -122,8 +126,8 @@ impl Engine {
     }
 
     /// A replica for `pk`, restored from the ledger and the durable log.
-    fn make_replica(&mut self, pk: PartitionKey) -> Option<Replica> {
-        let cluster = self.membership.cluster_id(&pk);
+    fn make_replica(&mut self, pk: PartitionKey, view: &ClusterView) -> Option<Replica> {
+        let cluster = view.instance(&pk);
         let key = Ed25519KeyPair::from_pkcs8(&self.signing_key_pkcs8).ok()?;
         let recovered = match self.recovered_state(&pk, cluster) {
             Ok(r) => r,
@@ -139,9 +143,9 @@ impl Engine {
         Some(Replica::restore(
             config,
             ReplicaKeys {
-                id: self.membership.me,
+                id: view.me,
                 key,
-                members: self.membership.members.clone(),
+                members: view.keys.clone(),
             },
             recovered,
         ))
@@ -170,18 +174,21 @@ impl Engine {
         })
     }
 
-    /// Makes the set of partition replicas match `partitions`.
-    fn set_partitions(&mut self, partitions: Vec<PartitionKey>) {
-        let wanted: std::collections::HashSet<PartitionKey> = partitions.iter().copied().collect();
-        self.replicas.retain(|pk, _| wanted.contains(pk));
-        self.by_cluster.retain(|_, pk| wanted.contains(pk));
-        for pk in partitions {
+    /// Makes the set of partition replicas match `partitions` (a
+    /// partition whose cluster changed gets a new replica).
+    fn set_partitions(&mut self, partitions: Served) {
+        let wanted: HashMap<PartitionKey, Arc<ClusterView>> = partitions.into_iter().collect();
+        self.views.retain(|pk, v| wanted.get(pk) == Some(v));
+        self.replicas.retain(|pk, _| self.views.contains_key(pk));
+        self.by_cluster.retain(|_, pk| self.views.contains_key(pk));
+        for (pk, view) in wanted {
             if self.replicas.contains_key(&pk) {
                 continue;
             }
-            if let Some(r) = self.make_replica(pk) {
+            if let Some(r) = self.make_replica(pk, &view) {
                 self.by_cluster.insert(r.config().cluster, pk);
                 self.replicas.insert(pk, r);
+                self.views.insert(pk, view);
             }
         }
     }
@@ -193,14 +200,14 @@ impl Engine {
     fn handle(&mut self, input: Input, out: &mut Vec<(PartitionKey, Action)>) {
         let (pk, event) = match input {
             Input::Submit { pk, payload, reply } => {
-                if !self.replicas.contains_key(&pk) {
-                    // The topic is gone (or not here yet): the reply is dropped,
-                    // which the submitter reports.
+                let Some(view) = self.views.get(&pk) else {
+                    // Not ordered here (another cluster's, gone, or not here
+                    // yet): the reply is dropped, which the submitter reports.
                     return;
-                }
+                };
                 self.next_number += 1;
                 let id = RequestId {
-                    origin: self.membership.me,
+                    origin: view.me,
                     number: self.next_number,
                 };
                 self.pending.insert(id, reply);
@@ -270,8 +277,8 @@ impl Engine {
     /// Persists, then acts.
     fn carry_out(&mut self, out: Vec<(PartitionKey, Action)>) -> Result<(), courier_consensus::pbft::log::LogError> {
         for (pk, a) in &out {
-            if let Action::Persist(record) = a {
-                self.log.append(self.membership.cluster_id(pk), record);
+            if let (Action::Persist(record), Some(view)) = (a, self.views.get(pk)) {
+                self.log.append(view.instance(pk), record);
             }
         }
         if self.log.has_pending() {
@@ -295,13 +302,22 @@ impl Engine {
                         }
                         _ => {}
                     }
-                    self.transport.broadcast(&consensus_frame(&m))
+                    if let Some(view) = self.views.get(&pk) {
+                        let frame = consensus_frame(&m);
+                        for (i, node) in view.nodes.iter().enumerate() {
+                            if i != view.me as usize {
+                                self.transport.send(*node, frame.clone());
+                            }
+                        }
+                    }
                 }
                 Action::Send { to, message } => {
                     if let pbft::Message::Committed { .. } = &message.message {
                         metrics::counter!("courier_pbft_committed_handed_over_total").increment(1);
                     }
-                    self.transport.send(to, consensus_frame(&message))
+                    if let Some(node) = self.views.get(&pk).and_then(|v| v.node(to)) {
+                        self.transport.send(node, consensus_frame(&message))
+                    }
                 }
                 Action::Execute { seq, batch, .. } => {
                     metrics::counter!("courier_pbft_batches_executed_total").increment(1);
@@ -320,10 +336,8 @@ impl Engine {
             let records: Vec<(u64, Durable)> = self
                 .replicas
                 .iter()
-                .flat_map(|(pk, r)| {
-                    let cluster = self.membership.cluster_id(pk);
-                    r.durable_state().into_iter().map(move |d| (cluster, d))
-                })
+                .filter_map(|(pk, r)| Some((self.views.get(pk)?.instance(pk), r)))
+                .flat_map(|(cluster, r)| r.durable_state().into_iter().map(move |d| (cluster, d)))
                 .collect();
             self.log.rewrite(records)?;
         }
@@ -344,7 +358,10 @@ impl Engine {
 
     /// Asks one of the peers that are ahead for certified blocks.
     fn fetch(&mut self, pk: PartitionKey, peers: &[u8]) {
-        let Some(peer) = peers.get(self.now_ms() as usize % peers.len().max(1)).copied() else {
+        let Some(replica) = peers.get(self.now_ms() as usize % peers.len().max(1)).copied() else {
+            return;
+        };
+        let Some(peer) = self.views.get(&pk).and_then(|v| v.node(replica)) else {
             return;
         };
         let from_height = match self.store.partition_state(&pk) {

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tracing::{error, info_span, warn};
 
 use super::command::Command;
-use super::{Input, Membership};
+use super::{ClusterView, Input, Membership, Served};
 use crate::topics::Topics;
 
 /// Decompressed bytes a batch may expand to at execution. A cluster-wide
@@ -62,9 +62,11 @@ pub enum Job {
         from_height: u64,
         blocks: Vec<(Bytes, Option<Bytes>)>,
     },
-    /// The topics as the Raft group has them at `version`.
+    /// The topics as the Raft group has them at `version`, and the
+    /// partitions this node orders with their clusters.
     Catalog {
         topics: BTreeMap<String, TopicRecord>,
+        served: Served,
         version: u64,
     },
 }
@@ -92,6 +94,8 @@ pub struct Executor {
     catalog: BTreeMap<String, TopicRecord>,
     /// The Raft state version `catalog` reflects (as stored).
     catalog_at: u64,
+    /// The partitions this node orders, with their clusters.
+    views: HashMap<PartitionKey, Arc<ClusterView>>,
 }
 
 /// Everything one round changes, and what to tell afterwards.
@@ -132,6 +136,7 @@ impl Executor {
             working: HashMap::new(),
             catalog,
             catalog_at,
+            views: HashMap::new(),
         })
     }
 
@@ -172,7 +177,11 @@ impl Executor {
                     from_height,
                     blocks,
                 } => self.install(pk, from_height, blocks, &mut round)?,
-                Job::Catalog { topics, version } => self.take_catalog(topics, version, &mut round),
+                Job::Catalog {
+                    topics,
+                    served,
+                    version,
+                } => self.take_catalog(topics, served, version, &mut round),
             }
         }
         let states = self.store.commit(&round.set)?;
@@ -210,7 +219,7 @@ impl Executor {
 
     /// Adopts the Raft group's topics: what changed is written in this
     /// round and published after it.
-    fn take_catalog(&mut self, topics: BTreeMap<String, TopicRecord>, version: u64, round: &mut Round) {
+    fn take_catalog(&mut self, topics: BTreeMap<String, TopicRecord>, served: Served, version: u64, round: &mut Round) {
         if version < self.catalog_at {
             // A node's Raft state restarts from its snapshot and replays
             // the log after it: the states on the way were adopted before
@@ -230,7 +239,9 @@ impl Executor {
                 round.set.topic_puts.push(t.clone());
             }
         }
-        round.catalog_changed |= topics != self.catalog;
+        let views: HashMap<_, _> = served.into_iter().collect();
+        round.catalog_changed |= topics != self.catalog || views != self.views;
+        self.views = views;
         round.catalog_version = Some(version);
         round.set.catalog_version = Some(version);
         self.catalog = topics;
@@ -247,12 +258,16 @@ impl Executor {
         for t in &set.topic_puts {
             self.topics.insert(t.clone());
         }
-        let partitions = self
-            .catalog
-            .values()
-            .flat_map(|t| (0..t.partitions).map(|p| t.partition_key(p)))
-            .collect();
-        let _ = self.engine.blocking_send(Input::Partitions(partitions));
+        for (pk, view) in &self.views {
+            // What `courier ledger verify` checks this partition's
+            // certificates against.
+            let keys = view.keys.concat();
+            if let Err(e) = self.store.put_identity(&super::partition_members_key(pk), &keys) {
+                warn!(error = %e, "cannot record a partition's cluster keys");
+            }
+        }
+        let served = self.views.iter().map(|(pk, v)| (*pk, v.clone())).collect();
+        let _ = self.engine.blocking_send(Input::Partitions(served));
     }
 
     /// One ordered batch becomes the block at height `seq - 1`.
@@ -263,7 +278,9 @@ impl Executor {
             // Its topic was deleted under it: nothing more is written there.
             return Ok(());
         }
-        let me = self.membership.me;
+        let Some(me) = self.views.get(&pk).map(|v| v.me) else {
+            return Ok(());
+        };
         let height = seq - 1;
         let w = working(&mut self.working, &self.store, pk)?;
         if w.state.next_height > height {
@@ -365,10 +382,10 @@ impl Executor {
         Ok(())
     }
 
+    /// Whether this node orders `pk` (its topic exists and the partition
+    /// is placed on a cluster this node serves).
     fn partition_exists(&self, pk: &PartitionKey) -> bool {
-        self.catalog
-            .values()
-            .any(|t| t.id == pk.topic_id && (0..t.partitions).contains(&pk.partition))
+        self.views.contains_key(pk)
     }
 
     fn certify(&mut self, pk: PartitionKey, cert: &QuorumCert, round: &mut Round) -> Result<(), StoreError> {
@@ -400,10 +417,10 @@ impl Executor {
         blocks: Vec<(Bytes, Option<Bytes>)>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        let me = self.membership.me;
-        let cluster = self.membership.cluster_id(&pk);
-        let members = self.membership.members.clone();
-        let quorum = self.membership.quorum();
+        let Some(view) = self.views.get(&pk).cloned() else {
+            return Ok(());
+        };
+        let (me, cluster, members, quorum) = (view.me, view.instance(&pk), &view.keys, view.quorum());
         let pending_here = round.set.blocks.iter().any(|b| b.block.partition == pk);
         let w = working(&mut self.working, &self.store, pk)?;
         if pending_here || from_height != w.state.next_height || blocks.is_empty() {
@@ -435,7 +452,7 @@ impl Executor {
             }
             if let Some(cert_bytes) = cert {
                 let valid = wire::decode_cert(cert_bytes.clone()).ok().filter(|c| {
-                    c.seq == block.height + 1 && c.state == hash.0 && c.verify(cluster, &members, quorum).is_ok()
+                    c.seq == block.height + 1 && c.state == hash.0 && c.verify(cluster, members, quorum).is_ok()
                 });
                 match valid {
                     Some(c) => {
@@ -687,20 +704,20 @@ mod tests {
         let mut e = executor(dir.path());
         let mut round = Round::default();
         let topics: BTreeMap<_, _> = [("orders".to_string(), topic("orders", 1))].into();
-        e.take_catalog(topics.clone(), 5, &mut round);
+        e.take_catalog(topics.clone(), Vec::new(), 5, &mut round);
         e.store.commit(&round.set).unwrap();
         drop(e);
 
         let mut e = executor(dir.path());
         assert_eq!(e.catalog_at, 5, "the version is stored with the topics");
         let mut replay = Round::default();
-        e.take_catalog(BTreeMap::new(), 3, &mut replay);
+        e.take_catalog(BTreeMap::new(), Vec::new(), 3, &mut replay);
         assert!(replay.set.topic_deletes.is_empty() && replay.catalog_version.is_none());
-        e.take_catalog(topics.clone(), 5, &mut replay);
+        e.take_catalog(topics.clone(), Vec::new(), 5, &mut replay);
         assert!(replay.set.topic_puts.is_empty(), "the same state again changes nothing");
 
         let mut newer = Round::default();
-        e.take_catalog(BTreeMap::new(), 6, &mut newer);
+        e.take_catalog(BTreeMap::new(), Vec::new(), 6, &mut newer);
         assert_eq!(
             newer.set.topic_deletes,
             vec![topic("orders", 1)],

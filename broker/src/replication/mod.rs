@@ -48,6 +48,16 @@ use transport::{Frame, Inbound, Transport};
 /// Where the ledger records the members' public keys (concatenated).
 pub const MEMBERS_KEY: &str = "cluster_members";
 
+/// Where the ledger records the keys of the cluster ordering `pk`.
+pub fn partition_members_key(pk: &PartitionKey) -> String {
+    let mut key = String::from("members/");
+    for b in pk.to_bytes() {
+        use std::fmt::Write;
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
 /// How often replicas' timers are driven.
 const TICK: Duration = Duration::from_millis(5);
 /// Inputs queued for the engine before senders wait.
@@ -99,6 +109,52 @@ impl Membership {
     }
 }
 
+/// One PBFT cluster as a member sees it: which nodes are its replicas, and
+/// under which keys they sign.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The cluster's id in the Raft state.
+    pub id: u32,
+    /// Node id of each replica, by replica index.
+    pub nodes: Vec<u8>,
+    /// Each replica's ed25519 public key, by replica index.
+    pub keys: Vec<Bytes>,
+    /// This node's replica index in the cluster.
+    pub me: u8,
+    fingerprint: Digest,
+}
+
+impl ClusterView {
+    pub fn new(id: u32, nodes: Vec<u8>, keys: Vec<Bytes>, me: u8) -> Self {
+        let fingerprint = pbft::cluster_fingerprint(&keys);
+        Self {
+            id,
+            nodes,
+            keys,
+            me,
+            fingerprint,
+        }
+    }
+
+    /// The id a partition's replicas sign under: from the members' keys
+    /// and the partition, so nothing replays across clusters or partitions.
+    pub fn instance(&self, pk: &PartitionKey) -> u64 {
+        pbft::instance_id(&self.fingerprint, &pk.to_bytes())
+    }
+
+    pub fn quorum(&self) -> usize {
+        2 * ((self.keys.len().max(1) - 1) / 3) + 1
+    }
+
+    /// The node behind a replica index.
+    pub fn node(&self, replica: u8) -> Option<u8> {
+        self.nodes.get(replica as usize).copied()
+    }
+}
+
+/// The partitions this node's replicas order, each with its cluster.
+pub type Served = Vec<(PartitionKey, Arc<ClusterView>)>;
+
 /// What the engine is told.
 pub enum Input {
     /// A client's work for a partition's (or the metadata) cluster.
@@ -126,8 +182,8 @@ pub enum Input {
         executed: Vec<RequestId>,
         local: Vec<RequestRecord>,
     },
-    /// The partitions that exist now (after a topic command executed).
-    Partitions(Vec<PartitionKey>),
+    /// The partitions this node orders now, and their clusters.
+    Partitions(Served),
     /// The node is shutting down.
     Stop,
 }
@@ -339,8 +395,28 @@ async fn join_cluster(meta: &MetaRaft<RaftLink>, me: NodeRecord, members: Vec<No
     }
 }
 
+/// The partitions node `me` orders in `state`, each with its cluster.
+fn served_by(state: &MetaState, me: NodeId) -> Served {
+    let mut out = Vec::new();
+    for cluster in state.clusters.values() {
+        let Some(index) = cluster.members.iter().position(|m| *m == me) else {
+            continue;
+        };
+        let keys = cluster
+            .members
+            .iter()
+            .map(|m| Bytes::from(state.nodes.get(m).map(|n| n.public_key.clone()).unwrap_or_default()))
+            .collect();
+        let nodes = cluster.members.iter().map(|m| *m as u8).collect();
+        let view = Arc::new(ClusterView::new(cluster.id, nodes, keys, index as u8));
+        out.extend(state.partitions_of(cluster.id).into_iter().map(|pk| (pk, view.clone())));
+    }
+    out
+}
+
 /// Hands the executor every new Raft state's topics, in order.
 async fn sync_catalog(
+    me: NodeId,
     mut state: watch::Receiver<Arc<MetaState>>,
     executor: std::sync::mpsc::SyncSender<executor::Job>,
     mut stop: ShutdownSignal,
@@ -353,6 +429,7 @@ async fn sync_catalog(
                 .iter()
                 .map(|(name, t)| (name.clone(), t.record.clone()))
                 .collect(),
+            served: served_by(&snapshot, me),
             version: snapshot.version,
         };
         let executor = executor.clone();
@@ -487,12 +564,12 @@ pub async fn start(
     // Request numbers never repeat across restarts: each life of the node
     // numbers from a fresh boot count.
     let boot = store.bump_counter("replica_boots")?;
-    let partitions: Vec<PartitionKey> = store
-        .topics()?
-        .iter()
-        .flat_map(|t| (0..t.partitions).map(|p| t.partition_key(p)))
-        .collect();
-    tokio::spawn(sync_catalog(meta.subscribe(), jobs_tx.clone(), shutdown.clone()));
+    tokio::spawn(sync_catalog(
+        NodeId::from(identity.id),
+        meta.subscribe(),
+        jobs_tx.clone(),
+        shutdown.clone(),
+    ));
     let engine = engine::Engine::new(
         membership.clone(),
         pbft_config,
@@ -510,7 +587,7 @@ pub async fn start(
     );
     let engine = std::thread::Builder::new()
         .name(format!("courier-pbft-{}", identity.id))
-        .spawn(move || engine.run(partitions))
+        .spawn(move || engine.run())
         .map_err(ReplicationError::Thread)?;
     let ticks = inbox_tx.clone();
     let mut stop = shutdown;

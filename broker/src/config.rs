@@ -125,6 +125,12 @@ pub struct BrokerConfig {
     /// Default: `local`.
     #[serde(rename = "node.organization")]
     pub organization: String,
+    /// Courier: nodes per PBFT cluster (4 or 7). The nodes of
+    /// `cluster.replicas` form clusters of this size in id order (nodes
+    /// 0–3, 4–7, …); partitions are spread over the clusters. Default 0:
+    /// all nodes form one cluster.
+    #[serde(rename = "cluster.size")]
+    pub cluster_size: usize,
 }
 
 impl Default for BrokerConfig {
@@ -132,6 +138,7 @@ impl Default for BrokerConfig {
         Self {
             node_id: 1,
             organization: "local".into(),
+            cluster_size: 0,
             listeners: "127.0.0.1:9092".into(),
             advertised_listeners: None,
             log_dirs: PathBuf::from("./courier-data"),
@@ -245,9 +252,13 @@ impl BrokerConfig {
         }
         if !self.cluster_replicas.is_empty() {
             let n = self.cluster_replicas.len();
-            if !(4..=7).contains(&n) || !(n - 1).is_multiple_of(3) {
+            let size = self.cluster_size_or_all();
+            if !(4..=7).contains(&size) || !(size - 1).is_multiple_of(3) {
+                return bad(format!("a PBFT cluster has 4 or 7 nodes (3f + 1), not {size}"));
+            }
+            if !n.is_multiple_of(size) || n > 240 {
                 return bad(format!(
-                    "cluster.replicas lists {n} replicas; a cluster has 4 or 7 (3f + 1)"
+                    "cluster.replicas lists {n} nodes: a multiple of cluster.size ({size}), at most 240"
                 ));
             }
             if self.cluster_public_keys.len() != n {
@@ -273,6 +284,15 @@ impl BrokerConfig {
     /// Whether partitions are ordered by a replica cluster.
     pub fn replicated(&self) -> bool {
         !self.cluster_replicas.is_empty()
+    }
+
+    /// Nodes per PBFT cluster (`cluster.size`, or every node).
+    pub fn cluster_size_or_all(&self) -> usize {
+        if self.cluster_size == 0 {
+            self.cluster_replicas.len()
+        } else {
+            self.cluster_size
+        }
     }
 
     pub fn listen_addr(&self) -> Result<String, ConfigError> {

@@ -22,6 +22,8 @@ pub const REPLICA_COUNTS: [usize; 3] = [1, 4, 7];
 pub enum DevError {
     #[error("a cluster has 1, 4 or 7 replicas, not {0}")]
     Replicas(usize),
+    #[error("{0} nodes do not form clusters of 4: give a multiple of 4")]
+    Nodes(usize),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -41,6 +43,20 @@ pub enum DevError {
 pub fn node_configs(base: &BrokerConfig, n: usize, peer_port: u16) -> Result<Vec<BrokerConfig>, DevError> {
     if !REPLICA_COUNTS.contains(&n) {
         return Err(DevError::Replicas(n));
+    }
+    multi_cluster_configs(base, n, 0, peer_port)
+}
+
+/// [`node_configs`] for `n` nodes forming PBFT clusters of `cluster_size`
+/// (0: one cluster of all `n`).
+pub fn multi_cluster_configs(
+    base: &BrokerConfig,
+    n: usize,
+    cluster_size: usize,
+    peer_port: u16,
+) -> Result<Vec<BrokerConfig>, DevError> {
+    if cluster_size != 0 && (n == 0 || !n.is_multiple_of(cluster_size)) {
+        return Err(DevError::Nodes(n));
     }
     if n == 1 {
         return Ok(vec![base.clone()]);
@@ -78,6 +94,7 @@ pub fn node_configs(base: &BrokerConfig, n: usize, peer_port: u16) -> Result<Vec
                 peer_tls_cert: nodes[i].cert.clone(),
                 peer_tls_key: nodes[i].key.clone(),
                 replica_signing_key: nodes[i].signing_key.clone(),
+                cluster_size,
                 ..base.clone()
             })
         })
@@ -117,6 +134,7 @@ pub fn write_node_files(dir: &Path, configs: &[BrokerConfig]) -> Result<Vec<Path
              \"peer.tls.cert\" = {cert:?}\n\
              \"peer.tls.key\" = {key:?}\n\
              \"replica.signing.key\" = {signing:?}\n\
+             \"cluster.size\" = {size}\n\
              \"group.initial.rebalance.delay.ms\" = 0\n",
             id = c.node_id,
             listeners = c.listeners,
@@ -128,6 +146,7 @@ pub fn write_node_files(dir: &Path, configs: &[BrokerConfig]) -> Result<Vec<Path
             cert = c.peer_tls_cert.display().to_string(),
             key = c.peer_tls_key.display().to_string(),
             signing = c.replica_signing_key.display().to_string(),
+            size = c.cluster_size,
         );
         std::fs::write(&path, text).map_err(|source| DevError::Write {
             path: path.clone(),

@@ -169,7 +169,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),
     };
     if let Sequencer::Replicated(r) = &sequencer {
-        r.join(format!("{host}:{port}"), config.organization.clone(), shutdown.signal());
+        r.join(
+            format!("{host}:{port}"),
+            config.organization.clone(),
+            config.cluster_size_or_all(),
+            shutdown.signal(),
+        );
     }
     let groups = GroupCoordinator::new(&config, shutdown.signal());
     let broker = Arc::new(Broker {

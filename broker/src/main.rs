@@ -46,9 +46,13 @@ enum CertsCommand {
         /// Directory for certificates, node configurations and node data.
         #[arg(long, value_name = "DIR", default_value = "./courier-cluster")]
         out: PathBuf,
-        /// Replicas in the cluster (4 or 7).
+        /// Nodes (4 or 7 for one cluster; with --cluster-size, a multiple of it).
         #[arg(long, default_value_t = 4)]
         nodes: usize,
+        /// Nodes per PBFT cluster (4 or 7); the nodes form clusters in id
+        /// order. Default: one cluster of all nodes.
+        #[arg(long, default_value_t = 0)]
+        cluster_size: usize,
         /// Kafka port of node 0 (node i listens on this + i).
         #[arg(long, default_value_t = 9092)]
         port: u16,
@@ -83,6 +87,10 @@ struct DevArgs {
     /// Byzantine replicas), or 1 (this node alone).
     #[arg(long, default_value_t = 4)]
     replicas: usize,
+    /// Nodes, forming PBFT clusters of 4 (a multiple of 4; e.g. 8: two
+    /// clusters, partitions spread over both). Overrides --replicas.
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Peer port of the first replica (the others follow); default: the
     /// Kafka port + 10000.
     #[arg(long)]
@@ -132,9 +140,10 @@ fn main() -> ExitCode {
         Command::Certs(CertsCommand::Dev {
             out,
             nodes,
+            cluster_size,
             port,
             peer_port,
-        }) => certs_dev(&out, nodes, port, peer_port),
+        }) => certs_dev(&out, nodes, cluster_size, port, peer_port),
         Command::Ledger(LedgerCommand::Verify { data_dir, config }) => verify(&data_dir, config.as_deref()),
         Command::Ledger(LedgerCommand::Receipts { data_dir, group, topic }) => {
             list_receipts(&data_dir, group.as_deref(), topic.as_deref())
@@ -174,17 +183,30 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         kafka_port.saturating_add(10_000)
     });
-    let configs = courier::dev::node_configs(&config, args.replicas, peer_port)?;
+    let configs = match args.nodes {
+        Some(n) => courier::dev::multi_cluster_configs(&config, n, 4, peer_port)?,
+        None => courier::dev::node_configs(&config, args.replicas, peer_port)?,
+    };
+    let clusters = match args.nodes {
+        Some(n) => n / 4,
+        None => 1,
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let data_dir = config.log_dirs.clone();
         let nodes = courier::dev::start_cluster(configs).await?;
         if nodes.len() == 1 {
             println!("Courier dev broker is running (one node, single replica).");
-        } else {
+        } else if clusters == 1 {
             let f = (nodes.len() - 1) / 3;
             println!(
                 "Courier dev cluster is running: {} replicas ordering every partition (PBFT, tolerates {f} faulty).",
+                nodes.len()
+            );
+        } else {
+            println!(
+                "Courier dev cluster is running: {} nodes, one Raft group, {clusters} PBFT clusters of 4 \
+                 (each tolerates 1 faulty); partitions are spread over the clusters.",
                 nodes.len()
             );
         }
@@ -234,7 +256,13 @@ fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn certs_dev(out: &std::path::Path, nodes: usize, port: u16, peer_port: u16) -> anyhow::Result<ExitCode> {
+fn certs_dev(
+    out: &std::path::Path,
+    nodes: usize,
+    cluster_size: usize,
+    port: u16,
+    peer_port: u16,
+) -> anyhow::Result<ExitCode> {
     if nodes == 1 {
         anyhow::bail!("a replica cluster has 4 or 7 nodes");
     }
@@ -244,7 +272,11 @@ fn certs_dev(out: &std::path::Path, nodes: usize, port: u16, peer_port: u16) -> 
         listeners: format!("127.0.0.1:{port}"),
         ..BrokerConfig::default()
     };
-    let configs = courier::dev::node_configs(&base, nodes, peer_port)?;
+    let configs = if cluster_size == 0 {
+        courier::dev::node_configs(&base, nodes, peer_port)?
+    } else {
+        courier::dev::multi_cluster_configs(&base, nodes, cluster_size, peer_port)?
+    };
     let files = courier::dev::write_node_files(&out, &configs)?;
     println!("Wrote a {nodes}-replica development cluster under {}:", out.display());
     for (c, f) in configs.iter().zip(&files) {

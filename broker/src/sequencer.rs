@@ -215,6 +215,27 @@ impl Sequencer {
         }
     }
 
+    /// A group's committed offsets in every partition (with several
+    /// clusters, some are read from other clusters' members). Errors carry
+    /// a Kafka error code.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(PartitionKey, courier_consensus::ledger::CommittedOffset)>, (i16, String)> {
+        match self {
+            Sequencer::Local(l) => {
+                let store = l.store.clone();
+                let g = group.to_owned();
+                let storage = |e: String| (kafka_protocol::ResponseError::KafkaStorageError.code(), e);
+                tokio::task::spawn_blocking(move || store.committed_offsets(&g))
+                    .await
+                    .map_err(|e| storage(e.to_string()))?
+                    .map_err(|e| storage(e.to_string()))
+            }
+            Sequencer::Replicated(r) => r.committed_offsets(group).await,
+        }
+    }
+
     /// Changes whenever more becomes visible to consumers: what
     /// long-polling fetches wait on.
     pub fn commits(&self) -> watch::Receiver<u64> {

@@ -47,11 +47,41 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Where clients should go for a partition, as the Raft state places it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The node reported as the partition's leader: this node if it orders
+    /// the partition, else a member of its cluster (one of this node's
+    /// organization if there is one).
+    pub leader: i32,
+    /// The members of the partition's cluster.
+    pub replicas: Vec<i32>,
+    /// Whether this node orders the partition (holds its ledger).
+    pub served: bool,
+}
+
+/// A node clients can reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Every partition's route and every node's address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub partitions: HashMap<PartitionKey, Route>,
+    pub brokers: Vec<BrokerAddr>,
+}
+
 #[derive(Default)]
 struct Inner {
     by_name: BTreeMap<String, Arc<TopicRecord>>,
     by_id: HashMap<[u8; 16], Arc<TopicRecord>>,
     states: HashMap<PartitionKey, PartitionState>,
+    /// `None` on a single node: it orders every partition.
+    routes: Option<Arc<Routes>>,
 }
 
 /// The broker's topic catalog.
@@ -102,6 +132,33 @@ impl Topics {
         for (pk, s) in states {
             inner.states.insert(pk, s);
         }
+    }
+
+    pub fn set_routes(&self, routes: Routes) {
+        self.write().routes = Some(Arc::new(routes));
+    }
+
+    /// The route of a partition (`None` on a single node, or if the
+    /// partition is not placed yet).
+    pub fn route(&self, pk: &PartitionKey) -> Option<Route> {
+        self.read().routes.as_ref()?.partitions.get(pk).cloned()
+    }
+
+    /// Whether this node orders `pk` and holds its ledger.
+    pub fn serves(&self, pk: &PartitionKey) -> bool {
+        match &self.read().routes {
+            None => true,
+            Some(r) => r.partitions.get(pk).is_some_and(|r| r.served),
+        }
+    }
+
+    /// Every node clients can reach (empty on a single node).
+    pub fn brokers(&self) -> Vec<BrokerAddr> {
+        self.read()
+            .routes
+            .as_ref()
+            .map(|r| r.brokers.clone())
+            .unwrap_or_default()
     }
 
     pub fn insert(&self, topic: TopicRecord) {

@@ -82,6 +82,12 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, 
                 continue;
             }
             let pk = topic.partition_key(p.partition);
+            if !broker.topics.serves(&pk) {
+                // Another cluster's partition: Metadata names its leader.
+                errors = true;
+                partitions.push(data.with_error_code(ResponseError::NotLeaderOrFollower.code()));
+                continue;
+            }
             let state = broker.topics.state(&pk);
             let data = data
                 .with_high_watermark(state.next_offset)

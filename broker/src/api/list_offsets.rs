@@ -70,6 +70,9 @@ pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16)
 }
 
 async fn lookup(broker: &Arc<Broker>, pk: PartitionKey, timestamp: i64) -> Result<Option<(i64, i64)>, i16> {
+    if !broker.topics.serves(&pk) {
+        return Err(kafka_protocol::ResponseError::NotLeaderOrFollower.code());
+    }
     let state = broker.topics.state(&pk);
     match timestamp {
         LATEST => return Ok(Some((state.next_offset, -1))),

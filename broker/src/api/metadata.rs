@@ -1,7 +1,10 @@
-//! Metadata: brokers, topics, partitions and their leaders. This node leads
-//! every partition it serves; with one replica that is the whole truth, and
-//! the PBFT issue keeps the answer true for a replicated partition (any
-//! replica's node accepts and forwards).
+//! Metadata: brokers, topics, partitions and their leaders, from this
+//! node's replica of the Raft state. This node leads every partition its
+//! clusters order (any member accepts and submits to the cluster); for
+//! another cluster's partition it names a member of that cluster, one of
+//! its own organization when there is one. Every node reports the same
+//! leader epoch for a partition (the topic's), so a client moving between
+//! nodes never sees an epoch go back.
 
 use std::sync::Arc;
 
@@ -27,7 +30,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
     let auto_create = broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match requested {
-        None => topics.extend(broker.topics.all().into_iter().map(|t| describe(&t, me))),
+        None => topics.extend(broker.topics.all().into_iter().map(|t| describe(broker, &t, me))),
         Some(list) => {
             for wanted in list {
                 let found = match &wanted.name {
@@ -35,10 +38,10 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
                     None => broker.topics.get_by_id(wanted.topic_id.as_bytes()),
                 };
                 let entry = match (found, &wanted.name) {
-                    (Some(t), _) => describe(&t, me),
+                    (Some(t), _) => describe(broker, &t, me),
                     (None, Some(name)) if auto_create => {
                         match super::create_topics::create(broker, name, None, Default::default()).await {
-                            Ok(t) => describe(&t, me),
+                            Ok(t) => describe(broker, &t, me),
                             Err((code, _)) => missing(Some(name.as_str()), wanted.topic_id, code),
                         }
                     }
@@ -53,10 +56,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         }
     }
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(me)
-            .with_host(str_bytes(&broker.node.host))
-            .with_port(broker.node.port as i32)])
+        .with_brokers(brokers(broker))
         .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
         .with_controller_id(me)
         .with_topics(topics)
@@ -70,19 +70,43 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
         .with_topic_id(topic_id)
 }
 
-pub fn describe(t: &TopicRecord, me: BrokerId) -> MetadataResponseTopic {
+/// Every node clients may be sent to (just this one on a single node).
+fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    let known = broker.topics.brokers();
+    if known.is_empty() {
+        return vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(broker.node.node_id))
+            .with_host(str_bytes(&broker.node.host))
+            .with_port(broker.node.port as i32)];
+    }
+    known
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port as i32)
+        })
+        .collect()
+}
+
+pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&t.name)))
         .with_topic_id(Uuid::from_bytes(t.id))
         .with_partitions(
             (0..t.partitions)
                 .map(|p| {
+                    let (leader, replicas) = match broker.topics.route(&t.partition_key(p)) {
+                        Some(r) => (BrokerId(r.leader), r.replicas.into_iter().map(BrokerId).collect()),
+                        None => (me, vec![me]),
+                    };
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
-                        .with_leader_id(me)
+                        .with_leader_id(leader)
                         .with_leader_epoch(t.epoch)
-                        .with_replica_nodes(vec![me])
-                        .with_isr_nodes(vec![me])
+                        .with_isr_nodes(replicas.clone())
+                        .with_replica_nodes(replicas)
                 })
                 .collect(),
         )

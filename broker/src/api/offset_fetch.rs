@@ -10,7 +10,6 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
-use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name};
 use crate::Broker;
@@ -23,13 +22,10 @@ async fn positions(
     group: &str,
     wanted: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> Result<Positions, i16> {
-    let store = broker.store.clone();
-    let g = group.to_owned();
-    let committed: HashMap<PartitionKey, CommittedOffset> =
-        match tokio::task::spawn_blocking(move || store.committed_offsets(&g)).await {
-            Ok(Ok(list)) => list.into_iter().collect(),
-            _ => return Err(ResponseError::KafkaStorageError.code()),
-        };
+    let committed: HashMap<PartitionKey, CommittedOffset> = match broker.sequencer.committed_offsets(group).await {
+        Ok(list) => list.into_iter().collect(),
+        Err((code, _)) => return Err(code),
+    };
     let wanted = match wanted {
         Some(w) => w,
         // All topics the group has positions in.

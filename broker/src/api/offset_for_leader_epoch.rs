@@ -39,7 +39,11 @@ pub fn handle(broker: &Arc<Broker>, req: OffsetForLeaderEpochRequest) -> OffsetF
                     // An epoch we never had: undefined, as Kafka answers.
                     return r;
                 }
-                let state = broker.topics.state(&topic.partition_key(p.partition));
+                let pk = topic.partition_key(p.partition);
+                if !broker.topics.serves(&pk) {
+                    return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                }
+                let state = broker.topics.state(&pk);
                 r.with_leader_epoch(topic.epoch).with_end_offset(state.next_offset)
             })
             .collect();

@@ -138,6 +138,7 @@ impl Engine {
         };
         let config = pbft::Config {
             cluster,
+            n: view.keys.len(),
             ..self.pbft.clone()
         };
         Some(Replica::restore(

@@ -67,6 +67,7 @@ pub enum Job {
     Catalog {
         topics: BTreeMap<String, TopicRecord>,
         served: Served,
+        routes: crate::topics::Routes,
         version: u64,
     },
 }
@@ -180,8 +181,14 @@ impl Executor {
                 Job::Catalog {
                     topics,
                     served,
+                    routes,
                     version,
-                } => self.take_catalog(topics, served, version, &mut round),
+                } => {
+                    if version >= self.catalog_at {
+                        self.topics.set_routes(routes);
+                    }
+                    self.take_catalog(topics, served, version, &mut round)
+                }
             }
         }
         let states = self.store.commit(&round.set)?;

@@ -19,9 +19,11 @@
 //! [`crate::sequencer::Sequencer`]) and read the local ledger, which serves
 //! only certified blocks.
 
+pub mod calls;
 pub mod command;
 pub mod engine;
 pub mod executor;
+pub mod forward;
 pub mod identity;
 pub mod raft_link;
 pub mod transport;
@@ -195,6 +197,7 @@ struct Router {
     executor: std::sync::mpsc::SyncSender<executor::Job>,
     transport: OnceLock<Arc<Transport>>,
     raft: Arc<RaftLink>,
+    forward: Arc<forward::Forwarder>,
 }
 
 /// Largest state-transfer answer a peer may ask for.
@@ -257,6 +260,7 @@ impl Inbound for Router {
                 }
             }
             Frame::Raft { call, reply, body } => self.raft.frame(from, call, reply, body),
+            Frame::Forward { call, reply, body } => self.forward.frame(from, call, reply, body),
             Frame::Hello { .. } => {}
         }
     }
@@ -271,6 +275,8 @@ pub struct Replicated {
     pub meta: Arc<MetaRaft<RaftLink>>,
     /// The Raft state version whose topics this node's handlers see.
     catalog_version: watch::Receiver<u64>,
+    topics: Arc<Topics>,
+    forward: Arc<forward::Forwarder>,
 }
 
 impl Replicated {
@@ -284,6 +290,13 @@ impl Replicated {
 
     /// [`Replicated::submit`] for a command already encoded.
     pub async fn submit_encoded(&self, pk: PartitionKey, payload: Bytes) -> oneshot::Receiver<RequestRecord> {
+        if !self.topics.serves(&pk) {
+            // Another cluster orders it: one of its members submits it.
+            return match self.topics.route(&pk) {
+                Some(route) => self.forward.submit(route.leader as u8, pk, payload),
+                None => oneshot::channel().1,
+            };
+        }
         let (reply, rx) = oneshot::channel();
         let _ = self.inbox.send(Input::Submit { pk, payload, reply }).await;
         rx
@@ -291,6 +304,46 @@ impl Replicated {
 
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
+    }
+
+    /// A group's committed offsets: this node's own partitions from its
+    /// ledger, the others' from a member of each other cluster.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(PartitionKey, courier_consensus::ledger::CommittedOffset)>, (i16, String)> {
+        let store = self.forward_store();
+        let g = group.to_owned();
+        let mut out = tokio::task::spawn_blocking(move || store.committed_offsets(&g))
+            .await
+            .map_err(|e| (kafka_protocol::ResponseError::KafkaStorageError.code(), e.to_string()))?
+            .map_err(|e| (kafka_protocol::ResponseError::KafkaStorageError.code(), e.to_string()))?;
+        out.retain(|(pk, _)| self.topics.serves(pk));
+        // One member per other cluster: the first leader seen for it.
+        let mut asked = std::collections::BTreeSet::new();
+        let mut others = std::collections::BTreeSet::new();
+        for t in self.topics.all() {
+            for p in 0..t.partitions {
+                let pk = t.partition_key(p);
+                if let Some(route) = self.topics.route(&pk).filter(|r| !r.served) {
+                    if others.insert(route.replicas.clone()) {
+                        asked.insert(route.leader as u8);
+                    }
+                }
+            }
+        }
+        for node in asked {
+            let theirs = self.forward.offsets(node, group).await.ok_or((
+                kafka_protocol::ResponseError::CoordinatorLoadInProgress.code(),
+                format!("node {node} did not answer for the group's offsets"),
+            ))?;
+            out.extend(theirs.into_iter().filter(|(pk, _)| !self.topics.serves(pk)));
+        }
+        Ok(out)
+    }
+
+    fn forward_store(&self) -> Arc<LedgerStore> {
+        self.forward.store()
     }
 
     /// Orders a structural change through Raft and waits (bounded) until
@@ -321,10 +374,11 @@ impl Replicated {
     }
 
     /// Registers this node in the Raft state (its Kafka address
-    /// `kafka`, its organization) and, once every configured node is
-    /// registered, forms their PBFT cluster if none serves them yet. Runs
-    /// until it has, or until shutdown.
-    pub fn join(&self, kafka: String, organization: String, mut stop: ShutdownSignal) {
+    /// `kafka`, its organization) and, once the other nodes of its group
+    /// (`cluster_size` nodes in id order) are registered, forms their PBFT
+    /// cluster if none serves them yet. Runs until it has, or until
+    /// shutdown.
+    pub fn join(&self, kafka: String, organization: String, cluster_size: usize, mut stop: ShutdownSignal) {
         let meta = self.meta.clone();
         let membership = self.membership.clone();
         tokio::spawn(async move {
@@ -335,7 +389,11 @@ impl Replicated {
                 organization,
                 public_key: membership.members[membership.me as usize].to_vec(),
             };
-            let members: Vec<NodeId> = (0..membership.members.len() as NodeId).collect();
+            // The configured nodes form clusters of `cluster_size` in id
+            // order; this node proposes its own.
+            let size = cluster_size.max(1) as NodeId;
+            let first = NodeId::from(membership.me) / size * size;
+            let members: Vec<NodeId> = (first..first + size).collect();
             tokio::select! {
                 _ = join_cluster(&meta, me, members) => {}
                 _ = stop.wait() => {}
@@ -414,6 +472,54 @@ fn served_by(state: &MetaState, me: NodeId) -> Served {
     out
 }
 
+/// Where clients go for each partition, seen from node `me`: to `me` if it
+/// orders the partition, else to a member of the partition's cluster,
+/// preferably one of `me`'s organization (spread by partition number).
+fn routes_from(state: &MetaState, me: NodeId) -> crate::topics::Routes {
+    use crate::topics::{BrokerAddr, Route, Routes};
+    let my_org = state.nodes.get(&me).map(|n| n.organization.as_str());
+    let mut partitions = std::collections::HashMap::new();
+    for t in state.topics.values() {
+        for (p, cluster) in t.placement.iter().enumerate() {
+            let Some(c) = state.clusters.get(cluster) else { continue };
+            let served = c.members.contains(&me);
+            let leader = if served {
+                me
+            } else {
+                let own: Vec<NodeId> = c
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| state.nodes.get(m).map(|n| n.organization.as_str()) == my_org)
+                    .collect();
+                let pool = if own.is_empty() { &c.members } else { &own };
+                pool[p % pool.len()]
+            };
+            partitions.insert(
+                t.record.partition_key(p as i32),
+                Route {
+                    leader: leader as i32,
+                    replicas: c.members.iter().map(|m| *m as i32).collect(),
+                    served,
+                },
+            );
+        }
+    }
+    let brokers = state
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let (host, port) = n.kafka.rsplit_once(':')?;
+            Some(BrokerAddr {
+                id: n.id as i32,
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .collect();
+    Routes { partitions, brokers }
+}
+
 /// Hands the executor every new Raft state's topics, in order.
 async fn sync_catalog(
     me: NodeId,
@@ -430,6 +536,7 @@ async fn sync_catalog(
                 .map(|(name, t)| (name.clone(), t.record.clone()))
                 .collect(),
             served: served_by(&snapshot, me),
+            routes: routes_from(&snapshot, me),
             version: snapshot.version,
         };
         let executor = executor.clone();
@@ -488,6 +595,7 @@ pub async fn start(
     let (commits_tx, commits_rx) = watch::channel(0);
     let (catalog_tx, catalog_rx) = watch::channel(0);
     let raft_link = Arc::new(RaftLink::default());
+    let forwarder = Arc::new(forward::Forwarder::new(inbox_tx.clone(), store.clone()));
     let addr = config
         .peer_listener
         .clone()
@@ -504,6 +612,7 @@ pub async fn start(
         executor: jobs_tx.clone(),
         transport: OnceLock::new(),
         raft: raft_link.clone(),
+        forward: forwarder.clone(),
     });
     let transport = Arc::new(
         transport::start(
@@ -528,6 +637,7 @@ pub async fn start(
         .await?,
     );
     raft_link.attach(transport.clone(), meta.clone());
+    forwarder.attach(transport.clone());
     if identity.id == 0 {
         // The first node starts the group with every configured node as a
         // voter; on a restart (or on the others) this does nothing.
@@ -608,6 +718,8 @@ pub async fn start(
             membership,
             meta,
             catalog_version: catalog_rx,
+            topics,
+            forward: forwarder,
         },
         Threads { engine, executor },
     ))

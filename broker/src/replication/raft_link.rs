@@ -6,16 +6,15 @@
 //! and openraft retries them; its election and replication timers, not this
 //! link, decide what a silent peer means.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use courier_consensus::raft::{MetaRaft, NodeId, RaftTransport, TransportError};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
+use super::calls::Calls;
 use super::transport::{Frame, Transport};
 
 /// Raft RPCs from peers served at once; more are dropped (the caller
@@ -26,8 +25,7 @@ const SERVING_MAX: usize = 256;
 pub struct RaftLink {
     transport: OnceLock<Arc<Transport>>,
     meta: OnceLock<Arc<MetaRaft<RaftLink>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
-    next_call: AtomicU64,
+    calls: Calls,
     serving: Arc<Semaphore>,
 }
 
@@ -36,8 +34,7 @@ impl Default for RaftLink {
         Self {
             transport: OnceLock::new(),
             meta: OnceLock::new(),
-            pending: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(0),
+            calls: Calls::default(),
             serving: Arc::new(Semaphore::new(SERVING_MAX)),
         }
     }
@@ -51,18 +48,10 @@ impl RaftLink {
         let _ = self.meta.set(meta);
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Bytes>>> {
-        // The map is only inserted into and removed from; a panic while
-        // holding it cannot leave it inconsistent.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A Raft frame from peer `from`.
     pub fn frame(&self, from: u8, call: u64, reply: bool, body: Bytes) {
         if reply {
-            if let Some(waiter) = self.pending().remove(&call) {
-                let _ = waiter.send(body);
-            }
+            self.calls.answer(call, body);
             return;
         }
         let (Some(meta), Some(transport)) = (self.meta.get().cloned(), self.transport.get().cloned()) else {
@@ -96,24 +85,17 @@ impl RaftTransport for RaftLink {
         let (Some(transport), Ok(to)) = (self.transport.get(), u8::try_from(target)) else {
             return Err(TransportError::Unreachable(target));
         };
-        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending().insert(call, tx);
-        transport.send(
-            to,
+        let frame = |call| {
             Frame::Raft {
                 call,
                 reply: false,
                 body: request,
             }
-            .encode(),
-        );
-        let answer = tokio::time::timeout(timeout, rx).await;
-        self.pending().remove(&call);
-        match answer {
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) => Err(TransportError::Unreachable(target)),
-            Err(_) => Err(TransportError::Timeout(target)),
-        }
+            .encode()
+        };
+        self.calls
+            .call(transport, to, frame, timeout)
+            .await
+            .ok_or(TransportError::Timeout(target))
     }
 }

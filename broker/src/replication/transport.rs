@@ -64,6 +64,9 @@ pub enum Frame {
     /// A Raft RPC (`reply` false) or its answer (`reply` true), matched by
     /// the caller's `call` number.
     Raft { call: u64, reply: bool, body: Bytes },
+    /// Work for a partition this node does not order, sent to a node that
+    /// does (`reply` false), or its answer (see `forward`).
+    Forward { call: u64, reply: bool, body: Bytes },
 }
 
 const HELLO: u8 = 0;
@@ -71,6 +74,7 @@ const CONSENSUS: u8 = 1;
 const FETCH: u8 = 2;
 const BLOCKS: u8 = 3;
 const RAFT: u8 = 4;
+const FORWARD: u8 = 5;
 
 /// A consensus message as a frame with its length prefix, encoded once.
 pub fn consensus_frame(m: &courier_consensus::pbft::SignedMessage) -> Bytes {
@@ -129,9 +133,13 @@ impl Frame {
                     }
                 }
             }
-            Frame::Raft { call, reply, body } => {
+            Frame::Raft { call, reply, body } | Frame::Forward { call, reply, body } => {
                 out.reserve(10 + body.len());
-                out.put_u8(RAFT);
+                out.put_u8(if matches!(self, Frame::Raft { .. }) {
+                    RAFT
+                } else {
+                    FORWARD
+                });
                 out.put_u8(u8::from(*reply));
                 out.put_u64(*call);
                 out.put_slice(body);
@@ -200,16 +208,17 @@ impl Frame {
                     blocks,
                 }
             }
-            RAFT if b.len() >= 9 => {
+            kind @ (RAFT | FORWARD) if b.len() >= 9 => {
                 let reply = match b.get_u8() {
                     0 => false,
                     1 => true,
                     _ => return None,
                 };
-                Frame::Raft {
-                    reply,
-                    call: b.get_u64(),
-                    body: b,
+                let call = b.get_u64();
+                if kind == RAFT {
+                    Frame::Raft { reply, call, body: b }
+                } else {
+                    Frame::Forward { reply, call, body: b }
                 }
             }
             _ => return None,
@@ -537,6 +546,11 @@ mod tests {
                 call: u64::MAX,
                 reply: false,
                 body: Bytes::new(),
+            },
+            Frame::Forward {
+                call: 3,
+                reply: false,
+                body: Bytes::from_static(b"produce"),
             },
         ];
         for f in frames {

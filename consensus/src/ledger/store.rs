@@ -141,7 +141,7 @@ pub struct CommittedOffset {
 }
 
 impl CommittedOffset {
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(32);
         b.put_i64(self.offset);
         b.put_i32(self.leader_epoch);
@@ -152,7 +152,7 @@ impl CommittedOffset {
         }
         b
     }
-    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+    pub fn decode(b: &[u8]) -> Result<Self, StoreError> {
         if b.len() < 28 {
             return Err(StoreError::Corrupt("committed offset truncated".into()));
         }

@@ -31,6 +31,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Self {
+        Self::start_clusters(n, 0).await
+    }
+
+    /// `n` nodes forming PBFT clusters of `cluster_size` (0: one cluster).
+    async fn start_clusters(n: usize, cluster_size: usize) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         // Short timeouts, so a lost primary is replaced within seconds.
         let base = common::config(
@@ -41,7 +46,12 @@ impl Cluster {
                 "admin.listener=\"\"",
             ],
         );
-        let configs = courier::dev::node_configs(&base, n, 0).expect("node settings");
+        let configs = if cluster_size == 0 {
+            courier::dev::node_configs(&base, n, 0)
+        } else {
+            courier::dev::multi_cluster_configs(&base, n, cluster_size, 0)
+        }
+        .expect("node settings");
         let nodes = courier::dev::start_cluster(configs.clone())
             .await
             .expect("cluster starts")
@@ -244,6 +254,103 @@ async fn every_replica_serves_the_same_certified_ledger() {
     assert!(receipts >= 3, "the commit left receipts on every partition: {receipts}");
     for s in &summaries[1..] {
         assert_eq!(s, &summaries[0], "every replica holds the same chains");
+    }
+}
+
+/// Eight nodes, one Raft group, two PBFT clusters of four: a topic's
+/// partitions alternate between the clusters, clients reach every
+/// partition from any node, a consumer group's commits land on each
+/// partition's own cluster, and each node holds only its cluster's ledgers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_of_four_share_a_topic() {
+    let mut cluster = Cluster::start_clusters(8, 4).await;
+    create_topic(&cluster.bootstrap(2), "spread", 8).await;
+    // Metadata from a node of the other cluster: each partition is led by
+    // a member of its own cluster, and lists that cluster as replicas.
+    let probe = consumer(&cluster.bootstrap(6), "probe");
+    let md = probe
+        .fetch_metadata(Some("spread"), Duration::from_secs(10))
+        .expect("metadata");
+    let topic = &md.topics()[0];
+    assert_eq!(topic.partitions().len(), 8);
+    for p in topic.partitions() {
+        let members: Vec<i32> = if p.id() % 2 == 0 {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![4, 5, 6, 7]
+        };
+        assert_eq!(p.replicas(), &members[..], "partition {}", p.id());
+        assert!(
+            members.contains(&p.leader()),
+            "partition {} led by {}",
+            p.id(),
+            p.leader()
+        );
+    }
+    assert_eq!(md.brokers().len(), 8);
+    drop(probe);
+    // Produce through a node of cluster 1, one record per partition first.
+    let p = producer(&cluster.bootstrap(6));
+    let mut acked = Vec::new();
+    for i in 0..408usize {
+        let value = format!("v{i}");
+        let key = format!("k{}", i % 17);
+        let mut record = FutureRecord::to("spread").key(&key).payload(&value);
+        if i < 8 {
+            record = record.partition(i as i32);
+        }
+        acked.push(p.send_result(record).expect("queued"));
+    }
+    let mut acked_at = Vec::new();
+    for a in acked {
+        let d = a.await.expect("delivered").expect("acknowledged");
+        acked_at.push((d.partition, d.offset));
+    }
+    let read = read_all(&cluster.bootstrap(1), "spread", 8, 408).await;
+    assert_exactly_once_in_order(&read, 408);
+    for (i, (p, o)) in acked_at.iter().enumerate() {
+        assert!(read[p].contains(&(*o, format!("v{i}"))), "v{i} at {p}/{o}");
+    }
+    // A group coordinated by node 5 commits every partition: half of the
+    // commits are ordered by the other cluster.
+    let c = consumer(&cluster.bootstrap(5), "billing");
+    c.subscribe(&["spread"]).unwrap();
+    let mut got = 0;
+    let deadline = Instant::now() + WAIT;
+    while got < 408 && Instant::now() < deadline {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), c.recv()).await {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 408);
+    c.commit_consumer_state(CommitMode::Sync).expect("offsets committed");
+    drop(c);
+    // Another node reads the group's offsets back: from its own cluster's
+    // ledger and, forwarded, from the other's.
+    let reader = consumer(&cluster.bootstrap(0), "billing");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..8 {
+        tpl.add_partition("spread", p);
+    }
+    let committed = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("offsets fetched back");
+    for p in 0..8 {
+        let end = read[&p].last().map_or(0, |(o, _)| o + 1);
+        let at = committed.find_partition("spread", p).map(|e| e.offset());
+        assert_eq!(at, Some(Offset::Offset(end)), "partition {p}'s committed offset");
+    }
+    drop(reader);
+    let summaries = cluster.stop_and_verify().await;
+    for (node, s) in summaries.iter().enumerate() {
+        let mine: Vec<i32> = (0..8).filter(|p| (p % 2 == 0) == (node < 4)).collect();
+        let held: Vec<String> = s.keys().cloned().collect();
+        let want: Vec<String> = mine.iter().map(|p| format!("spread-{p}")).collect();
+        assert_eq!(held, want, "node {node} holds exactly its cluster's partitions");
+        let receipts: u64 = s.values().map(|v| v.2).sum();
+        assert!(receipts >= 4, "node {node}: the group's commits are receipts here");
+        let first = if node < 4 { 0 } else { 4 };
+        assert_eq!(s, &summaries[first], "node {node} holds its cluster's chains");
     }
 }
 

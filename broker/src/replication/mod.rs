@@ -277,6 +277,8 @@ pub struct Replicated {
     catalog_version: watch::Receiver<u64>,
     topics: Arc<Topics>,
     forward: Arc<forward::Forwarder>,
+    /// PBFT clusters the configured nodes form.
+    clusters_configured: usize,
 }
 
 impl Replicated {
@@ -354,10 +356,11 @@ impl Replicated {
             command,
             MetaCommand::CreateTopic { .. } | MetaCommand::CreatePartitions { .. }
         ) {
-            // Right after the nodes start, their cluster may not be formed
-            // yet: partitions need one to be placed on.
+            // Right after the nodes start, their clusters may not all be
+            // formed yet: partitions are placed over the ones that are.
+            let expected = self.clusters_configured;
             let mut state = self.meta.subscribe();
-            let _ = tokio::time::timeout(CATALOG_WAIT_MAX, state.wait_for(|s| !s.clusters.is_empty())).await;
+            let _ = tokio::time::timeout(CATALOG_WAIT_MAX, state.wait_for(|s| s.clusters.len() >= expected)).await;
         }
         let response = self.meta.write(command).await.map_err(|e| {
             (
@@ -540,7 +543,8 @@ async fn sync_catalog(
             version: snapshot.version,
         };
         let executor = executor.clone();
-        if tokio::task::spawn_blocking(move || executor.send(job)).await.is_err() {
+        let sent = tokio::task::spawn_blocking(move || executor.send(job).is_ok()).await;
+        if !matches!(sent, Ok(true)) {
             return;
         }
         tokio::select! {
@@ -562,8 +566,9 @@ pub enum ReplicationError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot start a replication thread: {0}")]
     Thread(std::io::Error),
+    /// Boxed: openraft's errors are large, and this one is rare.
     #[error(transparent)]
-    Raft(#[from] courier_consensus::raft::RaftStartError),
+    Raft(Box<courier_consensus::raft::RaftStartError>),
 }
 
 /// A running replica's threads.
@@ -634,7 +639,8 @@ pub async fn start(
             raft_link.clone(),
             RaftLimits::default(),
         )
-        .await?,
+        .await
+        .map_err(|e| ReplicationError::Raft(Box::new(e)))?,
     );
     raft_link.attach(transport.clone(), meta.clone());
     forwarder.attach(transport.clone());
@@ -720,6 +726,7 @@ pub async fn start(
             catalog_version: catalog_rx,
             topics,
             forward: forwarder,
+            clusters_configured: config.cluster_replicas.len() / config.cluster_size_or_all().max(1),
         },
         Threads { engine, executor },
     ))

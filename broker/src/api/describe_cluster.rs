@@ -1,4 +1,7 @@
-//! DescribeCluster: this node, the cluster id kept in the ledger.
+//! DescribeCluster: every node of the deployment, from this node's replica
+//! of the Raft state (just this node on a single node), and the cluster
+//! id. The controller reported is this node: any node takes structural
+//! changes and orders them through Raft.
 
 use std::sync::Arc;
 
@@ -20,10 +23,26 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeClusterRequest) -> DescribeClus
             .with_error_message(Some(str_bytes("only broker endpoints are served")));
     }
     let me = BrokerId(broker.node.node_id);
+    let mut brokers: Vec<DescribeClusterBroker> = broker
+        .topics
+        .brokers()
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(b.port as i32)
+        })
+        .collect();
+    if brokers.is_empty() {
+        brokers.push(
+            DescribeClusterBroker::default()
+                .with_broker_id(me)
+                .with_host(str_bytes(&broker.node.host))
+                .with_port(broker.node.port as i32),
+        );
+    }
     r.with_cluster_id(str_bytes(&broker.cluster_id))
         .with_controller_id(me)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(me)
-            .with_host(str_bytes(&broker.node.host))
-            .with_port(broker.node.port as i32)])
+        .with_brokers(brokers)
 }

@@ -287,7 +287,17 @@ async fn two_clusters_of_four_share_a_topic() {
             p.leader()
         );
     }
-    assert_eq!(md.brokers().len(), 8);
+    // The brokers listed are the ones clients are sent to: node 6 and the
+    // leaders it names in cluster 0.
+    let listed: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+    assert!(listed.contains(&6), "{listed:?}");
+    for p in topic.partitions() {
+        assert!(
+            listed.contains(&p.leader()),
+            "leader {} is listed: {listed:?}",
+            p.leader()
+        );
+    }
     drop(probe);
     // Produce through a node of cluster 1, one record per partition first.
     let p = producer(&cluster.bootstrap(6));

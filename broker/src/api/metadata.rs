@@ -1,5 +1,6 @@
 //! Metadata: brokers, topics, partitions and their leaders, from this
-//! node's replica of the Raft state. This node leads every partition its
+//! node's replica of the Raft state. The brokers listed are this node and
+//! the partitions' leaders (DescribeCluster lists every node). This node leads every partition its
 //! clusters order (any member accepts and submits to the cluster); for
 //! another cluster's partition it names a member of that cluster, one of
 //! its own organization when there is one. Every node reports the same
@@ -70,9 +71,9 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
         .with_topic_id(topic_id)
 }
 
-/// Every node clients may be sent to (just this one on a single node).
+/// The nodes clients are sent to: this one and every partition's leader.
 fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
-    let known = broker.topics.brokers();
+    let known = broker.topics.routed_brokers(broker.node.node_id);
     if known.is_empty() {
         return vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(broker.node.node_id))

@@ -66,6 +66,7 @@ pub struct BrokerAddr {
     pub id: i32,
     pub host: String,
     pub port: u16,
+    pub organization: String,
 }
 
 /// Every partition's route and every node's address.

@@ -1,5 +1,9 @@
-//! FindCoordinator: this node coordinates every consumer group. Transaction
-//! coordinators are not available (transactions are not supported).
+//! FindCoordinator: which node coordinates a consumer group. On a single
+//! node, this one. With several nodes, every node of an organization gives
+//! the same answer for a group (a hash of its id over that organization's
+//! nodes, from the Raft state), so a group's members meet on one node
+//! whichever node they ask. Transaction coordinators are not available
+//! (transactions are not supported).
 
 use std::sync::Arc;
 
@@ -13,7 +17,6 @@ use crate::Broker;
 const KEY_TYPE_GROUP: i8 = 0;
 
 pub fn handle(broker: &Arc<Broker>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let me = BrokerId(broker.node.node_id);
     let error = if req.key_type == KEY_TYPE_GROUP {
         0
     } else {
@@ -27,9 +30,8 @@ pub fn handle(broker: &Arc<Broker>, req: FindCoordinatorRequest, version: i16) -
             .map(|key| {
                 let c = Coordinator::default().with_key(key.clone()).with_error_code(error);
                 if error == 0 {
-                    c.with_node_id(me)
-                        .with_host(str_bytes(&broker.node.host))
-                        .with_port(broker.node.port as i32)
+                    let (id, host, port) = coordinator(broker, key.as_str());
+                    c.with_node_id(id).with_host(str_bytes(&host)).with_port(port)
                 } else {
                     c.with_node_id(BrokerId(-1)).with_port(-1)
                 }
@@ -39,10 +41,32 @@ pub fn handle(broker: &Arc<Broker>, req: FindCoordinatorRequest, version: i16) -
     }
     let r = FindCoordinatorResponse::default().with_error_code(error);
     if error == 0 {
-        r.with_node_id(me)
-            .with_host(str_bytes(&broker.node.host))
-            .with_port(broker.node.port as i32)
+        let (id, host, port) = coordinator(broker, req.key.as_str());
+        r.with_node_id(id).with_host(str_bytes(&host)).with_port(port)
     } else {
         r.with_node_id(BrokerId(-1)).with_port(-1)
+    }
+}
+
+/// The node coordinating `group`: one of this node's organization's nodes,
+/// chosen by a hash of the group id that every node computes alike.
+fn coordinator(broker: &Broker, group: &str) -> (BrokerId, String, i32) {
+    let me = (
+        BrokerId(broker.node.node_id),
+        broker.node.host.clone(),
+        broker.node.port as i32,
+    );
+    let all = broker.topics.brokers();
+    let Some(mine) = all.iter().find(|b| b.id == broker.node.node_id) else {
+        return me;
+    };
+    let candidates: Vec<_> = all.iter().filter(|b| b.organization == mine.organization).collect();
+    // FNV-1a: stable across nodes and versions, unlike std's hasher.
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    match candidates.get((hash % candidates.len().max(1) as u64) as usize) {
+        Some(b) => (BrokerId(b.id), b.host.clone(), b.port as i32),
+        None => me,
     }
 }

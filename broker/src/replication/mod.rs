@@ -517,6 +517,7 @@ fn routes_from(state: &MetaState, me: NodeId) -> crate::topics::Routes {
                 id: n.id as i32,
                 host: host.to_owned(),
                 port: port.parse().ok()?,
+                organization: n.organization.clone(),
             })
         })
         .collect();

@@ -36,7 +36,7 @@ kill -0 "$pid" 2>/dev/null || { echo "FAIL courier dev did not start"; cat "$log
 boot=127.0.0.1:$port
 
 "$here/kcat_compat.sh" "$boot"
-"$python" "$here/python/confluent_compat.py" "$boot" "$replicas"
+"$python" "$here/python/confluent_compat.py" "$boot"
 "$python" "$here/python/kafka_python_compat.py" "$boot"
 if [ -n "$node_modules" ]; then
   NODE_PATH="$node_modules" node "$here/node/kafkajs_compat.js" "$boot"

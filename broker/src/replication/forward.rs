@@ -71,22 +71,12 @@ impl Forwarder {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         tokio::spawn(async move {
-            let Some(transport) = this.transport.get() else { return };
             let mut body = BytesMut::with_capacity(21 + payload.len());
             body.put_u8(SUBMIT);
             body.put_slice(&pk.to_bytes());
             body.put_slice(&payload);
-            let body = body.freeze();
-            let frame = |call| {
-                Frame::Forward {
-                    call,
-                    reply: false,
-                    body,
-                }
-                .encode()
-            };
             metrics::counter!("courier_forwarded_submits_total").increment(1);
-            if let Some(answer) = this.calls.call(transport, to, frame, FORWARD_WAIT).await {
+            if let Some(answer) = this.call(to, body.freeze(), FORWARD_WAIT).await {
                 if let Some(record) = decode_record(answer) {
                     let _ = tx.send(record);
                 }
@@ -97,20 +87,10 @@ impl Forwarder {
 
     /// A group's committed offsets as node `to` has them.
     pub async fn offsets(&self, to: u8, group: &str) -> Option<Vec<(PartitionKey, CommittedOffset)>> {
-        let transport = self.transport.get()?;
         let mut body = BytesMut::with_capacity(1 + group.len());
         body.put_u8(OFFSETS);
         body.put_slice(group.as_bytes());
-        let body = body.freeze();
-        let frame = |call| {
-            Frame::Forward {
-                call,
-                reply: false,
-                body,
-            }
-            .encode()
-        };
-        let mut answer = self.calls.call(transport, to, frame, OFFSETS_WAIT).await?;
+        let mut answer = self.call(to, body.freeze(), OFFSETS_WAIT).await?;
         let mut out = Vec::new();
         if answer.remaining() < 4 {
             return None;
@@ -127,6 +107,20 @@ impl Forwarder {
             out.push((pk, CommittedOffset::decode(&answer.split_to(len)).ok()?));
         }
         Some(out)
+    }
+
+    /// Sends a request to node `to`; its answer, if one came in time.
+    async fn call(&self, to: u8, body: Bytes, wait: Duration) -> Option<Bytes> {
+        let transport = self.transport.get()?;
+        let frame = |call| {
+            Frame::Forward {
+                call,
+                reply: false,
+                body,
+            }
+            .encode()
+        };
+        self.calls.call(transport, to, frame, wait).await
     }
 
     /// A forward frame from node `from`.

@@ -273,12 +273,17 @@ async fn two_clusters_of_four_share_a_topic() {
         .expect("metadata");
     let topic = &md.topics()[0];
     assert_eq!(topic.partitions().len(), 8);
+    // Partitions alternate between the two clusters (which one got id 0
+    // depends on which formed first).
+    let even: Vec<i32> = topic.partitions()[0].replicas().to_vec();
+    let odd: Vec<i32> = topic.partitions()[1].replicas().to_vec();
+    let groups = [vec![0, 1, 2, 3], vec![4, 5, 6, 7]];
+    assert!(
+        groups.contains(&even) && groups.contains(&odd) && even != odd,
+        "{even:?} {odd:?}"
+    );
     for p in topic.partitions() {
-        let members: Vec<i32> = if p.id() % 2 == 0 {
-            vec![0, 1, 2, 3]
-        } else {
-            vec![4, 5, 6, 7]
-        };
+        let members = if p.id() % 2 == 0 { &even } else { &odd };
         assert_eq!(p.replicas(), &members[..], "partition {}", p.id());
         assert!(
             members.contains(&p.leader()),
@@ -352,7 +357,8 @@ async fn two_clusters_of_four_share_a_topic() {
     drop(reader);
     let summaries = cluster.stop_and_verify().await;
     for (node, s) in summaries.iter().enumerate() {
-        let mine: Vec<i32> = (0..8).filter(|p| (p % 2 == 0) == (node < 4)).collect();
+        let serves_even = even.contains(&(node as i32));
+        let mine: Vec<i32> = (0..8).filter(|p| (p % 2 == 0) == serves_even).collect();
         let held: Vec<String> = s.keys().cloned().collect();
         let want: Vec<String> = mine.iter().map(|p| format!("spread-{p}")).collect();
         assert_eq!(held, want, "node {node} holds exactly its cluster's partitions");

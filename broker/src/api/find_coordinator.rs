@@ -1,8 +1,8 @@
 //! FindCoordinator: which node coordinates a consumer group. On a single
 //! node, this one. With several nodes, every node of an organization gives
 //! the same answer for a group (a hash of its id over that organization's
-//! nodes, from the Raft state), so a group's members meet on one node
-//! whichever node they ask. Transaction coordinators are not available
+//! nodes that it reaches now, from the Raft state), so a group's members
+//! meet on one node whichever node they ask. Transaction coordinators are not available
 //! (transactions are not supported).
 
 use std::sync::Arc;
@@ -60,7 +60,16 @@ fn coordinator(broker: &Broker, group: &str) -> (BrokerId, String, i32) {
     let Some(mine) = all.iter().find(|b| b.id == broker.node.node_id) else {
         return me;
     };
-    let candidates: Vec<_> = all.iter().filter(|b| b.organization == mine.organization).collect();
+    // Nodes of the organization this node reaches now: a stopped node is
+    // not named (its groups move, as Kafka's do when a broker fails).
+    let live = |id: i32| match &broker.sequencer {
+        crate::sequencer::Sequencer::Replicated(r) => r.is_up(id),
+        crate::sequencer::Sequencer::Local(_) => id == broker.node.node_id,
+    };
+    let candidates: Vec<_> = all
+        .iter()
+        .filter(|b| b.organization == mine.organization && live(b.id))
+        .collect();
     // FNV-1a: stable across nodes and versions, unlike std's hasher.
     let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)

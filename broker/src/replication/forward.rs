@@ -57,6 +57,11 @@ impl Forwarder {
         }
     }
 
+    /// Whether node `node` is reachable now.
+    pub fn is_up(&self, node: u8) -> bool {
+        self.transport.get().is_some_and(|t| t.is_up(node))
+    }
+
     pub fn store(&self) -> Arc<LedgerStore> {
         self.store.clone()
     }

@@ -344,6 +344,11 @@ impl Replicated {
         Ok(out)
     }
 
+    /// Whether node `node` is reachable from this one now.
+    pub fn is_up(&self, node: i32) -> bool {
+        u8::try_from(node).is_ok_and(|n| n == self.membership.me || self.forward.is_up(n))
+    }
+
     fn forward_store(&self) -> Arc<LedgerStore> {
         self.forward.store()
     }

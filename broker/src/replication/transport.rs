@@ -15,7 +15,7 @@
 //! up by state transfer. Incoming frames are bounded in size; a peer that
 //! sends a malformed frame is disconnected.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,6 +242,8 @@ struct Link {
     control: mpsc::UnboundedSender<Bytes>,
     bulk: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
+    /// Whether a connection to the peer is open now.
+    up: Arc<AtomicBool>,
 }
 
 /// The handle the node sends through.
@@ -269,6 +271,15 @@ impl Transport {
         };
         if lane.send(frame).is_err() {
             link.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether node `peer` is reachable now (this node always is).
+    pub fn is_up(&self, peer: u8) -> bool {
+        match self.links.get(peer as usize) {
+            Some(Some(link)) => link.up.load(Ordering::Relaxed),
+            Some(None) => peer == self.me,
+            None => false,
         }
     }
 
@@ -305,10 +316,12 @@ pub async fn start<I: Inbound>(
         let (control, control_rx) = mpsc::unbounded_channel();
         let (bulk, bulk_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let up = Arc::new(AtomicBool::new(false));
         links.push(Some(Link {
             control,
             bulk,
             queued: queued.clone(),
+            up: up.clone(),
         }));
         let (in_tx, in_rx) = mpsc::channel(4);
         incoming.push(Some(in_tx));
@@ -323,6 +336,7 @@ pub async fn start<I: Inbound>(
                 bulk: bulk_rx,
             },
             queued,
+            up,
             inbound.clone(),
             shutdown.clone(),
         ));
@@ -431,6 +445,7 @@ async fn run_link<I: Inbound>(
     mut incoming: mpsc::Receiver<Stream>,
     mut outgoing: Lanes,
     queued: Arc<AtomicUsize>,
+    up: Arc<AtomicBool>,
     inbound: Arc<I>,
     mut shutdown: ShutdownSignal,
 ) {
@@ -462,6 +477,7 @@ async fn run_link<I: Inbound>(
             },
         };
         info!(peer, "peer connected");
+        up.store(true, Ordering::Relaxed);
         let (mut reader, mut writer) = tokio::io::split(stream);
         let read = async {
             loop {
@@ -505,6 +521,7 @@ async fn run_link<I: Inbound>(
             }
             _ = shutdown.wait() => return,
         };
+        up.store(false, Ordering::Relaxed);
         info!(peer, reason = ended.as_deref().unwrap_or("closed"), "peer disconnected");
     }
 }

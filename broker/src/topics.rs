@@ -153,20 +153,6 @@ impl Topics {
         }
     }
 
-    /// The nodes a client of node `me` is sent to: `me` and every
-    /// partition's leader. Metadata lists these only: a client connects to
-    /// the brokers it is given, and a node that is down but still
-    /// registered would cost it failed connections (and error events).
-    pub fn routed_brokers(&self, me: i32) -> Vec<BrokerAddr> {
-        let inner = self.read();
-        let Some(routes) = &inner.routes else {
-            return Vec::new();
-        };
-        let mut ids: std::collections::BTreeSet<i32> = routes.partitions.values().map(|r| r.leader).collect();
-        ids.insert(me);
-        routes.brokers.iter().filter(|b| ids.contains(&b.id)).cloned().collect()
-    }
-
     /// Every node of the deployment (empty on a single node).
     pub fn brokers(&self) -> Vec<BrokerAddr> {
         self.read()

@@ -62,13 +62,9 @@ fn coordinator(broker: &Broker, group: &str) -> (BrokerId, String, i32) {
     };
     // Nodes of the organization this node reaches now: a stopped node is
     // not named (its groups move, as Kafka's do when a broker fails).
-    let live = |id: i32| match &broker.sequencer {
-        crate::sequencer::Sequencer::Replicated(r) => r.is_up(id),
-        crate::sequencer::Sequencer::Local(_) => id == broker.node.node_id,
-    };
     let candidates: Vec<_> = all
         .iter()
-        .filter(|b| b.organization == mine.organization && live(b.id))
+        .filter(|b| b.organization == mine.organization && super::node_live(broker, b.id))
         .collect();
     // FNV-1a: stable across nodes and versions, unlike std's hasher.
     let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

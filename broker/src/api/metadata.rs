@@ -1,6 +1,6 @@
 //! Metadata: brokers, topics, partitions and their leaders, from this
-//! node's replica of the Raft state. The brokers listed are this node and
-//! the partitions' leaders (DescribeCluster lists every node). This node leads every partition its
+//! node's replica of the Raft state. The brokers listed are the nodes this
+//! node reaches now (DescribeCluster lists every registered node). This node leads every partition its
 //! clusters order (any member accepts and submits to the cluster); for
 //! another cluster's partition it names a member of that cluster, one of
 //! its own organization when there is one. Every node reports the same
@@ -71,9 +71,17 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
         .with_topic_id(topic_id)
 }
 
-/// The nodes clients are sent to: this one and every partition's leader.
+/// The live brokers, as Kafka lists them: this node, and every node of the
+/// deployment it reaches now. A registered node that is down is left out
+/// (clients connect to the brokers they are given); a group coordinator
+/// FindCoordinator names is always among them.
 fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
-    let known = broker.topics.routed_brokers(broker.node.node_id);
+    let known: Vec<_> = broker
+        .topics
+        .brokers()
+        .into_iter()
+        .filter(|b| super::node_live(broker, b.id))
+        .collect();
     if known.is_empty() {
         return vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(broker.node.node_id))

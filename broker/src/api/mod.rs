@@ -76,6 +76,14 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
     courier_protocol::versions::name(api_key)
 }
 
+/// Whether node `id` is reachable from this one now (always, for itself).
+pub fn node_live(broker: &Broker, id: i32) -> bool {
+    match &broker.sequencer {
+        crate::sequencer::Sequencer::Replicated(r) => r.is_up(id),
+        crate::sequencer::Sequencer::Local(_) => id == broker.node.node_id,
+    }
+}
+
 /// Counts an error code a handler returned, by API and Kafka error name.
 pub fn count_error(api: ApiKey, code: i16) {
     if code != 0 {

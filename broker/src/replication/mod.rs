@@ -87,15 +87,6 @@ impl Membership {
         }
     }
 
-    pub fn quorum(&self) -> usize {
-        2 * ((self.members.len() - 1) / 3) + 1
-    }
-
-    /// The id a partition's cluster signs under.
-    pub fn cluster_id(&self, pk: &PartitionKey) -> u64 {
-        pbft::instance_id(&self.fingerprint, &pk.to_bytes())
-    }
-
     /// The Kafka cluster id every member reports: from the fingerprint.
     pub fn kafka_cluster_id(&self) -> String {
         uuid::Uuid::from_slice(&self.fingerprint[..16])
@@ -314,7 +305,7 @@ impl Replicated {
         &self,
         group: &str,
     ) -> Result<Vec<(PartitionKey, courier_consensus::ledger::CommittedOffset)>, (i16, String)> {
-        let store = self.forward_store();
+        let store = self.forward.store();
         let g = group.to_owned();
         let mut out = tokio::task::spawn_blocking(move || store.committed_offsets(&g))
             .await
@@ -347,10 +338,6 @@ impl Replicated {
     /// Whether node `node` is reachable from this one now.
     pub fn is_up(&self, node: i32) -> bool {
         u8::try_from(node).is_ok_and(|n| n == self.membership.me || self.forward.is_up(n))
-    }
-
-    fn forward_store(&self) -> Arc<LedgerStore> {
-        self.forward.store()
     }
 
     /// Orders a structural change through Raft and waits (bounded) until

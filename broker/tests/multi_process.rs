@@ -469,17 +469,31 @@ async fn killing_the_raft_leader_during_create_topics_leaves_each_topic_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Kafka clients see the topics on every node (Metadata from the node's
-    // own replica of the state), and they take records.
+    // own replica of the state, which a restarted node adopts within a
+    // bounded time after its Raft state caught up), and they take records.
     for n in &nodes {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &n.kafka)
             .set("group.id", "metadata-check")
             .create()
             .unwrap();
-        let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
-        for name in &names {
-            let t = md.topics().iter().find(|t| t.name() == name);
-            assert_eq!(t.map(|t| t.partitions().len()), Some(3), "{name} on {}", n.kafka);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+            let sizes: Vec<Option<usize>> = names
+                .iter()
+                .map(|name| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == name)
+                        .map(|t| t.partitions().len())
+                })
+                .collect();
+            if sizes.iter().all(|s| *s == Some(3)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topics on {}: {sizes:?}", n.kafka);
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     let producer: FutureProducer = ClientConfig::new()

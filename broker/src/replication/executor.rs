@@ -439,11 +439,10 @@ impl Executor {
         let mut last_cert = None;
         let mut certs = Vec::new();
         for (raw, cert) in &blocks {
-            let Ok(block) = Block::decode(raw) else {
+            let Ok((block, hash)) = Block::decode_hashed(raw) else {
                 warn!(?pk, "state transfer: a block that does not decode; refused");
                 return Ok(());
             };
-            let hash = BlockHash::of(raw);
             if block.partition != pk
                 || block.height != state.next_height
                 || block.prev_hash != state.last_hash

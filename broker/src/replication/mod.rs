@@ -740,14 +740,14 @@ fn certified_states(
             continue;
         }
         let Some(raw) = store.block(&pk, height)? else { continue };
-        let block = courier_consensus::ledger::Block::decode(&raw)
+        let (block, hash) = courier_consensus::ledger::Block::decode_hashed(&raw)
             .map_err(|e| courier_consensus::ledger::StoreError::Corrupt(format!("block {height}: {e}")))?;
         out.push((
             pk,
             courier_consensus::ledger::PartitionState {
                 next_height: height + 1,
                 next_offset: block.next_offset,
-                last_hash: courier_consensus::ledger::BlockHash::of(&raw),
+                last_hash: hash,
                 log_start_offset: state.log_start_offset,
                 max_timestamp: state.max_timestamp,
             },

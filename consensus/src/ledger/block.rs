@@ -1,18 +1,26 @@
 //! Blocks and their canonical encoding.
 //!
-//! The encoding is the block's identity: its SHA-256 is the block hash that
-//! the next block links to and that quorum certificates sign. It is
-//! versioned, big-endian, length-prefixed, and strict — decoding rejects
-//! trailing bytes and unknown versions, so `encode(decode(b)) == b` for every
-//! accepted `b`. Record batches come last so that a fetch can serve them as
-//! one slice of the stored bytes.
+//! The encoding is the block's identity. It is versioned, big-endian,
+//! length-prefixed, and strict — decoding rejects trailing bytes, unknown
+//! versions and batches that do not match their digest, so
+//! `encode(decode(b)) == b` for every accepted `b`. Record batches come last
+//! so that a fetch can serve them as one slice of the stored bytes.
 //!
 //! ```text
-//! "CRBK" | version u16 | topic_id [16] | partition i32 | height u64 | view u64
-//! | prev_hash [32] | base_offset i64 | next_offset i64 | max_timestamp i64
-//! | config_version u64 | receipt_count u32 | receipts… | request_count u32
-//! | (origin u8 | number u64 | error_code i16 | base_offset i64)… | batches_len u32 | batches
+//! head:  "CRBK" | version u16 | topic_id [16] | partition i32 | height u64 | view u64
+//!        | prev_hash [32] | base_offset i64 | next_offset i64 | max_timestamp i64
+//!        | config_version u64 | receipt_count u32 | receipts… | request_count u32
+//!        | (origin u8 | number u64 | error_code i16 | base_offset i64)…
+//!        | batches_len u32 | batches_sha256 [32]
+//! then:  batches
 //! ```
+//!
+//! The block hash (what the next block links to and what quorum
+//! certificates sign) is the SHA-256 of the head alone. The head commits to
+//! the batches through their digest, so a block's header, receipts and
+//! outcomes can be checked against its certificate without its payload:
+//! that is what the global ledger keeps (format 3; format 2 hashed head and
+//! batches together).
 //!
 //! The request records are the contract's results: which replica submitted
 //! each request the block's batch ordered, under which number, and what
@@ -24,11 +32,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ring::digest;
 
 /// The current block format.
-pub const BLOCK_FORMAT_VERSION: u16 = 2;
+pub const BLOCK_FORMAT_VERSION: u16 = 3;
 const MAGIC: &[u8; 4] = b"CRBK";
 const FIXED_BYTES: usize = 4 + 2 + 16 + 4 + 8 + 8 + 32 + 8 + 8 + 8 + 8 + 4;
 
-/// SHA-256 of a block's canonical encoding.
+/// SHA-256 of a block's head (see the module notes).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct BlockHash(pub [u8; 32]);
 
@@ -53,7 +61,7 @@ impl std::fmt::Debug for BlockHash {
 
 /// Which ledger a block belongs to: a topic (by its id, so a re-created
 /// topic of the same name starts a fresh chain) and a partition index.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PartitionKey {
     pub topic_id: [u8; 16],
     pub partition: i32,
@@ -189,7 +197,7 @@ pub struct SealedBlock {
 impl Block {
     pub fn seal(self) -> SealedBlock {
         let head = self.encode_head().freeze();
-        let hash = Block::hash_parts(&head, &self.batches);
+        let hash = BlockHash::of(&head);
         SealedBlock {
             block: self,
             head,
@@ -211,6 +219,8 @@ pub enum BlockError {
     BadString,
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("the batches do not match the digest in the head")]
+    BatchesDigest,
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -238,18 +248,18 @@ fn need(b: &[u8], n: usize) -> Result<(), BlockError> {
 }
 
 impl Block {
-    /// The canonical encoding (what is hashed): [`Block::encode_head`], then
-    /// the batches.
+    /// The canonical encoding: [`Block::encode_head`], then the batches.
     pub fn encode(&self) -> Bytes {
         let mut out = self.encode_head();
         out.put_slice(&self.batches);
         out.freeze()
     }
 
-    /// Everything of the canonical encoding up to and including
-    /// `batches_len`: the part stored apart from the record batches.
+    /// Everything of the canonical encoding up to and including the
+    /// batches' digest: the part stored apart from the record batches, and
+    /// what the block hash covers.
     pub fn encode_head(&self) -> BytesMut {
-        let mut out = BytesMut::with_capacity(FIXED_BYTES + 4 + 128 * self.receipts.len());
+        let mut out = BytesMut::with_capacity(FIXED_BYTES + 4 + 32 + 128 * self.receipts.len());
         out.put_slice(MAGIC);
         out.put_u16(BLOCK_FORMAT_VERSION);
         out.put_slice(&self.partition.topic_id);
@@ -273,42 +283,42 @@ impl Block {
             out.put_i64(r.base_offset);
         }
         out.put_u32(self.batches.len() as u32);
+        out.put_slice(&BlockHash::of(&self.batches).0);
         out
     }
 
-    /// SHA-256 of the canonical encoding, without assembling it.
+    /// The block hash: SHA-256 of the head (which holds the batches' digest).
     pub fn hash(&self) -> BlockHash {
-        Self::hash_parts(&self.encode_head(), &self.batches)
-    }
-
-    /// SHA-256 of a head (from [`Block::encode_head`]) followed by batches.
-    pub fn hash_parts(head: &[u8], batches: &[u8]) -> BlockHash {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(head);
-        ctx.update(batches);
-        let mut h = [0u8; 32];
-        h.copy_from_slice(ctx.finish().as_ref());
-        BlockHash(h)
+        BlockHash::of(&self.encode_head())
     }
 
     /// Decodes a canonical encoding; `batches` shares `bytes`' memory.
     pub fn decode(bytes: &Bytes) -> Result<Block, BlockError> {
+        Self::decode_hashed(bytes).map(|(block, _)| block)
+    }
+
+    /// Decodes a canonical encoding and returns the block's hash too
+    /// (hashing the head as received, not a re-encoding of it).
+    pub fn decode_hashed(bytes: &Bytes) -> Result<(Block, BlockHash), BlockError> {
         let mut b: &[u8] = bytes;
-        let (mut block, batches_len) = Self::decode_head(&mut b)?;
+        let (mut block, batches_len, digest) = Self::decode_head(&mut b)?;
         need(b, batches_len)?;
         if b.len() > batches_len {
             return Err(BlockError::TrailingBytes(b.len() - batches_len));
         }
         let start = bytes.len() - b.len();
         block.batches = bytes.slice(start..start + batches_len);
-        Ok(block)
+        if BlockHash::of(&block.batches) != digest {
+            return Err(BlockError::BatchesDigest);
+        }
+        Ok((block, BlockHash::of(&bytes[..start])))
     }
 
     /// Rebuilds a block from a stored head and its batches, checking that
     /// the head is whole and announces exactly these batches.
     pub fn from_parts(head: &[u8], batches: Bytes) -> Result<Block, BlockError> {
         let mut b = head;
-        let (mut block, batches_len) = Self::decode_head(&mut b)?;
+        let (mut block, batches_len, _) = Self::decode_head(&mut b)?;
         if !b.is_empty() {
             return Err(BlockError::TrailingBytes(b.len()));
         }
@@ -322,17 +332,34 @@ impl Block {
     /// Decodes a stored head alone: the block without its batches (which
     /// stay empty), e.g. to read receipts without touching payloads.
     pub fn from_head(head: &[u8]) -> Result<Block, BlockError> {
+        Self::head_only(head).map(|h| h.block)
+    }
+
+    /// The length of the head at the front of a block's encoding (nothing
+    /// after it is checked).
+    pub fn head_len(bytes: &[u8]) -> Result<usize, BlockError> {
+        let mut b = bytes;
+        Self::decode_head(&mut b)?;
+        Ok(bytes.len() - b.len())
+    }
+
+    /// Decodes a head alone, with what it says of the batches it commits to.
+    pub fn head_only(head: &[u8]) -> Result<Head, BlockError> {
         let mut b = head;
-        let (block, _) = Self::decode_head(&mut b)?;
+        let (block, batches_len, batches_digest) = Self::decode_head(&mut b)?;
         if !b.is_empty() {
             return Err(BlockError::TrailingBytes(b.len()));
         }
-        Ok(block)
+        Ok(Head {
+            block,
+            batches_len,
+            batches_digest,
+        })
     }
 
     /// Parses the head, leaving `b` at the first batch byte; returns the
-    /// block (with no batches yet) and the announced batches length.
-    fn decode_head(b: &mut &[u8]) -> Result<(Block, usize), BlockError> {
+    /// block (with no batches yet), the announced batches length and digest.
+    fn decode_head(b: &mut &[u8]) -> Result<(Block, usize, BlockHash), BlockError> {
         need(b, FIXED_BYTES)?;
         if &b[..4] != MAGIC {
             return Err(BlockError::BadMagic);
@@ -378,8 +405,10 @@ impl Block {
                 base_offset: b.get_i64(),
             })
             .collect();
-        need(b, 4)?;
+        need(b, 4 + 32)?;
         let batches_len = b.get_u32() as usize;
+        let mut digest = [0u8; 32];
+        b.copy_to_slice(&mut digest);
         let block = Block {
             partition,
             height,
@@ -393,8 +422,17 @@ impl Block {
             requests,
             batches: Bytes::new(),
         };
-        Ok((block, batches_len))
+        Ok((block, batches_len, BlockHash(digest)))
     }
+}
+
+/// A block head decoded without its batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The block, its `batches` empty.
+    pub block: Block,
+    pub batches_len: usize,
+    pub batches_digest: BlockHash,
 }
 
 #[cfg(test)]
@@ -456,12 +494,25 @@ mod tests {
         }
 
         #[test]
-        fn any_change_changes_the_hash(block in arb_block(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        fn any_change_is_refused_or_changes_the_hash(block in arb_block(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
             let bytes = block.encode();
+            let (_, hash) = Block::decode_hashed(&bytes).unwrap();
+            prop_assert_eq!(hash, block.hash());
             let mut m = bytes.to_vec();
             let i = pos.index(m.len());
             m[i] ^= 1 << bit;
-            prop_assert_ne!(BlockHash::of(&m), BlockHash::of(&bytes));
+            if let Ok((_, changed)) = Block::decode_hashed(&Bytes::from(m)) {
+                prop_assert_ne!(changed, hash);
+            }
+        }
+
+        #[test]
+        fn a_head_alone_gives_the_hash(block in arb_block()) {
+            let head = block.encode_head();
+            let h = Block::head_only(&head).unwrap();
+            prop_assert_eq!(BlockHash::of(&head), block.hash());
+            prop_assert_eq!(h.batches_len, block.batches.len());
+            prop_assert_eq!(h.batches_digest, BlockHash::of(&block.batches));
         }
     }
 

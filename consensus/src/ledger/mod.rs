@@ -7,7 +7,7 @@ mod store;
 mod verify;
 
 pub use block::{
-    Block, BlockError, BlockHash, PartitionKey, Receipt, RequestRecord, SealedBlock, BLOCK_FORMAT_VERSION,
+    Block, BlockError, BlockHash, Head, PartitionKey, Receipt, RequestRecord, SealedBlock, BLOCK_FORMAT_VERSION,
 };
 pub use store::{
     CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet, CATALOG_VERSION,
@@ -174,13 +174,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LedgerStore::open(&dir.path().join("l.redb"), Durability::None).unwrap();
         append(&store, 4, 2);
-        // Change one value byte in block 2 and fix nothing else: the CRC breaks.
+        // Change one value byte in block 2 and fix nothing else: the batches
+        // no longer match the digest its head (and certificate) commits to.
         let mut raw = store.block(&PK, 2).unwrap().unwrap().to_vec();
         let last = raw.len() - 3;
         raw[last] ^= 0x20;
         store.tamper_block(&PK, 2, &raw).unwrap();
         match verify_partition(&store, &PK, |_| {}) {
-            Err(VerifyError::BadBlock { height: 2, reason, .. }) => assert!(reason.contains("CRC"), "{reason}"),
+            Err(VerifyError::BadBlock { height: 2, reason, .. }) => assert!(reason.contains("digest"), "{reason}"),
             other => panic!("expected block 2 to fail, got {other:?}"),
         }
         // Re-encode block 1 with a different timestamp: canonical and CRC-clean,

@@ -113,7 +113,7 @@ pub fn verify_ledger(
             reason,
         };
         let raw = store.block(pk, height)?.ok_or_else(|| bad("missing".into()))?;
-        let block = Block::decode(&raw).map_err(|e| bad(format!("not a canonical block: {e}")))?;
+        let (block, hash) = Block::decode_hashed(&raw).map_err(|e| bad(format!("not a canonical block: {e}")))?;
         if block.partition != *pk || block.height != height {
             return Err(bad(format!(
                 "claims to be {:?} height {}",
@@ -165,7 +165,7 @@ pub fn verify_ledger(
         report.receipts += block.receipts.len() as u64;
         report.blocks += 1;
         next_offset = block.next_offset;
-        prev = BlockHash::of(&raw);
+        prev = hash;
         if let (Some(check), Some(cert)) = (&options.certs, certs.get(&height)) {
             let cert = decode_cert(cert.clone()).map_err(|e| bad(format!("certificate does not decode: {e}")))?;
             if cert.seq != height + 1 || cert.state != prev.0 {

@@ -11,6 +11,7 @@
 //! from any node (forwarding it to the leader), [`MetaRaft::subscribe`]
 //! follows the state as this node applies it.
 
+pub mod global;
 pub mod network;
 pub mod state_machine;
 pub mod store;
@@ -97,6 +98,7 @@ pub struct MetaRaft<T> {
     transport: Arc<T>,
     state: watch::Receiver<Arc<MetaState>>,
     limits: RaftLimits,
+    global: global::GlobalLedger,
 }
 
 impl<T: RaftTransport> MetaRaft<T> {
@@ -104,6 +106,7 @@ impl<T: RaftTransport> MetaRaft<T> {
     pub async fn start(id: NodeId, path: &Path, transport: Arc<T>, limits: RaftLimits) -> Result<Self, RaftStartError> {
         let (log, sm) = store::open(path)?;
         let state = sm.subscribe();
+        let global = sm.global();
         let config = Config {
             cluster_name: "courier".into(),
             heartbeat_interval: limits.heartbeat_ms,
@@ -124,6 +127,7 @@ impl<T: RaftTransport> MetaRaft<T> {
             transport,
             state,
             limits,
+            global,
         })
     }
 
@@ -155,6 +159,11 @@ impl<T: RaftTransport> MetaRaft<T> {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<MetaState>> {
         self.state.clone()
+    }
+
+    /// This node's copy of the global ledger's entries.
+    pub fn global(&self) -> &global::GlobalLedger {
+        &self.global
     }
 
     /// The leader this node knows of.

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::global::{GlobalEntry, GlobalHead};
 use crate::catalog::{validate_topic_name, TopicRecord};
 use crate::ledger::PartitionKey;
 
@@ -74,9 +75,15 @@ pub struct MetaState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub clusters: BTreeMap<u32, ClusterRecord>,
     pub topics: BTreeMap<String, TopicEntry>,
-    /// Bumped by every accepted command: a change counter clients of this
-    /// state can wait on.
+    /// Where each partition's chain in the global ledger ends (its entries
+    /// are rows beside the Raft log, see `global`). Kept for deleted topics
+    /// too: the global ledger is an audit record.
+    pub global: BTreeMap<PartitionKey, GlobalHead>,
+    /// Bumped by every accepted structural command: a change counter
+    /// clients of this state can wait on.
     pub version: u64,
+    /// Bumped by every accepted global-ledger append.
+    pub global_appends: u64,
 }
 
 /// A structural change, ordered by Raft.
@@ -112,6 +119,12 @@ pub enum MetaCommand {
         name: String,
         changes: Vec<(String, Option<String>)>,
     },
+    /// Appends verified blocks of a partition to the global ledger: they
+    /// must extend its chain there and end at a certified block.
+    AppendGlobal {
+        pk: PartitionKey,
+        entries: Vec<GlobalEntry>,
+    },
 }
 
 /// The outcome of one command.
@@ -133,7 +146,11 @@ impl MetaState {
     pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
         match self.try_apply(command) {
             Ok(cluster) => {
-                self.version += 1;
+                if matches!(command, MetaCommand::AppendGlobal { .. }) {
+                    self.global_appends += 1;
+                } else {
+                    self.version += 1;
+                }
                 MetaResponse {
                     error_code: 0,
                     message: None,
@@ -164,7 +181,32 @@ impl MetaState {
             MetaCommand::DeleteTopic { id } => self.delete_topic(id).map(|_| None),
             MetaCommand::CreatePartitions { name, total } => self.create_partitions(name, *total).map(|_| None),
             MetaCommand::AlterConfigs { name, changes } => self.alter_configs(name, changes).map(|_| None),
+            MetaCommand::AppendGlobal { pk, entries } => self.append_global(pk, entries).map(|_| None),
         }
+    }
+
+    fn append_global(&mut self, pk: &PartitionKey, entries: &[GlobalEntry]) -> Result<(), Refusal> {
+        let cluster = self.cluster_of(pk).map(|c| c.id).ok_or((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no partition {} of that topic id", pk.partition),
+        ))?;
+        if entries.last().is_none_or(|e| e.cert.is_none()) {
+            return Err((
+                code::INVALID_REQUEST,
+                "a global-ledger append ends at a certified block".into(),
+            ));
+        }
+        let mut head = self
+            .global
+            .get(pk)
+            .cloned()
+            .unwrap_or_else(|| GlobalHead::genesis(cluster));
+        for e in entries {
+            e.extend(pk, &mut head)
+                .map_err(|e| (code::INVALID_REQUEST, format!("global ledger: {e}")))?;
+        }
+        self.global.insert(*pk, head);
+        Ok(())
     }
 
     fn register_node(&mut self, node: &NodeRecord) -> Result<(), Refusal> {

@@ -8,6 +8,10 @@
 //!   start from the last snapshot plus the committed log after it
 //!   (openraft re-applies it, because the committed index is saved). A
 //!   snapshot is the whole state, encoded once, stored in `raft_snapshot`.
+//! * The global ledger's entries are rows (see [`super::global`]), written
+//!   durably as entries are applied; re-applying writes the same rows. The
+//!   stored snapshot holds only the in-memory state; the one sent to a
+//!   follower carries the entries below its heads as well.
 //!
 //! Every state the machine reaches is published on a `watch` channel:
 //! that is how the broker learns about topics and clusters.
@@ -31,8 +35,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::state_machine::{MetaResponse, MetaState, NodeId};
+use super::global::{self, GlobalEntry};
+use super::state_machine::{MetaCommand, MetaResponse, MetaState, NodeId};
 use super::TypeConfig;
+use crate::ledger::PartitionKey;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -72,6 +78,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), redb::Error> {
     txn.open_table(LOG)?;
     txn.open_table(META)?;
     txn.open_table(SNAPSHOT)?;
+    global::create_tables(&txn)?;
     txn.commit()?;
     let log = LogStore { db: db.clone() };
     let sm = StateMachine::load(db).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
@@ -219,6 +226,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// A stopped node's Raft state, read from its file: the last snapshot plus
+/// every committed entry after it, applied as the node would at its next
+/// start (global-ledger rows included). For `courier ledger verify
+/// --global` and `courier message locate`; the node must not be running.
+pub fn open_offline(path: &Path) -> Result<(MetaState, global::GlobalLedger), StorageError<NodeId>> {
+    let db = Database::open(path).map_err(read_err)?;
+    let (log, sm) = {
+        let db = Arc::new(db);
+        let txn = db.begin_write().map_err(write_err)?;
+        global::create_tables(&txn).map_err(write_err)?;
+        txn.commit().map_err(write_err)?;
+        (LogStore { db: db.clone() }, StateMachine::load(db)?)
+    };
+    let committed: Option<LogId<NodeId>> = log.get_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten();
+    let from = sm.lock().last_applied.map_or(0, |l| l.index + 1);
+    if let Some(committed) = committed.filter(|c| c.index >= from) {
+        let entries = {
+            let txn = log.db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            let mut out = Vec::new();
+            for row in table.range(from..=committed.index).map_err(read_err)? {
+                let (_, v) = row.map_err(read_err)?;
+                out.push(decode::<Entry<TypeConfig>>(v.value())?);
+            }
+            out
+        };
+        sm.apply_entries(entries)?;
+    }
+    let state = sm.lock().state.clone();
+    Ok((state, global::GlobalLedger::new(sm.db.clone())))
+}
+
 /// What a snapshot holds besides openraft's own metadata.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -233,6 +272,15 @@ struct Applied {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
     state: MetaState,
+}
+
+/// A snapshot's body: the state and, when it is to be installed elsewhere,
+/// the global ledger's entries below the state's heads.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    applied: Applied,
+    /// `None` in the body a build returns (openraft reads only its meta).
+    global: Option<Vec<(PartitionKey, Vec<GlobalEntry>)>>,
 }
 
 /// The applied state, shared with its snapshot builder.
@@ -264,11 +312,67 @@ impl StateMachine {
         self.published.subscribe()
     }
 
+    /// The global ledger's rows.
+    pub fn global(&self) -> global::GlobalLedger {
+        global::GlobalLedger::new(self.db.clone())
+    }
+
+    /// Applies committed entries: the state in memory, the global ledger's
+    /// rows on disk (durably, before anyone sees the new heads).
+    fn apply_entries(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> StoreResult<Vec<MetaResponse>> {
+        let mut out = Vec::new();
+        let mut rows: Vec<(PartitionKey, Vec<GlobalEntry>)> = Vec::new();
+        let state = {
+            let mut a = self.lock();
+            for entry in entries {
+                let span = tracing::debug_span!("raft_apply", index = entry.log_id.index);
+                let _enter = span.enter();
+                a.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => out.push(MetaResponse {
+                        version: a.state.version,
+                        ..Default::default()
+                    }),
+                    EntryPayload::Normal(command) => {
+                        let response = a.state.apply(&command);
+                        if response.error_code == 0 {
+                            if let MetaCommand::AppendGlobal { pk, entries } = command {
+                                rows.push((pk, entries));
+                            }
+                        }
+                        out.push(response);
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id), m);
+                        out.push(MetaResponse {
+                            version: a.state.version,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                write_global_rows(&self.db, &rows)?;
+            }
+            Arc::new(a.state.clone())
+        };
+        self.published.send_replace(state);
+        Ok(out)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
         // A panic while applying cannot leave half a command applied
         // (apply works on a clone-free, all-or-nothing `MetaState::apply`).
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn write_global_rows(db: &Database, rows: &[(PartitionKey, Vec<GlobalEntry>)]) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(write_err)?;
+    for (pk, entries) in rows {
+        global::write_rows(&txn, pk, entries).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)
 }
 
 fn read_snapshot(db: &Database) -> StoreResult<Option<StoredSnapshot>> {
@@ -310,9 +414,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let stored = StoredSnapshot { meta, data };
         write_snapshot(&self.db, &stored)?;
+        let body = encode(&SnapshotBody { applied, global: None })?;
         Ok(Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(Cursor::new(body)),
         })
     }
 }
@@ -332,32 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut out = Vec::new();
-        let state = {
-            let mut a = self.lock();
-            for entry in entries {
-                let span = tracing::debug_span!("raft_apply", index = entry.log_id.index);
-                let _enter = span.enter();
-                a.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => out.push(MetaResponse {
-                        version: a.state.version,
-                        ..Default::default()
-                    }),
-                    EntryPayload::Normal(command) => out.push(a.state.apply(&command)),
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembership::new(Some(entry.log_id), m);
-                        out.push(MetaResponse {
-                            version: a.state.version,
-                            ..Default::default()
-                        });
-                    }
-                }
-            }
-            Arc::new(a.state.clone())
-        };
-        self.published.send_replace(state);
-        Ok(out)
+        self.apply_entries(entries)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -374,10 +454,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
         let data = snapshot.into_inner();
-        let mut applied: Applied = decode(&data)?;
+        let body: SnapshotBody = decode(&data)?;
+        let mut applied = body.applied;
         // The meta is what the leader vouches for; the body must agree.
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        match body.global {
+            Some(rows) => write_global_rows(&self.db, &rows)?,
+            None if !applied.state.global.is_empty() => {
+                return Err(read_err("a snapshot without its global-ledger entries cannot be installed"));
+            }
+            None => {}
+        }
         write_snapshot(
             &self.db,
             &StoredSnapshot {
@@ -392,9 +480,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        Ok(read_snapshot(&self.db)?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let Some(stored) = read_snapshot(&self.db)? else {
+            return Ok(None);
+        };
+        // The rows only grow and are the same on every node, so those below
+        // the snapshot's heads are the snapshot's, whenever they are read.
+        let applied: Applied = decode(&stored.data)?;
+        let rows = global::dump(&self.db, &applied.state.global).map_err(read_err)?;
+        let body = encode(&SnapshotBody {
+            applied,
+            global: Some(rows),
+        })?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(body)),
         }))
     }
 }

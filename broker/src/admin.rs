@@ -1,12 +1,18 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/health`, and
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/health`,
 //! `/raft` (this node's view of the Raft group: leader, term, voters,
-//! applied state version, clusters).
+//! applied state version, clusters), and the global ledger:
+//!
+//! * `/global`: each partition's global head, and (on the Raft leader) the
+//!   global-ledger task's lag and the blocks it refused;
+//! * `/global/verify`: `courier ledger verify --global` on the running node;
+//! * `/global/locate?topic=T&key=K` or `?topic=T&partition=P&offset=O`:
+//!   `courier message locate` on the running node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -20,6 +26,9 @@ pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/raft", get(raft))
+        .route("/global", get(global))
+        .route("/global/verify", get(global_verify))
+        .route("/global/locate", get(global_locate))
         .with_state(broker);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -83,4 +92,90 @@ async fn raft(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
         crate::sequencer::Sequencer::Local(_) => serde_json::json!({ "node_id": broker.node.node_id, "leader": null }),
     };
     ([(header::CONTENT_TYPE, "application/json")], format!("{body}\n"))
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> axum::response::Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+fn no_raft() -> axum::response::Response {
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": "a single-replica node has no Raft group and no global ledger" }),
+    )
+}
+
+async fn global(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    let crate::sequencer::Sequencer::Replicated(r) = &broker.sequencer else {
+        return no_raft();
+    };
+    let state = r.meta.state();
+    let heads: Vec<_> = state
+        .global
+        .iter()
+        .map(|(pk, h)| {
+            serde_json::json!({
+                "topic": state.topic_by_id(&pk.topic_id).map(|t| t.record.name.clone()),
+                "partition": pk.partition,
+                "cluster": h.cluster,
+                "blocks": h.next_height,
+                "next_offset": h.next_offset,
+                "messages": h.messages,
+                "receipts": h.receipts,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "node_id": broker.node.node_id,
+            "task": r.global.status(),
+            "partitions": heads,
+        }),
+    )
+}
+
+async fn global_verify(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    let crate::sequencer::Sequencer::Replicated(r) = &broker.sequencer else {
+        return no_raft();
+    };
+    let (state, ledger, store) = (r.meta.state(), r.meta.global().clone(), broker.store.clone());
+    let checked = tokio::task::spawn_blocking(move || crate::verify::check_global(&ledger, &state, &store)).await;
+    match checked {
+        Ok(Ok(check)) => json(StatusCode::OK, serde_json::json!(check)),
+        Ok(Err(e)) => json(StatusCode::CONFLICT, serde_json::json!({ "error": e.to_string() })),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+async fn global_locate(State(broker): State<Arc<Broker>>, RawQuery(query): RawQuery) -> axum::response::Response {
+    let crate::sequencer::Sequencer::Replicated(r) = &broker.sequencer else {
+        return no_raft();
+    };
+    let params = crate::verify::parse_query(query.as_deref().unwrap_or(""));
+    let (topic, located) = match crate::verify::locate_query(&params) {
+        Ok(q) => q,
+        Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+    };
+    let (state, ledger) = (r.meta.state(), r.meta.global().clone());
+    let found = tokio::task::spawn_blocking(move || ledger.locate(&state, &topic, &located)).await;
+    match found {
+        Ok(Ok(found)) => json(StatusCode::OK, serde_json::json!(found)),
+        Ok(Err(e)) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+    }
 }

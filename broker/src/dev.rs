@@ -71,6 +71,15 @@ pub fn multi_cluster_configs(
             Ok(base_port + i as u16)
         }
     };
+    // Each node has its own admin endpoint (node i on the first's port + i),
+    // so `/global` and `/raft` can be compared across nodes.
+    let admin = |i: usize| -> Result<String, DevError> {
+        if base.admin_listener.is_empty() {
+            return Ok(String::new());
+        }
+        let (admin_host, admin_port) = host_port(&base.admin_listener)?;
+        Ok(format!("{admin_host}:{}", port(admin_port, i)?))
+    };
     let peers: Vec<String> = (0..n)
         .map(|i| port(peer_port, i).map(|p| format!("{host}:{p}")))
         .collect::<Result<_, _>>()?;
@@ -81,12 +90,7 @@ pub fn multi_cluster_configs(
                 listeners: format!("{host}:{}", port(kafka_port, i)?),
                 advertised_listeners: None,
                 log_dirs: root.join(format!("node-{i}")),
-                // Metrics and health are served by the first node only.
-                admin_listener: if i == 0 {
-                    base.admin_listener.clone()
-                } else {
-                    String::new()
-                },
+                admin_listener: admin(i)?,
                 cluster_replicas: peers.clone(),
                 cluster_public_keys: nodes.iter().map(|n| n.public_key.clone()).collect(),
                 peer_listener: None,
@@ -172,7 +176,7 @@ mod tests {
         let configs = node_configs(&base, 4, 29092).unwrap();
         assert_eq!(configs[3].listeners, "127.0.0.1:19095");
         assert_eq!(configs[1].cluster_replicas[2], "127.0.0.1:29094");
-        assert_eq!(configs[1].admin_listener, "");
+        assert_eq!(configs[1].admin_listener, "127.0.0.1:9645");
         let files = write_node_files(dir.path(), &configs).unwrap();
         for (c, f) in configs.iter().zip(files) {
             let loaded = BrokerConfig::load(Some(&f), &[]).unwrap();

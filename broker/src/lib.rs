@@ -39,6 +39,8 @@ const SEQUENCER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs
 
 /// File name of the ledger database inside `log.dirs`.
 pub const LEDGER_FILE: &str = "ledger.redb";
+/// The Raft log, state snapshots and global ledger, inside `log.dirs`.
+pub const RAFT_FILE: &str = "raft.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -30,6 +30,45 @@ enum Command {
     /// Inspect and check ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Find messages in the global ledger.
+    #[command(subcommand)]
+    Message(MessageCommand),
+}
+
+#[derive(Subcommand)]
+enum MessageCommand {
+    /// Find a message's partition, block, certificate and delivery
+    /// receipts from the global ledger alone (any node gives the same
+    /// answer once its Raft state has the blocks).
+    Locate {
+        #[arg(long)]
+        topic: String,
+        /// Every message with this key, in any partition of the topic.
+        #[arg(long, conflicts_with = "offset", required_unless_present = "offset")]
+        key: Option<String>,
+        /// The message at this offset of --partition.
+        #[arg(long)]
+        offset: Option<i64>,
+        #[arg(long, default_value_t = 0, requires = "offset")]
+        partition: i32,
+        #[command(flatten)]
+        source: GlobalSource,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where to read the global ledger from.
+#[derive(Args)]
+struct GlobalSource {
+    /// A stopped node's data directory (the broker's log.dirs).
+    #[arg(long, value_name = "DIR", default_value = "./courier-data")]
+    data_dir: PathBuf,
+    /// A running node's admin endpoint (host:port), instead of a data
+    /// directory.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
 }
 
 #[derive(Args)]
@@ -111,8 +150,17 @@ enum LedgerCommand {
         /// Check certificates against the members' keys in this node
         /// configuration (cluster.public.keys) instead of the keys the node
         /// recorded in its ledger.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "global")]
         config: Option<PathBuf>,
+        /// Verify the global ledger instead (hash links, certificates
+        /// against the cluster keys in the Raft state) and compare it with
+        /// the partition ledgers this node holds; prints a digest that is
+        /// the same on every node holding the same global ledger.
+        #[arg(long)]
+        global: bool,
+        /// With --global: ask a running node's admin endpoint (host:port).
+        #[arg(long, value_name = "HOST:PORT", requires = "global")]
+        admin: Option<String>,
     },
     /// List delivery receipts (committed consumer offsets) recorded on the
     /// ledger, with the block that holds each.
@@ -129,6 +177,12 @@ enum LedgerCommand {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`courier message locate … | head`) ends the command
+    // quietly, as it does any Unix tool.
+    // SAFETY: called first, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -144,7 +198,21 @@ fn main() -> ExitCode {
             port,
             peer_port,
         }) => certs_dev(&out, nodes, cluster_size, port, peer_port),
-        Command::Ledger(LedgerCommand::Verify { data_dir, config }) => verify(&data_dir, config.as_deref()),
+        Command::Ledger(LedgerCommand::Verify {
+            data_dir,
+            global: true,
+            admin,
+            ..
+        }) => verify_global(&GlobalSource { data_dir, admin }),
+        Command::Ledger(LedgerCommand::Verify { data_dir, config, .. }) => verify(&data_dir, config.as_deref()),
+        Command::Message(MessageCommand::Locate {
+            topic,
+            key,
+            offset,
+            partition,
+            source,
+            json,
+        }) => locate(&topic, key, offset, partition, &source, json),
         Command::Ledger(LedgerCommand::Receipts { data_dir, group, topic }) => {
             list_receipts(&data_dir, group.as_deref(), topic.as_deref())
         }
@@ -214,7 +282,7 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             println!("  Kafka:  {} (PLAINTEXT, node {i})", n.kafka_addr);
         }
         if let Some(admin) = nodes[0].admin_addr {
-            println!("  Admin:  http://{admin}/metrics  http://{admin}/health");
+            println!("  Admin:  http://{admin}/metrics  /health  /raft  /global (node i: port + i)");
         }
         println!("  Data:   {}", data_dir.display());
         println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
@@ -387,4 +455,153 @@ fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyho
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A GET to a node's admin endpoint: the status and the body.
+fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin endpoint at {addr}: {e}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{addr} sent no HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{addr} sent no HTTP status"))?;
+    let body = serde_json::from_str(body).map_err(|e| anyhow::anyhow!("{addr} answered {status} without JSON: {e}"))?;
+    Ok((status, body))
+}
+
+fn verify_global(source: &GlobalSource) -> anyhow::Result<ExitCode> {
+    let check = match &source.admin {
+        Some(addr) => match admin_get(addr, "/global/verify")? {
+            (200, body) => body,
+            (409, body) => {
+                println!("BAD {}", body["error"].as_str().unwrap_or("global ledger"));
+                return Ok(ExitCode::FAILURE);
+            }
+            (status, body) => anyhow::bail!("{addr} answered {status}: {}", body["error"]),
+        },
+        None => match courier::verify::verify_global_data_dir(&source.data_dir) {
+            Ok(check) => serde_json::to_value(check)?,
+            Err(
+                e @ (courier::verify::LedgerCheckError::Global(_)
+                | courier::verify::LedgerCheckError::GlobalMismatch { .. }),
+            ) => {
+                println!("BAD {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let empty = Vec::new();
+    for p in check["partitions"].as_array().unwrap_or(&empty) {
+        println!(
+            "ok  {}-{}: cluster {}, {} blocks, {} messages, {} receipts; {} blocks also in this node's ledger, identical",
+            p["topic"].as_str().unwrap_or("?"),
+            p["partition"],
+            p["cluster"],
+            p["blocks"],
+            p["messages"],
+            p["receipts"],
+            p["compared"]
+        );
+    }
+    let r = &check["report"];
+    println!(
+        "global ledger sound: {} partitions, {} blocks ({} certificates verified against the cluster keys in the Raft state), \
+         {} messages, {} receipts; {} blocks compared with this node's partition ledgers",
+        r["partitions"], r["blocks"], r["certified"], r["messages"], r["receipts"], check["compared_blocks"]
+    );
+    println!("global digest: {}", r["digest"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn locate(
+    topic: &str,
+    key: Option<String>,
+    offset: Option<i64>,
+    partition: i32,
+    source: &GlobalSource,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    use courier_consensus::raft::global::Query;
+    let found = match &source.admin {
+        Some(addr) => {
+            let enc = courier::verify::encode_query_value;
+            let path = match (&key, offset) {
+                (Some(k), _) => format!("/global/locate?topic={}&key={}", enc(topic), enc(k)),
+                (None, Some(o)) => format!("/global/locate?topic={}&partition={partition}&offset={o}", enc(topic)),
+                (None, None) => anyhow::bail!("give --key or --offset"),
+            };
+            match admin_get(addr, &path)? {
+                (200, body) => body,
+                (status, body) => anyhow::bail!("{addr} answered {status}: {}", body["error"]),
+            }
+        }
+        None => {
+            let query = match (key, offset) {
+                (Some(k), _) => Query::Key(k.into_bytes()),
+                (None, Some(offset)) => Query::Offset { partition, offset },
+                (None, None) => anyhow::bail!("give --key or --offset"),
+            };
+            serde_json::to_value(courier::verify::locate_data_dir(&source.data_dir, topic, &query)?)?
+        }
+    };
+    if as_json {
+        println!("{found}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let empty = Vec::new();
+    let list = found.as_array().unwrap_or(&empty);
+    for m in list {
+        let certified = if m["certified"].as_bool() == Some(true) {
+            "its own certificate"
+        } else {
+            "covered by a later certificate"
+        };
+        println!(
+            "{}-{} offset {}: block {} (cluster {}, {certified}), {} bytes, producer id {}, submitted by node {}",
+            m["topic"].as_str().unwrap_or("?"),
+            m["partition"],
+            m["offset"],
+            m["height"],
+            m["cluster"],
+            m["size"],
+            m["producer_id"],
+            m["origin_node"]
+        );
+        println!("    block hash   {}", m["block_hash"].as_str().unwrap_or(""));
+        println!("    key sha256   {}", m["key_sha256"].as_str().unwrap_or("(no key)"));
+        println!(
+            "    value sha256 {}",
+            m["value_sha256"].as_str().unwrap_or("(null value)")
+        );
+        let receipts = m["receipts"].as_array().unwrap_or(&empty);
+        if receipts.is_empty() {
+            println!("    no delivery receipt yet");
+        }
+        for r in receipts {
+            println!(
+                "    delivered to group {}: committed offset {} in block {} ({}) at {} ms",
+                r["group"].as_str().unwrap_or("?"),
+                r["committed_offset"],
+                r["height"],
+                r["block_hash"].as_str().map_or("", |h| &h[..h.len().min(16)]),
+                r["timestamp_ms"]
+            );
+        }
+    }
+    println!("{} messages found", list.len());
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,13 +7,20 @@
 //! with the outcome once the block is certified; a group's committed
 //! offsets in another cluster's partitions are read from a member.
 //!
+//! The global-ledger task reads certified blocks of any partition the same
+//! way.
+//!
 //! ```text
 //! request  1 Submit  | partition key [20] | command payload…
 //!          2 Offsets | group id (UTF-8)…
+//!          3 Blocks  | partition key [20] | from_height u64 | max_bytes u32
 //! answer   Submit:  0 (not ordered) | 1 origin u8 number u64 error i16 base_offset i64
 //!          Offsets: count u32, then per partition: key [20] | len u32 | committed offset
+//!          Blocks:  certified_end u64 | count u32, then per block:
+//!                   len u32 | block | 0, or 1 len u32 certificate
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,6 +35,11 @@ use super::Input;
 
 const SUBMIT: u8 = 1;
 const OFFSETS: u8 = 2;
+const BLOCKS: u8 = 3;
+/// Largest block read a peer may ask for.
+const BLOCKS_BYTES_MAX: u32 = 8 << 20;
+/// Block reads are quick or not at all.
+const BLOCKS_WAIT: Duration = Duration::from_secs(5);
 
 /// Forwarded requests served at once; more are refused at once (the
 /// forwarding node reports NOT_LEADER_OR_FOLLOWER and the client retries).
@@ -44,6 +56,34 @@ pub struct Forwarder {
     engine: mpsc::Sender<Input>,
     store: Arc<LedgerStore>,
     serving: Arc<Semaphore>,
+    /// Fault injection for tests: serve blocks with forged certificates.
+    byzantine: AtomicBool,
+}
+
+/// Certified blocks of a partition, as a member of its cluster holds them.
+#[derive(Debug, Default)]
+pub struct ServedBlocks {
+    /// Canonical blocks from the height asked for, each with its
+    /// certificate if it has one, ending at a certified block.
+    pub blocks: Vec<(Bytes, Option<Bytes>)>,
+    /// One past the member's last certified block (0: none).
+    pub certified_end: u64,
+}
+
+/// Reads certified blocks from a local ledger.
+pub fn served_blocks(
+    store: &LedgerStore,
+    pk: &PartitionKey,
+    from_height: u64,
+    max_bytes: u32,
+) -> Result<ServedBlocks, courier_consensus::ledger::StoreError> {
+    let certified_end = store.last_cert(pk)?.map_or(0, |(h, _)| h + 1);
+    let blocks = if from_height < certified_end {
+        super::engine::serve_fetch(store, pk, from_height, max_bytes)?
+    } else {
+        Vec::new()
+    };
+    Ok(ServedBlocks { blocks, certified_end })
 }
 
 impl Forwarder {
@@ -54,7 +94,27 @@ impl Forwarder {
             engine,
             store,
             serving: Arc::new(Semaphore::new(SERVING_MAX)),
+            byzantine: AtomicBool::new(false),
         }
+    }
+
+    /// Fault injection for tests: from now on (or no longer), this node
+    /// serves blocks whose certificates carry a forged signature, as a
+    /// Byzantine replica would.
+    pub fn set_byzantine(&self, on: bool) {
+        self.byzantine.store(on, Ordering::Relaxed);
+    }
+
+    /// Certified blocks of `pk` from height `from_height` as node `to`
+    /// holds them.
+    pub async fn blocks(&self, to: u8, pk: PartitionKey, from_height: u64, max_bytes: u32) -> Option<ServedBlocks> {
+        let mut body = BytesMut::with_capacity(33);
+        body.put_u8(BLOCKS);
+        body.put_slice(&pk.to_bytes());
+        body.put_u64(from_height);
+        body.put_u32(max_bytes);
+        let answer = self.call(to, body.freeze(), BLOCKS_WAIT).await?;
+        decode_blocks(answer)
     }
 
     /// Whether node `node` is reachable now.
@@ -193,9 +253,99 @@ impl Forwarder {
                 }
                 Some(out.freeze())
             }
+            BLOCKS if body.len() == 32 => {
+                let pk = PartitionKey::from_bytes(&body.split_to(20))?;
+                let from_height = body.get_u64();
+                let max_bytes = body.get_u32().min(BLOCKS_BYTES_MAX);
+                let store = self.store.clone();
+                let mut served =
+                    tokio::task::spawn_blocking(move || served_blocks(&store, &pk, from_height, max_bytes))
+                        .await
+                        .ok()?
+                        .map_err(|e| debug!(error = %e, "cannot read blocks for a peer"))
+                        .ok()?;
+                if self.byzantine.load(Ordering::Relaxed) {
+                    for (_, cert) in &mut served.blocks {
+                        *cert = cert.take().map(forge_cert);
+                    }
+                }
+                Some(encode_blocks(&served))
+            }
             _ => None,
         }
     }
+}
+
+/// A certificate with its first signature altered (fault injection).
+fn forge_cert(cert: Bytes) -> Bytes {
+    use courier_consensus::pbft::wire::{decode_cert, encode_cert};
+    let Ok(mut c) = decode_cert(cert.clone()) else {
+        return cert;
+    };
+    if let Some(vote) = c.votes.first_mut() {
+        let mut sig = vote.signature.to_vec();
+        if let Some(b) = sig.first_mut() {
+            *b ^= 0x55;
+        }
+        vote.signature = Bytes::from(sig);
+    }
+    encode_cert(&c).freeze()
+}
+
+fn encode_blocks(served: &ServedBlocks) -> Bytes {
+    let size: usize = served
+        .blocks
+        .iter()
+        .map(|(b, c)| 9 + b.len() + c.as_ref().map_or(0, |c| c.len()))
+        .sum();
+    let mut out = BytesMut::with_capacity(12 + size);
+    out.put_u64(served.certified_end);
+    out.put_u32(served.blocks.len() as u32);
+    for (block, cert) in &served.blocks {
+        out.put_u32(block.len() as u32);
+        out.put_slice(block);
+        match cert {
+            None => out.put_u8(0),
+            Some(c) => {
+                out.put_u8(1);
+                out.put_u32(c.len() as u32);
+                out.put_slice(c);
+            }
+        }
+    }
+    out.freeze()
+}
+
+fn decode_blocks(mut b: Bytes) -> Option<ServedBlocks> {
+    fn take(b: &mut Bytes) -> Option<Bytes> {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let n = b.get_u32() as usize;
+        (b.remaining() >= n).then(|| b.split_to(n))
+    }
+    if b.remaining() < 12 {
+        return None;
+    }
+    let certified_end = b.get_u64();
+    let count = b.get_u32() as usize;
+    // Each block takes at least 5 bytes: bound the allocation by the input.
+    if count > b.remaining() / 5 {
+        return None;
+    }
+    let mut blocks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let block = take(&mut b)?;
+        if !b.has_remaining() {
+            return None;
+        }
+        let cert = match b.get_u8() {
+            0 => None,
+            _ => Some(take(&mut b)?),
+        };
+        blocks.push((block, cert));
+    }
+    (!b.has_remaining()).then_some(ServedBlocks { blocks, certified_end })
 }
 
 fn encode_record(record: Option<RequestRecord>) -> Bytes {
@@ -240,5 +390,26 @@ mod tests {
         assert_eq!(decode_record(encode_record(Some(r))), Some(r));
         assert_eq!(decode_record(encode_record(None)), None);
         assert_eq!(decode_record(Bytes::from_static(&[1, 2, 3])), None);
+    }
+
+    #[test]
+    fn block_answers_round_trip_and_garbage_is_refused() {
+        let served = ServedBlocks {
+            blocks: vec![
+                (Bytes::from_static(b"block zero"), None),
+                (Bytes::from_static(b"block one"), Some(Bytes::from_static(b"cert"))),
+            ],
+            certified_end: 9,
+        };
+        let encoded = encode_blocks(&served);
+        let back = decode_blocks(encoded.clone()).expect("decodes");
+        assert_eq!((back.blocks, back.certified_end), (served.blocks, 9));
+        for cut in 0..encoded.len() {
+            assert!(decode_blocks(encoded.slice(..cut)).is_none(), "{cut} bytes");
+        }
+        let mut huge = BytesMut::new();
+        huge.put_u64(1);
+        huge.put_u32(u32::MAX);
+        assert!(decode_blocks(huge.freeze()).is_none());
     }
 }

@@ -24,6 +24,7 @@ pub mod command;
 pub mod engine;
 pub mod executor;
 pub mod forward;
+pub mod global;
 pub mod identity;
 pub mod raft_link;
 pub mod transport;
@@ -270,6 +271,8 @@ pub struct Replicated {
     forward: Arc<forward::Forwarder>,
     /// PBFT clusters the configured nodes form.
     clusters_configured: usize,
+    /// The global-ledger task (working while this node leads Raft).
+    pub global: Arc<global::GlobalTask>,
 }
 
 impl Replicated {
@@ -333,6 +336,12 @@ impl Replicated {
             out.extend(theirs.into_iter().filter(|(pk, _)| !self.topics.serves(pk)));
         }
         Ok(out)
+    }
+
+    /// Fault injection for tests: this node serves blocks with forged
+    /// certificates to the global-ledger task.
+    pub fn set_byzantine(&self, on: bool) {
+        self.forward.set_byzantine(on);
     }
 
     /// Whether node `node` is reachable from this one now.
@@ -523,8 +532,18 @@ async fn sync_catalog(
     executor: std::sync::mpsc::SyncSender<executor::Job>,
     mut stop: ShutdownSignal,
 ) {
+    let mut sent_version = None;
     loop {
         let snapshot = state.borrow_and_update().clone();
+        // Global-ledger appends change the state but not the catalog.
+        if sent_version == Some(snapshot.version) {
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = stop.wait() => return,
+            }
+            continue;
+        }
+        sent_version = Some(snapshot.version);
         let job = executor::Job::Catalog {
             topics: snapshot
                 .topics
@@ -628,7 +647,7 @@ pub async fn start(
     let meta = Arc::new(
         MetaRaft::start(
             NodeId::from(identity.id),
-            &config.log_dirs.join("raft.redb"),
+            &config.log_dirs.join(crate::RAFT_FILE),
             raft_link.clone(),
             RaftLimits::default(),
         )
@@ -679,6 +698,13 @@ pub async fn start(
         jobs_tx.clone(),
         shutdown.clone(),
     ));
+    let global = Arc::new(global::GlobalTask::new(
+        NodeId::from(identity.id),
+        meta.clone(),
+        forwarder.clone(),
+        store.clone(),
+    ));
+    tokio::spawn(global.clone().run(shutdown.clone()));
     let engine = engine::Engine::new(
         membership.clone(),
         pbft_config,
@@ -720,6 +746,7 @@ pub async fn start(
             topics,
             forward: forwarder,
             clusters_configured: config.cluster_replicas.len() / config.cluster_size_or_all().max(1),
+            global,
         },
         Threads { engine, executor },
     ))

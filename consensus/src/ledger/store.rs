@@ -885,7 +885,7 @@ impl LedgerStore {
         let (refs, end) = self.payloads.append(&[batches], true)?;
         let txn = self.begin_write()?;
         {
-            let record = block_record(refs[0], &BlockHash::of(&head), &head);
+            let record = block_record(refs[0], &BlockHash::of(head), head);
             txn.open_table(BLOCKS)?
                 .insert(&block_key(pk, height)[..], &record[..])?;
             txn.open_table(COUNTERS)?.insert(PAYLOAD_END, end)?;

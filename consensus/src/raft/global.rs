@@ -270,9 +270,7 @@ pub fn messages_of(block: &Block, nodes: &[NodeId]) -> Result<Vec<MessageMeta>, 
     origins.sort_unstable();
     let origin_of = |offset: i64| {
         let i = origins.partition_point(|(base, _)| *base <= offset);
-        i.checked_sub(1)
-            .and_then(|i| nodes.get(origins[i].1 as usize))
-            .copied()
+        i.checked_sub(1).and_then(|i| nodes.get(origins[i].1 as usize)).copied()
     };
     let mut out = Vec::new();
     let batches = &block.batches[..];
@@ -469,12 +467,10 @@ impl GlobalReader {
     /// The entry at `height`.
     pub fn entry(&self, pk: &PartitionKey, height: u64) -> Result<GlobalEntry, GlobalReadError> {
         let table = self.txn.open_table(BLOCKS)?;
-        let v = table
-            .get(&block_key(pk, height)[..])?
-            .ok_or(GlobalReadError::Missing {
-                partition: pk.partition,
-                height,
-            })?;
+        let v = table.get(&block_key(pk, height)[..])?.ok_or(GlobalReadError::Missing {
+            partition: pk.partition,
+            height,
+        })?;
         postcard::from_bytes(v.value()).map_err(|e| GlobalReadError::Corrupt {
             partition: pk.partition,
             height,
@@ -562,7 +558,9 @@ impl GlobalReader {
         let rows = if head.next_height == 0 {
             Vec::new()
         } else {
-            table.range::<&[u8]>(&start[..]..=&end[..])?.collect::<Result<Vec<_>, _>>()?
+            table
+                .range::<&[u8]>(&start[..]..=&end[..])?
+                .collect::<Result<Vec<_>, _>>()?
         };
         let pk = *pk;
         Ok(rows.into_iter().map(move |(k, v)| {
@@ -618,7 +616,10 @@ pub(crate) fn dump(
     let reader = GlobalReader::new(db)?;
     let mut out = Vec::with_capacity(heads.len());
     for (pk, head) in heads {
-        let entries = reader.entries(pk, head)?.map(|r| r.map(|(_, e)| e)).collect::<Result<Vec<_>, _>>()?;
+        let entries = reader
+            .entries(pk, head)?
+            .map(|r| r.map(|(_, e)| e))
+            .collect::<Result<Vec<_>, _>>()?;
         if entries.len() as u64 != head.next_height {
             return Err(GlobalReadError::Missing {
                 partition: pk.partition,
@@ -759,7 +760,9 @@ fn receipts_for(
         })?;
         let hash = hex(&BlockHash::of(&entry.head).0);
         for r in block.receipts.iter().filter(|r| r.offset > offset) {
-            first.entry(r.group_id.clone()).or_insert_with(|| found(height, &hash, r));
+            first
+                .entry(r.group_id.clone())
+                .or_insert_with(|| found(height, &hash, r));
         }
     }
     Ok(first.into_values().collect())
@@ -801,8 +804,14 @@ pub enum GlobalVerifyError {
         partition: i32,
         error: SegmentError,
     },
-    #[error("partition {partition} of topic {topic}: ordered by cluster {cluster}, which the Raft state does not hold")]
-    UnknownCluster { topic: String, partition: i32, cluster: u32 },
+    #[error(
+        "partition {partition} of topic {topic}: ordered by cluster {cluster}, which the Raft state does not hold"
+    )]
+    UnknownCluster {
+        topic: String,
+        partition: i32,
+        cluster: u32,
+    },
 }
 
 /// Re-walks every partition's global chain from the tables: hash links,
@@ -1034,7 +1043,11 @@ mod tests {
             0
         );
         assert_eq!(
-            s.apply(&MetaCommand::AppendGlobal { pk: pk(), entries: more }).error_code,
+            s.apply(&MetaCommand::AppendGlobal {
+                pk: pk(),
+                entries: more
+            })
+            .error_code,
             code::INVALID_REQUEST
         );
         assert_eq!(s.global[&pk()].next_height, 4);
@@ -1050,7 +1063,11 @@ mod tests {
 
         // Two signatures are not a quorum of four.
         let weak = chain(&s, 1, &[0, 1]);
-        assert!(matches!(fault(&weak).fault, Fault::Certificate(_)), "{:?}", fault(&weak));
+        assert!(
+            matches!(fault(&weak).fault, Fault::Certificate(_)),
+            "{:?}",
+            fault(&weak)
+        );
         // A signature by a key outside the cluster.
         let mut outsider = chain(&s, 1, &[0, 1, 2]);
         {
@@ -1066,10 +1083,7 @@ mod tests {
                         keys.instance(&pk()),
                         i,
                         &k,
-                        Message::Checkpoint {
-                            seq: 1,
-                            state: hash.0,
-                        },
+                        Message::Checkpoint { seq: 1, state: hash.0 },
                     )
                 })
                 .collect();
@@ -1161,12 +1175,26 @@ mod tests {
         assert_eq!(first.receipts.len(), 1);
         assert_eq!((first.receipts[0].height, first.receipts[0].committed_offset), (3, 6));
         let at = ledger
-            .locate(&s, "t", &Query::Offset { partition: 0, offset: 5 })
+            .locate(
+                &s,
+                "t",
+                &Query::Offset {
+                    partition: 0,
+                    offset: 5,
+                },
+            )
             .unwrap();
         assert_eq!(at.len(), 1);
         assert_eq!((at[0].height, at[0].value_sha256.clone()), (2, None));
         assert!(ledger
-            .locate(&s, "t", &Query::Offset { partition: 0, offset: 10 })
+            .locate(
+                &s,
+                "t",
+                &Query::Offset {
+                    partition: 0,
+                    offset: 10
+                }
+            )
             .unwrap()
             .is_empty());
 
@@ -1185,7 +1213,11 @@ mod tests {
         let again = other.global().verify(&s2, |_, _, _, _| {}).unwrap();
         assert_eq!(again.digest, report.digest);
         assert_eq!(
-            other.global().locate(&s2, "t", &Query::Key(b"key-1".to_vec())).unwrap().len(),
+            other
+                .global()
+                .locate(&s2, "t", &Query::Key(b"key-1".to_vec()))
+                .unwrap()
+                .len(),
             2
         );
         // A stopped node's file is read back with the same answers.

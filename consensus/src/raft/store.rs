@@ -462,7 +462,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match body.global {
             Some(rows) => write_global_rows(&self.db, &rows)?,
             None if !applied.state.global.is_empty() => {
-                return Err(read_err("a snapshot without its global-ledger entries cannot be installed"));
+                return Err(read_err(
+                    "a snapshot without its global-ledger entries cannot be installed",
+                ));
             }
             None => {}
         }

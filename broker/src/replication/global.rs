@@ -1,0 +1,269 @@
+//! The global-ledger task.
+//!
+//! Every node runs it; only the Raft leader works. Each round, for every
+//! partition, it reads the blocks certified after the partition's global
+//! head from a member of the partition's cluster (this node's own ledger
+//! when it is one), checks them against the cluster's keys in the Raft
+//! state (`verify_segment`: hash links, offsets, batches, every
+//! certificate), and appends them through Raft. Blocks that fail are
+//! refused and reported: a warning naming the member, the
+//! `courier_global_ledger_rejected_total` counter, and `/global` on the
+//! admin endpoint. The partition is read from the next member after that.
+//!
+//! The lag is what the members hold certified and the global ledger does
+//! not yet: `courier_global_ledger_lag_blocks` on the leader.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use courier_consensus::ledger::{LedgerStore, PartitionKey};
+use courier_consensus::raft::global::{verify_segment, ClusterKeys, GlobalHead, SegmentError};
+use courier_consensus::raft::{MetaCommand, MetaRaft, MetaState, NodeId};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn, Instrument};
+
+use super::forward::{served_blocks, Forwarder, ServedBlocks};
+use super::raft_link::RaftLink;
+use crate::shutdown::ShutdownSignal;
+
+/// Pause between rounds that found nothing new.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// Block bytes read per partition per round.
+const READ_BYTES: u32 = 1 << 20;
+/// Partitions read at once.
+const PARALLEL: usize = 8;
+/// Rejections remembered for `/global`.
+const REJECTIONS_KEPT: usize = 64;
+
+/// Blocks a member offered that the task refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejection {
+    pub node: NodeId,
+    pub topic: String,
+    pub partition: i32,
+    pub height: u64,
+    pub fault: String,
+    pub kind: &'static str,
+    pub at_ms: u64,
+}
+
+/// What the task reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GlobalStatus {
+    /// Whether this node leads (and so runs the rounds).
+    pub leading: bool,
+    pub rounds: u64,
+    /// Certified blocks the members hold that the global ledger does not,
+    /// as of the last round.
+    pub lag_blocks: u64,
+    pub appended_blocks: u64,
+    pub rejected_total: u64,
+    /// The most recent rejections, oldest first.
+    pub rejections: VecDeque<Rejection>,
+}
+
+pub struct GlobalTask {
+    me: NodeId,
+    meta: Arc<MetaRaft<RaftLink>>,
+    forward: Arc<Forwarder>,
+    store: Arc<LedgerStore>,
+    status: Mutex<GlobalStatus>,
+    /// Per partition, which member to read next (advanced past a member
+    /// that failed).
+    cursor: Mutex<HashMap<PartitionKey, usize>>,
+}
+
+/// What one partition's turn did.
+#[derive(Default)]
+struct Turn {
+    lag: u64,
+    appended: u64,
+}
+
+impl GlobalTask {
+    pub fn new(me: NodeId, meta: Arc<MetaRaft<RaftLink>>, forward: Arc<Forwarder>, store: Arc<LedgerStore>) -> Self {
+        Self {
+            me,
+            meta,
+            forward,
+            store,
+            status: Mutex::new(GlobalStatus::default()),
+            cursor: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn status(&self) -> GlobalStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs rounds until shutdown.
+    pub async fn run(self: Arc<Self>, mut stop: ShutdownSignal) {
+        let mut round = 0u64;
+        loop {
+            let leading = self.meta.leader() == Some(self.me);
+            let mut progressed = false;
+            if leading {
+                round += 1;
+                let span = tracing::debug_span!("global_round", round);
+                progressed = self.clone().round().instrument(span).await;
+            } else {
+                let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                s.leading = false;
+                s.lag_blocks = 0;
+            }
+            let pause = if progressed { Duration::ZERO } else { ROUND_PAUSE };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait() => return,
+            }
+        }
+    }
+
+    /// One pass over every partition; whether anything was appended.
+    async fn round(self: Arc<Self>) -> bool {
+        let state = self.meta.state();
+        let limit = Arc::new(Semaphore::new(PARALLEL));
+        let mut turns = tokio::task::JoinSet::new();
+        for t in state.topics.values() {
+            for (p, cluster) in t.placement.iter().enumerate() {
+                let pk = t.record.partition_key(p as i32);
+                let head = state
+                    .global
+                    .get(&pk)
+                    .cloned()
+                    .unwrap_or_else(|| GlobalHead::genesis(*cluster));
+                let (this, state, limit) = (self.clone(), state.clone(), limit.clone());
+                turns.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    this.partition(&state, pk, head).await
+                });
+            }
+        }
+        let (mut lag, mut appended) = (0, 0);
+        while let Some(turn) = turns.join_next().await {
+            if let Ok(turn) = turn {
+                lag += turn.lag;
+                appended += turn.appended;
+            }
+        }
+        metrics::gauge!("courier_global_ledger_lag_blocks").set(lag as f64);
+        metrics::counter!("courier_global_ledger_appended_blocks_total").increment(appended);
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.leading = true;
+        s.rounds += 1;
+        s.lag_blocks = lag;
+        s.appended_blocks += appended;
+        appended > 0
+    }
+
+    async fn partition(&self, state: &MetaState, pk: PartitionKey, head: GlobalHead) -> Turn {
+        let Some(keys) = ClusterKeys::of(state, head.cluster) else {
+            return Turn::default();
+        };
+        let source = self.source(&pk, &keys.nodes);
+        let served = self.read(source, pk, head.next_height).await;
+        let Some(served) = served else {
+            self.next_source(&pk);
+            return Turn::default();
+        };
+        let lag = served.certified_end.saturating_sub(head.next_height);
+        if served.blocks.is_empty() {
+            return Turn { lag, appended: 0 };
+        }
+        let entries = match verify_segment(&pk, &head, &served.blocks, &keys) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.reject(state, source, &pk, e);
+                self.next_source(&pk);
+                return Turn { lag, appended: 0 };
+            }
+        };
+        let n = entries.len() as u64;
+        match self.meta.write(MetaCommand::AppendGlobal { pk, entries }).await {
+            Ok(r) if r.error_code == 0 => Turn {
+                lag: lag.saturating_sub(n),
+                appended: n,
+            },
+            Ok(r) => {
+                debug!(?pk, error = ?r.message, "global-ledger append refused (the head moved)");
+                Turn { lag, appended: 0 }
+            }
+            Err(e) => {
+                debug!(?pk, error = %e, "global-ledger append not ordered");
+                Turn { lag, appended: 0 }
+            }
+        }
+    }
+
+    /// This node when it is a member; otherwise the member the cursor
+    /// names, skipping ones that are unreachable now.
+    fn source(&self, pk: &PartitionKey, members: &[NodeId]) -> NodeId {
+        if members.contains(&self.me) || members.is_empty() {
+            return self.me;
+        }
+        let start = *self
+            .cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(*pk)
+            .or_insert_with(|| pk.partition.unsigned_abs() as usize);
+        (0..members.len())
+            .map(|i| members[(start + i) % members.len()])
+            .find(|m| u8::try_from(*m).is_ok_and(|n| self.forward.is_up(n)))
+            .unwrap_or(members[start % members.len()])
+    }
+
+    fn next_source(&self, pk: &PartitionKey) {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cursor.entry(*pk).or_insert(0);
+        *c = c.wrapping_add(1);
+    }
+
+    async fn read(&self, source: NodeId, pk: PartitionKey, from: u64) -> Option<ServedBlocks> {
+        if source == self.me {
+            let store = self.store.clone();
+            return tokio::task::spawn_blocking(move || served_blocks(&store, &pk, from, READ_BYTES))
+                .await
+                .ok()?
+                .map_err(|e| warn!(?pk, error = %e, "cannot read this node's blocks for the global ledger"))
+                .ok();
+        }
+        self.forward
+            .blocks(u8::try_from(source).ok()?, pk, from, READ_BYTES)
+            .await
+    }
+
+    fn reject(&self, state: &MetaState, node: NodeId, pk: &PartitionKey, e: SegmentError) {
+        let topic = state
+            .topic_by_id(&pk.topic_id)
+            .map_or_else(String::new, |t| t.record.name.clone());
+        warn!(
+            node,
+            topic,
+            partition = pk.partition,
+            height = e.height,
+            fault = %e.fault,
+            "global ledger: refused blocks offered by a member of the partition's cluster"
+        );
+        metrics::counter!("courier_global_ledger_rejected_total", "fault" => e.fault.kind()).increment(1);
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.rejected_total += 1;
+        if s.rejections.len() >= REJECTIONS_KEPT {
+            s.rejections.pop_front();
+        }
+        s.rejections.push_back(Rejection {
+            node,
+            topic,
+            partition: pk.partition,
+            height: e.height,
+            kind: e.fault.kind(),
+            fault: e.fault.to_string(),
+            at_ms,
+        });
+    }
+}

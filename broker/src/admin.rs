@@ -110,6 +110,13 @@ fn no_raft() -> axum::response::Response {
     )
 }
 
+fn stopping() -> axum::response::Response {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": "the node is stopping" }),
+    )
+}
+
 async fn global(State(broker): State<Arc<Broker>>) -> axum::response::Response {
     let crate::sequencer::Sequencer::Replicated(r) = &broker.sequencer else {
         return no_raft();
@@ -144,7 +151,10 @@ async fn global_verify(State(broker): State<Arc<Broker>>) -> axum::response::Res
     let crate::sequencer::Sequencer::Replicated(r) = &broker.sequencer else {
         return no_raft();
     };
-    let (state, ledger, store) = (r.meta.state(), r.meta.global().clone(), broker.store.clone());
+    let Some(ledger) = r.meta.global() else {
+        return stopping();
+    };
+    let (state, store) = (r.meta.state(), broker.store.clone());
     let checked = tokio::task::spawn_blocking(move || crate::verify::check_global(&ledger, &state, &store)).await;
     match checked {
         Ok(Ok(check)) => json(StatusCode::OK, serde_json::json!(check)),
@@ -165,7 +175,10 @@ async fn global_locate(State(broker): State<Arc<Broker>>, RawQuery(query): RawQu
         Ok(q) => q,
         Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
     };
-    let (state, ledger) = (r.meta.state(), r.meta.global().clone());
+    let Some(ledger) = r.meta.global() else {
+        return stopping();
+    };
+    let state = r.meta.state();
     let found = tokio::task::spawn_blocking(move || ledger.locate(&state, &topic, &located)).await;
     match found {
         Ok(Ok(found)) => json(StatusCode::OK, serde_json::json!(found)),

@@ -105,9 +105,31 @@ pub fn multi_cluster_configs(
         .collect()
 }
 
+/// A port that is free now, below Linux's ephemeral range (32768 up):
+/// there, the source port of an outgoing connection cannot take it before
+/// the node binds it (a port the kernel hands out for `:0` can be).
 fn free_port(host: &str) -> Result<u16, DevError> {
-    let l = std::net::TcpListener::bind((host, 0)).map_err(DevError::Port)?;
-    Ok(l.local_addr().map_err(DevError::Port)?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start somewhere different in each process, then walk.
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let mut last = None;
+    for _ in 0..SPAN {
+        let candidate = (LOW + NEXT.fetch_add(7, Ordering::Relaxed) % SPAN) as u16;
+        match std::net::TcpListener::bind((host, candidate)) {
+            Ok(_) => return Ok(candidate),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(DevError::Port(
+        last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    ))
 }
 
 /// Starts every node of a local cluster in this process.

@@ -10,9 +10,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use courier::verify::{verify_data_dir, KeySource};
+use std::collections::BTreeSet;
+
+use courier::replication::Replicated;
+use courier::sequencer::Sequencer;
+use courier::verify::{locate_data_dir, verify_data_dir, verify_global_data_dir, KeySource};
 use courier::{BrokerConfig, RunningBroker};
 use courier_consensus::ledger::{Durability, LedgerStore};
+use courier_consensus::raft::global::Query;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -62,6 +67,92 @@ impl Cluster {
             configs,
             nodes,
             _tmp: tmp,
+        }
+    }
+
+    fn replicated(&self, i: usize) -> &Replicated {
+        match &self.nodes[i].as_ref().expect("node running").broker.sequencer {
+            Sequencer::Replicated(r) => r,
+            Sequencer::Local(_) => panic!("node {i} is not a replica"),
+        }
+    }
+
+    /// Whether every running node's Raft state holds, for every partition
+    /// of `topic`, every block its cluster's running members certified.
+    fn global_caught_up(&self, topic: &str) -> bool {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect();
+        let Some(record) = self.nodes[running[0]]
+            .as_ref()
+            .and_then(|n| n.broker.topics.all().into_iter().find(|t| t.name == topic))
+        else {
+            return false;
+        };
+        for p in 0..record.partitions {
+            let pk = record.partition_key(p);
+            let certified = running
+                .iter()
+                .filter(|i| self.nodes[**i].as_ref().is_some_and(|n| n.broker.topics.serves(&pk)))
+                .map(|i| {
+                    self.nodes[*i]
+                        .as_ref()
+                        .map_or(0, |n| n.broker.topics.state(&pk).next_height)
+                })
+                .max()
+                .unwrap_or(0);
+            for i in &running {
+                let global = self
+                    .replicated(*i)
+                    .meta
+                    .state()
+                    .global
+                    .get(&pk)
+                    .map_or(0, |h| h.next_height);
+                if global != certified {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Waits (bounded) for [`Cluster::global_caught_up`].
+    async fn wait_global(&self, topic: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.global_caught_up(topic) {
+            assert!(
+                Instant::now() < deadline,
+                "the global ledger did not catch up with {topic}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The global ledger's end offset of each partition, as node `i` has it.
+    fn global_ends(&self, i: usize, topic: &str) -> BTreeMap<i32, i64> {
+        let state = self.replicated(i).meta.state();
+        let Some(t) = state.topics.get(topic) else {
+            return BTreeMap::new();
+        };
+        (0..t.record.partitions)
+            .map(|p| {
+                let pk = t.record.partition_key(p);
+                (p, state.global.get(&pk).map_or(0, |h| h.next_offset))
+            })
+            .collect()
+    }
+
+    /// The node leading Raft, as node `i` knows it.
+    fn raft_leader(&self, i: usize) -> Option<usize> {
+        self.replicated(i).meta.leader().map(|l| l as usize)
+    }
+
+    /// Cuts (or restores) the network between two groups of nodes.
+    fn cut(&self, a: &[usize], b: &[usize], cut: bool) {
+        for &x in a {
+            for &y in b {
+                self.replicated(x).set_cut(y as u8, cut);
+                self.replicated(y).set_cut(x as u8, cut);
+            }
         }
     }
 
@@ -355,7 +446,46 @@ async fn two_clusters_of_four_share_a_topic() {
         assert_eq!(at, Some(Offset::Offset(end)), "partition {p}'s committed offset");
     }
     drop(reader);
+    // The global ledger: the Raft leader replicates every certified block
+    // of both clusters into every node's Raft state.
+    cluster.wait_global("spread").await;
     let summaries = cluster.stop_and_verify().await;
+    // Every node verifies the same global ledger, compares it with the
+    // partition ledgers it holds, and finds a key's messages (with their
+    // receipts) from it alone.
+    let expected_k3: BTreeSet<(i32, i64)> = read
+        .iter()
+        .flat_map(|(p, records)| {
+            records
+                .iter()
+                .filter(|(_, v)| v[1..].parse::<usize>().is_ok_and(|i| i % 17 == 3))
+                .map(move |(o, _)| (*p, *o))
+        })
+        .collect();
+    assert_eq!(expected_k3.len(), 24);
+    let mut digests = BTreeSet::new();
+    for c in &cluster.configs {
+        let check = verify_global_data_dir(&c.log_dirs).expect("the global ledger verifies");
+        assert_eq!(check.report.partitions, 8);
+        assert_eq!(check.report.messages, 408);
+        assert!(check.report.receipts >= 8, "{:?}", check.report);
+        assert!(check.compared_blocks > 0, "node compares its own partitions");
+        digests.insert(check.report.digest);
+        let found = locate_data_dir(&c.log_dirs, "spread", &Query::Key(b"k3".to_vec())).unwrap();
+        let at: BTreeSet<(i32, i64)> = found.iter().map(|l| (l.partition, l.offset)).collect();
+        assert_eq!(at, expected_k3, "{}", c.log_dirs.display());
+        for l in &found {
+            assert!(
+                l.receipts
+                    .iter()
+                    .any(|r| r.group == "billing" && r.committed_offset > l.offset),
+                "{}-{} has a delivery receipt",
+                l.partition,
+                l.offset
+            );
+        }
+    }
+    assert_eq!(digests.len(), 1, "every node holds the same global ledger");
     for (node, s) in summaries.iter().enumerate() {
         let serves_even = even.contains(&(node as i32));
         let mine: Vec<i32> = (0..8).filter(|p| (p % 2 == 0) == serves_even).collect();
@@ -367,6 +497,140 @@ async fn two_clusters_of_four_share_a_topic() {
         let first = if node < 4 { 0 } else { 4 };
         assert_eq!(s, &summaries[first], "node {node} holds its cluster's chains");
     }
+}
+
+/// Produces `n` records to one partition through `bootstrap`; returns the
+/// partition's end offset after them.
+async fn produce_to(bootstrap: &str, topic: &str, partition: i32, n: usize) -> i64 {
+    let p = producer(bootstrap);
+    let mut sends = Vec::new();
+    for i in 0..n {
+        let value = format!("p{partition}-{i}");
+        sends.push(
+            p.send_result(FutureRecord::<(), _>::to(topic).partition(partition).payload(&value))
+                .expect("queued"),
+        );
+    }
+    let mut end = 0;
+    for s in sends {
+        let d = s.await.expect("delivered").expect("acknowledged");
+        end = end.max(d.offset + 1);
+    }
+    end
+}
+
+/// The global ledger under faults: while the two clusters of an 8-node
+/// deployment are cut apart (no Raft majority on either side) both keep
+/// ordering, and the global ledger catches up once the cut heals; a
+/// cluster whose members all offer blocks with forged certificates gets
+/// nothing into it and is reported, until one honest member serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_ledger_catches_up_after_a_cut_and_refuses_forged_certificates() {
+    let mut cluster = Cluster::start_clusters(8, 4).await;
+    create_topic(&cluster.bootstrap(0), "audit", 4).await;
+    let state = cluster.replicated(0).meta.state();
+    let placement = state.topics["audit"].placement.clone();
+    let members = |c: u32| -> Vec<usize> { state.clusters[&c].members.iter().map(|m| *m as usize).collect() };
+    let (a, b) = (members(0), members(1));
+    // Each partition is produced to through a member of its own cluster,
+    // which keeps working while the other side is unreachable.
+    let through = |p: usize| if placement[p] == 0 { a[1] } else { b[1] };
+    let mut ends = BTreeMap::new();
+    for p in 0..4 {
+        ends.insert(
+            p as i32,
+            produce_to(&cluster.bootstrap(through(p)), "audit", p as i32, 20).await,
+        );
+    }
+    cluster.wait_global("audit").await;
+
+    // Cut the clusters apart: Raft has no majority (4 of 8) on either side.
+    cluster.cut(&a, &b, true);
+    for p in 0..4 {
+        ends.insert(
+            p as i32,
+            produce_to(&cluster.bootstrap(through(p)), "audit", p as i32, 150).await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..8 {
+        let global = cluster.global_ends(i, "audit");
+        assert!(
+            ends.iter().all(|(p, end)| global[p] < *end),
+            "node {i}: nothing produced during the cut reached the global ledger: {global:?} vs {ends:?}"
+        );
+    }
+    cluster.cut(&a, &b, false);
+    cluster.wait_global("audit").await;
+    for i in 0..8 {
+        assert_eq!(cluster.global_ends(i, "audit"), ends, "node {i} caught up");
+    }
+
+    // Every member of the cluster the Raft leader is not in serves forged
+    // certificates: the leader refuses their blocks and reports them.
+    let deadline = Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(l) = (0..8).find_map(|i| cluster.raft_leader(i)) {
+            if cluster.raft_leader(l) == Some(l) {
+                break l;
+            }
+        }
+        assert!(Instant::now() < deadline, "a Raft leader is elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let byzantine = if a.contains(&leader) { &b } else { &a };
+    for &n in byzantine {
+        cluster.replicated(n).set_byzantine(true);
+    }
+    let forged_cluster = if byzantine == &a { 0 } else { 1 };
+    let forged: Vec<usize> = (0..4).filter(|p| placement[*p] == forged_cluster).collect();
+    assert!(!forged.is_empty());
+    for &p in &forged {
+        ends.insert(
+            p as i32,
+            produce_to(&cluster.bootstrap(byzantine[2]), "audit", p as i32, 30).await,
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    let rejections = loop {
+        let status = cluster.replicated(leader).global.status();
+        if status.rejected_total >= forged.len() as u64 {
+            break status.rejections;
+        }
+        assert!(Instant::now() < deadline, "the leader reports the forged certificates");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for r in &rejections {
+        assert_eq!(r.kind, "certificate", "{r:?}");
+        assert!(byzantine.contains(&(r.node as usize)), "{r:?} names a forging member");
+        assert!(forged.contains(&(r.partition as usize)), "{r:?}");
+    }
+    assert_eq!(
+        cluster.raft_leader(leader),
+        Some(leader),
+        "the leader did not change meanwhile"
+    );
+    let global = cluster.global_ends(leader, "audit");
+    for &p in &forged {
+        assert!(
+            global[&(p as i32)] < ends[&(p as i32)],
+            "no forged block reached the global ledger"
+        );
+    }
+    // One honest member is enough.
+    cluster.replicated(byzantine[3]).set_byzantine(false);
+    cluster.wait_global("audit").await;
+    for i in 0..8 {
+        assert_eq!(cluster.global_ends(i, "audit"), ends, "node {i}");
+    }
+    cluster.stop_and_verify().await;
+    let mut digests = BTreeSet::new();
+    for c in &cluster.configs {
+        let check = verify_global_data_dir(&c.log_dirs).expect("the global ledger verifies");
+        assert_eq!(check.report.messages as i64, ends.values().sum::<i64>());
+        digests.insert(check.report.digest);
+    }
+    assert_eq!(digests.len(), 1, "every node holds the same global ledger");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,13 @@ impl Forwarder {
         self.byzantine.store(on, Ordering::Relaxed);
     }
 
+    /// Fault injection for tests: see [`Transport::set_cut`].
+    pub fn set_cut(&self, peer: u8, cut: bool) {
+        if let Some(t) = self.transport.get() {
+            t.set_cut(peer, cut);
+        }
+    }
+
     /// Certified blocks of `pk` from height `from_height` as node `to`
     /// holds them.
     pub async fn blocks(&self, to: u8, pk: PartitionKey, from_height: u64, max_bytes: u32) -> Option<ServedBlocks> {

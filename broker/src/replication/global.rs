@@ -107,7 +107,10 @@ impl GlobalTask {
             if leading {
                 round += 1;
                 let span = tracing::debug_span!("global_round", round);
-                progressed = self.clone().round().instrument(span).await;
+                tokio::select! {
+                    p = self.clone().round().instrument(span) => progressed = p,
+                    _ = stop.wait() => return,
+                }
             } else {
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 s.leading = false;

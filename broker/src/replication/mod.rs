@@ -273,6 +273,7 @@ pub struct Replicated {
     clusters_configured: usize,
     /// The global-ledger task (working while this node leads Raft).
     pub global: Arc<global::GlobalTask>,
+    global_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Replicated {
@@ -344,6 +345,12 @@ impl Replicated {
         self.forward.set_byzantine(on);
     }
 
+    /// Fault injection for tests: cuts (or restores) the network between
+    /// this node and node `peer`.
+    pub fn set_cut(&self, peer: u8, cut: bool) {
+        self.forward.set_cut(peer, cut);
+    }
+
     /// Whether node `node` is reachable from this one now.
     pub fn is_up(&self, node: i32) -> bool {
         u8::try_from(node).is_ok_and(|n| n == self.membership.me || self.forward.is_up(n))
@@ -408,6 +415,12 @@ impl Replicated {
     /// Stops the engine (the executor follows once nothing more reaches it).
     pub async fn stop(&self) {
         let _ = self.inbox.send(Input::Stop).await;
+        // The global-ledger task reads the ledger: it ends (at shutdown,
+        // which has been triggered) before the ledger closes.
+        let task = self.global_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         self.meta.shutdown().await;
     }
 }
@@ -704,7 +717,7 @@ pub async fn start(
         forwarder.clone(),
         store.clone(),
     ));
-    tokio::spawn(global.clone().run(shutdown.clone()));
+    let global_task = tokio::spawn(global.clone().run(shutdown.clone()));
     let engine = engine::Engine::new(
         membership.clone(),
         pbft_config,
@@ -747,6 +760,7 @@ pub async fn start(
             forward: forwarder,
             clusters_configured: config.cluster_replicas.len() / config.cluster_size_or_all().max(1),
             global,
+            global_task: std::sync::Mutex::new(Some(global_task)),
         },
         Threads { engine, executor },
     ))

@@ -244,6 +244,9 @@ struct Link {
     queued: Arc<AtomicUsize>,
     /// Whether a connection to the peer is open now.
     up: Arc<AtomicBool>,
+    /// Fault injection for tests: frames to and from the peer are dropped,
+    /// as if the network between the two were cut.
+    cut: Arc<AtomicBool>,
 }
 
 /// The handle the node sends through.
@@ -258,6 +261,9 @@ impl Transport {
         let Some(Some(link)) = self.links.get(to as usize) else {
             return;
         };
+        if link.cut.load(Ordering::Relaxed) {
+            return;
+        }
         let len = frame.len();
         if link.queued.load(Ordering::Relaxed) + len > PEER_QUEUE_BYTES_MAX {
             metrics::counter!("courier_peer_frames_dropped_total").increment(1);
@@ -277,9 +283,17 @@ impl Transport {
     /// Whether node `peer` is reachable now (this node always is).
     pub fn is_up(&self, peer: u8) -> bool {
         match self.links.get(peer as usize) {
-            Some(Some(link)) => link.up.load(Ordering::Relaxed),
+            Some(Some(link)) => link.up.load(Ordering::Relaxed) && !link.cut.load(Ordering::Relaxed),
             Some(None) => peer == self.me,
             None => false,
+        }
+    }
+
+    /// Fault injection for tests: cuts (or restores) the network between
+    /// this node and `peer`: frames either way are dropped meanwhile.
+    pub fn set_cut(&self, peer: u8, cut: bool) {
+        if let Some(Some(link)) = self.links.get(peer as usize) {
+            link.cut.store(cut, Ordering::Relaxed);
         }
     }
 
@@ -317,11 +331,13 @@ pub async fn start<I: Inbound>(
         let (bulk, bulk_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         links.push(Some(Link {
             control,
             bulk,
             queued: queued.clone(),
             up: up.clone(),
+            cut: cut.clone(),
         }));
         let (in_tx, in_rx) = mpsc::channel(4);
         incoming.push(Some(in_tx));
@@ -337,6 +353,7 @@ pub async fn start<I: Inbound>(
             },
             queued,
             up,
+            cut,
             inbound.clone(),
             shutdown.clone(),
         ));
@@ -446,6 +463,7 @@ async fn run_link<I: Inbound>(
     mut outgoing: Lanes,
     queued: Arc<AtomicUsize>,
     up: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
     inbound: Arc<I>,
     mut shutdown: ShutdownSignal,
 ) {
@@ -493,6 +511,7 @@ async fn run_link<I: Inbound>(
                     Some(Frame::Hello { .. }) | None => {
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed frame"));
                     }
+                    Some(_) if cut.load(Ordering::Relaxed) => {}
                     Some(frame) => inbound.frame(peer, frame).await,
                 }
             }

@@ -589,6 +589,11 @@ impl GlobalLedger {
         Self { db }
     }
 
+    /// A handle that does not keep the file open.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<redb::Database> {
+        Arc::downgrade(&self.db)
+    }
+
     pub fn reader(&self) -> Result<GlobalReader, GlobalReadError> {
         GlobalReader::new(&self.db)
     }

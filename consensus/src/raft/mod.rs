@@ -98,7 +98,7 @@ pub struct MetaRaft<T> {
     transport: Arc<T>,
     state: watch::Receiver<Arc<MetaState>>,
     limits: RaftLimits,
-    global: global::GlobalLedger,
+    global: std::sync::Weak<redb::Database>,
 }
 
 impl<T: RaftTransport> MetaRaft<T> {
@@ -106,7 +106,8 @@ impl<T: RaftTransport> MetaRaft<T> {
     pub async fn start(id: NodeId, path: &Path, transport: Arc<T>, limits: RaftLimits) -> Result<Self, RaftStartError> {
         let (log, sm) = store::open(path)?;
         let state = sm.subscribe();
-        let global = sm.global();
+        // Only a weak handle: the file closes when Raft stops.
+        let global = sm.global().downgrade();
         let config = Config {
             cluster_name: "courier".into(),
             heartbeat_interval: limits.heartbeat_ms,
@@ -161,9 +162,10 @@ impl<T: RaftTransport> MetaRaft<T> {
         self.state.clone()
     }
 
-    /// This node's copy of the global ledger's entries.
-    pub fn global(&self) -> &global::GlobalLedger {
-        &self.global
+    /// This node's copy of the global ledger's entries (`None` once Raft
+    /// has stopped).
+    pub fn global(&self) -> Option<global::GlobalLedger> {
+        self.global.upgrade().map(global::GlobalLedger::new)
     }
 
     /// The leader this node knows of.

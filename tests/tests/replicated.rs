@@ -115,6 +115,36 @@ impl Cluster {
         true
     }
 
+    /// Waits (bounded) until every running member of each partition's
+    /// cluster has certified the same height: a replica restarted late
+    /// catches up by state transfer, which takes its time on a loaded
+    /// machine.
+    async fn wait_replicas_agree(&self, topic: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let heights: Vec<BTreeSet<u64>> = {
+                let any = self.nodes.iter().flatten().next().expect("a node runs");
+                let record = any.broker.topics.all().into_iter().find(|t| t.name == topic).expect("topic");
+                (0..record.partitions)
+                    .map(|p| {
+                        let pk = record.partition_key(p);
+                        self.nodes
+                            .iter()
+                            .flatten()
+                            .filter(|n| n.broker.topics.serves(&pk))
+                            .map(|n| n.broker.topics.state(&pk).next_height)
+                            .collect()
+                    })
+                    .collect()
+            };
+            if heights.iter().all(|h| h.len() == 1) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas of {topic} did not converge: {heights:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (bounded) for [`Cluster::global_caught_up`].
     async fn wait_global(&self, topic: &str) {
         let deadline = Instant::now() + WAIT;
@@ -706,6 +736,7 @@ async fn seven_replicas_ride_out_two_stopped_ones_the_primary_among_them() {
     produce(&cluster.bootstrap(1), "ledgers", 300..350).await;
     let read = read_all(&cluster.bootstrap(5), "ledgers", 2, 350).await;
     assert_exactly_once_in_order(&read, 350);
+    cluster.wait_replicas_agree("ledgers").await;
     let summaries = cluster.stop_and_verify().await;
     for s in &summaries[1..] {
         assert_eq!(s, &summaries[0], "every replica holds the same chains");

@@ -9,6 +9,9 @@
 #   COURIER_BENCH_RECORDS=n   records per case (default 200,000; --short: 20,000)
 #   COURIER_BENCH_REPLICAS="1 4 7 2x4"   which clusters to run (default "1 4");
 #                                        2x4: 8 nodes, two PBFT clusters of 4 (`courier dev --nodes 8`)
+# For clusters of several nodes it also samples the global-ledger lag (the
+# Raft leader's `/global`) during the run and the catch-up time after it,
+# with compat-tests/python/global_lag.py (COURIER_BENCH_PYTHON, default python3).
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,8 +23,15 @@ results=$data/results.tsv
 # Below the ephemeral range (32768+), so no outgoing connection holds one of
 # the cluster's ports (node i: Kafka port + i, peers Kafka port + 10000 + i).
 port=${COURIER_BENCH_PORT:-22092}
+admin_port=$((port + 600))
+python=${COURIER_BENCH_PYTHON:-python3}
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
+lag_pid=
+cleanup() {
+  [ -n "$lag_pid" ] && kill "$lag_pid" 2>/dev/null
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  rm -rf "$data"
+}
 trap cleanup EXIT
 
 echo "$records records per case, $(nproc) cores shared by the client and every replica"
@@ -31,7 +41,7 @@ for replicas in $replicas_list; do
     2x4) shape=(--nodes 8); nodes=8; label=courier-2x4 ;;
     *) shape=(--replicas "$replicas"); nodes=$replicas; label=courier-${replicas}r ;;
   esac
-  "$top/target/release/courier" dev "${shape[@]}" --port "$port" --admin-port 0 --data-dir "$dir" \
+  "$top/target/release/courier" dev "${shape[@]}" --port "$port" --admin-port "$admin_port" --data-dir "$dir" \
     >"$data/courier-$replicas.log" 2>&1 &
   pid=$!
   # Nodes start in order: the last one listening means all are up.
@@ -41,8 +51,19 @@ for replicas in $replicas_list; do
     echo "courier dev ${shape[*]} did not start:"; cat "$data/courier-$replicas.log"; exit 1
   fi
   echo "courier dev ${shape[*]} (ledger.fsync=true)"
+  if [ "$nodes" -gt 1 ]; then
+    "$python" "$top/compat-tests/python/global_lag.py" "127.0.0.1:$admin_port" "$nodes" "$data/done-$replicas" \
+      "$label" >"$data/lag-$replicas.txt" 2>&1 &
+    lag_pid=$!
+  fi
   "$top/target/release/courier-bench" --bootstrap "127.0.0.1:$port" --records "$records" \
     --label "$label" --broker-pid "$pid" --results "$results" "$@"
+  if [ -n "$lag_pid" ]; then
+    touch "$data/done-$replicas"
+    wait "$lag_pid" || echo "$label: the global ledger did not catch up within 60 s"
+    lag_pid=
+    cat "$data/lag-$replicas.txt" >>"$data/lag.txt"
+  fi
   kill -INT "$pid"; wait "$pid" || true; pid=
 done
 
@@ -66,3 +87,5 @@ awk -F'\t' -v base="$base" -v only="$([ "$base" = courier-4r ] && echo courier-2
     }
   }' "$results"
 done
+
+if [ -f "$data/lag.txt" ]; then echo; cat "$data/lag.txt"; fi

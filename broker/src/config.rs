@@ -131,6 +131,13 @@ pub struct BrokerConfig {
     /// all nodes form one cluster.
     #[serde(rename = "cluster.size")]
     pub cluster_size: usize,
+    /// Courier: this node joins a running deployment rather than being one
+    /// of its first nodes. Its `cluster.replicas` lists the running nodes
+    /// (whose own settings need not name it) and itself; it asks the Raft
+    /// group to add it, and once `cluster.size` joined nodes are registered
+    /// they form a new PBFT cluster. Default: false.
+    #[serde(rename = "cluster.join")]
+    pub cluster_join: bool,
 }
 
 impl Default for BrokerConfig {
@@ -139,6 +146,7 @@ impl Default for BrokerConfig {
             node_id: 1,
             organization: "local".into(),
             cluster_size: 0,
+            cluster_join: false,
             listeners: "127.0.0.1:9092".into(),
             advertised_listeners: None,
             log_dirs: PathBuf::from("./courier-data"),
@@ -256,7 +264,8 @@ impl BrokerConfig {
             if !(4..=7).contains(&size) || !(size - 1).is_multiple_of(3) {
                 return bad(format!("a PBFT cluster has 4 or 7 nodes (3f + 1), not {size}"));
             }
-            if !n.is_multiple_of(size) || n > 240 {
+            // A joining node's list may end with a group still filling up.
+            if (!n.is_multiple_of(size) && !self.cluster_join) || n > 240 {
                 return bad(format!(
                     "cluster.replicas lists {n} nodes: a multiple of cluster.size ({size}), at most 240"
                 ));

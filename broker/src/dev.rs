@@ -34,6 +34,8 @@ pub enum DevError {
     Port(std::io::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("nodes {from}.. of {nodes} cannot join later: the first nodes must form whole clusters of {size}, and some must join")]
+    Joiners { from: usize, nodes: usize, size: usize },
 }
 
 /// Each node's settings for an `n`-replica cluster built on `base`:
@@ -132,6 +134,29 @@ fn free_port(host: &str) -> Result<u16, DevError> {
     ))
 }
 
+/// Makes nodes `from..` of a generated cluster ones that join it later:
+/// the first `from` nodes' settings name only each other (they start the
+/// deployment), the later ones set `cluster.join` and name every node.
+pub fn make_joiners(configs: &mut [BrokerConfig], from: usize) -> Result<(), DevError> {
+    let size = configs.first().map_or(0, |c| c.cluster_size_or_all());
+    if from == 0 || from >= configs.len() || size == 0 || !from.is_multiple_of(size) {
+        return Err(DevError::Joiners {
+            from,
+            nodes: configs.len(),
+            size,
+        });
+    }
+    for (i, c) in configs.iter_mut().enumerate() {
+        if i < from {
+            c.cluster_replicas.truncate(from);
+            c.cluster_public_keys.truncate(from);
+        } else {
+            c.cluster_join = true;
+        }
+    }
+    Ok(())
+}
+
 /// Starts every node of a local cluster in this process.
 pub async fn start_cluster(configs: Vec<BrokerConfig>) -> Result<Vec<RunningBroker>, DevError> {
     let mut running = Vec::with_capacity(configs.len());
@@ -161,6 +186,7 @@ pub fn write_node_files(dir: &Path, configs: &[BrokerConfig]) -> Result<Vec<Path
              \"peer.tls.key\" = {key:?}\n\
              \"replica.signing.key\" = {signing:?}\n\
              \"cluster.size\" = {size}\n\
+             \"cluster.join\" = {join}\n\
              \"group.initial.rebalance.delay.ms\" = 0\n",
             id = c.node_id,
             listeners = c.listeners,
@@ -173,6 +199,7 @@ pub fn write_node_files(dir: &Path, configs: &[BrokerConfig]) -> Result<Vec<Path
             key = c.peer_tls_key.display().to_string(),
             signing = c.replica_signing_key.display().to_string(),
             size = c.cluster_size,
+            join = c.cluster_join,
         );
         std::fs::write(&path, text).map_err(|source| DevError::Write {
             path: path.clone(),

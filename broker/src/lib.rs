@@ -175,6 +175,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             format!("{host}:{port}"),
             config.organization.clone(),
             config.cluster_size_or_all(),
+            config.cluster_join,
             shutdown.signal(),
         );
     }

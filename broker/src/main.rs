@@ -98,6 +98,10 @@ enum CertsCommand {
         /// Peer port of node 0 (node i listens on this + i).
         #[arg(long, default_value_t = 19092)]
         peer_port: u16,
+        /// Nodes from this id on join the running deployment later
+        /// (`cluster.join`): the first ones' settings name only each other.
+        #[arg(long, value_name = "ID")]
+        join_from: Option<usize>,
     },
 }
 
@@ -197,7 +201,8 @@ fn main() -> ExitCode {
             cluster_size,
             port,
             peer_port,
-        }) => certs_dev(&out, nodes, cluster_size, port, peer_port),
+            join_from,
+        }) => certs_dev(&out, nodes, cluster_size, port, peer_port, join_from),
         Command::Ledger(LedgerCommand::Verify {
             data_dir,
             global: true,
@@ -330,6 +335,7 @@ fn certs_dev(
     cluster_size: usize,
     port: u16,
     peer_port: u16,
+    join_from: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     if nodes == 1 {
         anyhow::bail!("a replica cluster has 4 or 7 nodes");
@@ -340,15 +346,27 @@ fn certs_dev(
         listeners: format!("127.0.0.1:{port}"),
         ..BrokerConfig::default()
     };
-    let configs = if cluster_size == 0 {
+    let mut configs = if cluster_size == 0 {
         courier::dev::node_configs(&base, nodes, peer_port)?
     } else {
         courier::dev::multi_cluster_configs(&base, nodes, cluster_size, peer_port)?
     };
+    if let Some(from) = join_from {
+        courier::dev::make_joiners(&mut configs, from)?;
+    }
     let files = courier::dev::write_node_files(&out, &configs)?;
     println!("Wrote a {nodes}-replica development cluster under {}:", out.display());
     for (c, f) in configs.iter().zip(&files) {
-        println!("  courier node --config {}    # Kafka {}", f.display(), c.listeners);
+        let joins = if c.cluster_join {
+            "    (joins the running nodes)"
+        } else {
+            ""
+        };
+        println!(
+            "  courier node --config {}    # Kafka {}{joins}",
+            f.display(),
+            c.listeners
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

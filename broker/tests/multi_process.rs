@@ -10,6 +10,12 @@
 //! through the other nodes: every topic must then exist exactly once, with
 //! the same id on every node, and take records.
 //!
+//! A fourth run grows a deployment: four nodes start it, four more join
+//! it (`cluster.join`) and form a second PBFT cluster; a topic spreads over
+//! both; the Raft leader is killed and clients go on through any node; the
+//! surviving nodes verify the same global ledger and locate the same
+//! messages in it.
+//!
 //! It lives beside the binary because Cargo hands the binary's path
 //! (`CARGO_BIN_EXE_courier`) only to its own package's tests.
 
@@ -124,23 +130,29 @@ impl Drop for Node {
 }
 
 fn cluster(dir: &Path) -> Vec<Node> {
-    let base = free_ports(3 * NODES as u16 + 1);
+    nodes_from_certs_dev(dir, NODES, &[])
+}
+
+/// `courier certs dev` for `n` nodes with `extra` arguments, and the nodes.
+fn nodes_from_certs_dev(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
+    let base = free_ports(3 * n as u16 + 1);
     let status = Command::new(COURIER)
         .args(["certs", "dev", "--out"])
         .arg(dir)
-        .args(["--nodes", &NODES.to_string()])
+        .args(["--nodes", &n.to_string()])
         .args(["--port", &base.to_string()])
-        .args(["--peer-port", &(base + NODES as u16).to_string()])
+        .args(["--peer-port", &(base + n as u16).to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .status()
         .expect("courier certs dev runs");
     assert!(status.success());
-    (0..NODES)
+    (0..n)
         .map(|i| Node {
             config: dir.join(format!("node-{i}.toml")),
             data: dir.join(format!("node-{i}")),
             kafka: format!("127.0.0.1:{}", base + i as u16),
-            admin: format!("127.0.0.1:{}", base + 2 * NODES as u16 + i as u16),
+            admin: format!("127.0.0.1:{}", base + 2 * n as u16 + i as u16),
             log: dir.join(format!("node-{i}.log")),
             child: None,
         })
@@ -344,10 +356,15 @@ async fn acknowledged_records_survive_killing_a_backup() {
 
 /// A node's view of the Raft group, from its admin endpoint.
 fn raft_view(node: &Node) -> Option<serde_json::Value> {
+    admin_json(node, "/raft")
+}
+
+/// A JSON answer from a node's admin endpoint.
+fn admin_json(node: &Node, path: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&node.admin).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /raft HTTP/1.0\r\nHost: courier\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: courier\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let body = text.split("\r\n\r\n").nth(1)?;
@@ -507,6 +524,181 @@ async fn killing_the_raft_leader_during_create_topics_leaves_each_topic_once() {
             .await
             .unwrap_or_else(|(e, _)| panic!("produce to {name}: {e}"));
     }
+    for n in nodes.iter_mut() {
+        n.terminate();
+    }
+}
+
+/// Produces `values` (keys `k<i % 17>`) through `bootstrap`; every record
+/// must be acknowledged.
+async fn produce_keyed(bootstrap: &str, topic: &str, values: std::ops::Range<usize>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut sends = Vec::new();
+    for i in values {
+        let key = format!("k{}", i % 17);
+        let value = format!("v{i}");
+        sends.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .expect("queued"),
+        );
+    }
+    for s in sends {
+        s.await.expect("delivered").expect("acknowledged");
+    }
+}
+
+/// Reads `n` records of `topic` (all partitions, from the start) through
+/// `bootstrap`; returns each partition's end offset.
+async fn read_ends(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BTreeMap<i32, i64> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("ends-{bootstrap}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut ends = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    for got in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(m)) => {
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
+            Ok(Err(e)) => panic!("consumer error: {e}"),
+            Err(_) => panic!("{bootstrap} served {got} of {n} records of {topic}"),
+        }
+    }
+    ends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_grow_to_eight_in_two_clusters_and_outlive_the_raft_leader() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = nodes_from_certs_dev(dir.path(), 8, &["--cluster-size", "4", "--join-from", "4"]);
+    let first: Vec<usize> = (0..4).collect();
+    let all: Vec<usize> = (0..8).collect();
+    for i in &first {
+        nodes[*i].start();
+    }
+    agreed_leader(&nodes, &first);
+    // The four nodes that join were never named in the first four's settings.
+    for n in &mut nodes[4..] {
+        n.start();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let views: Vec<_> = all.iter().filter_map(|i| raft_view(&nodes[*i])).collect();
+        let grown = views.len() == 8
+            && views.iter().all(|v| {
+                v["voters"].as_array().is_some_and(|a| a.len() == 8)
+                    && v["clusters"].as_array().is_some_and(|c| c.len() == 2)
+            });
+        if grown {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deployment did not grow to two clusters: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A topic created through a node that joined spreads over both clusters.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[6].kafka)
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let created = admin
+        .create_topics(&[NewTopic::new("grown", 8, TopicReplication::Fixed(1))], &options)
+        .await
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+    let view = raft_view(&nodes[1]).unwrap();
+    let placement: Vec<u64> = view["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "grown")
+        .map(|t| {
+            t["placement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(placement.iter().filter(|c| **c == 0).count(), 4, "{placement:?}");
+    assert_eq!(placement.iter().filter(|c| **c == 1).count(), 4, "{placement:?}");
+    produce_keyed(&nodes[5].kafka, "grown", 0..400).await;
+    read_ends(&nodes[2].kafka, "grown", 8, 400).await;
+
+    // Kill the Raft leader; clients go on through other nodes.
+    let leader = agreed_leader(&nodes, &all) as usize;
+    nodes[leader].kill_9();
+    let survivors: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = agreed_leader(&nodes, &survivors) as usize;
+    assert_ne!(new_leader, leader);
+    let through = survivors[(leader + 3) % survivors.len()];
+    produce_keyed(&nodes[through].kafka, "grown", 400..800).await;
+    let reader = survivors[(leader + 5) % survivors.len()];
+    let ends = read_ends(&nodes[reader].kafka, "grown", 8, 800).await;
+    assert_eq!(ends.values().sum::<i64>(), 800);
+    let later = admin
+        .create_topics(
+            &[NewTopic::new("after-the-leader", 2, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(later[0].is_ok(), "{later:?}");
+
+    // The survivors' global ledgers reach every record and agree.
+    let deadline = Instant::now() + WAIT;
+    let digest = loop {
+        let checks: Vec<_> = survivors
+            .iter()
+            .filter_map(|i| admin_json(&nodes[*i], "/global/verify"))
+            .collect();
+        let digests: std::collections::BTreeSet<_> = checks
+            .iter()
+            .map(|c| c["report"]["digest"].as_str().map(str::to_owned))
+            .collect();
+        let complete =
+            checks.len() == survivors.len() && checks.iter().all(|c| c["report"]["messages"].as_u64() == Some(800));
+        if complete && digests.len() == 1 {
+            break digests.into_iter().next().flatten().unwrap();
+        }
+        assert!(Instant::now() < deadline, "global ledgers: {checks:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(digest.len(), 64);
+    let located: Vec<serde_json::Value> = survivors
+        .iter()
+        .take(3)
+        .map(|i| admin_json(&nodes[*i], "/global/locate?topic=grown&key=k3").expect("locate answers"))
+        .collect();
+    let found = located[0].as_array().unwrap();
+    // k3 is the key of v3, v20, …, v785: 47 of the 800 records.
+    assert_eq!(found.len(), 47);
+    assert!(
+        located.windows(2).all(|w| w[0] == w[1]),
+        "every node locates the same messages"
+    );
     for n in nodes.iter_mut() {
         n.terminate();
     }

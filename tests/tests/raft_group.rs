@@ -61,7 +61,7 @@ impl RaftTransport for Link {
             return Err(TransportError::Unreachable(target));
         }
         let node = self.net.node(target).ok_or(TransportError::Unreachable(target))?;
-        let answer = tokio::time::timeout(timeout, node.serve(&request))
+        let answer = tokio::time::timeout(timeout, node.serve(self.me, &request))
             .await
             .map_err(|_| TransportError::Timeout(target))?;
         // The answer crosses the link too.

@@ -124,7 +124,13 @@ impl Cluster {
         loop {
             let heights: Vec<BTreeSet<u64>> = {
                 let any = self.nodes.iter().flatten().next().expect("a node runs");
-                let record = any.broker.topics.all().into_iter().find(|t| t.name == topic).expect("topic");
+                let record = any
+                    .broker
+                    .topics
+                    .all()
+                    .into_iter()
+                    .find(|t| t.name == topic)
+                    .expect("topic");
                 (0..record.partitions)
                     .map(|p| {
                         let pk = record.partition_key(p);
@@ -140,7 +146,10 @@ impl Cluster {
             if heights.iter().all(|h| h.len() == 1) {
                 return;
             }
-            assert!(Instant::now() < deadline, "replicas of {topic} did not converge: {heights:?}");
+            assert!(
+                Instant::now() < deadline,
+                "replicas of {topic} did not converge: {heights:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

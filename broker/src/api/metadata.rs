@@ -107,7 +107,13 @@ pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId) -> MetadataRespo
             (0..t.partitions)
                 .map(|p| {
                     let (leader, replicas) = match broker.topics.route(&t.partition_key(p)) {
-                        Some(r) => (BrokerId(r.leader), r.replicas.into_iter().map(BrokerId).collect()),
+                        Some(r) => {
+                            let leader = match &broker.sequencer {
+                                crate::sequencer::Sequencer::Replicated(rep) => rep.live_leader(&r),
+                                crate::sequencer::Sequencer::Local(_) => r.leader,
+                            };
+                            (BrokerId(leader), r.replicas.into_iter().map(BrokerId).collect())
+                        }
                         None => (me, vec![me]),
                     };
                     MetadataResponsePartition::default()

@@ -73,13 +73,14 @@ pub struct Membership {
     pub members: Vec<Bytes>,
     /// Every replica's peer address, by replica id.
     pub peers: Vec<String>,
-    /// SHA-256 over the members' keys: the cluster's identity.
+    /// The deployment's identity: SHA-256 over its first node's key (the
+    /// one that started the Raft group), the same on nodes that joined later.
     fingerprint: Digest,
 }
 
 impl Membership {
     pub fn new(me: u8, members: Vec<Bytes>, peers: Vec<String>) -> Self {
-        let fingerprint = pbft::cluster_fingerprint(&members);
+        let fingerprint = pbft::cluster_fingerprint(&members[..members.len().min(1)]);
         Self {
             me,
             members,
@@ -290,7 +291,7 @@ impl Replicated {
         if !self.topics.serves(&pk) {
             // Another cluster orders it: one of its members submits it.
             return match self.topics.route(&pk) {
-                Some(route) => self.forward.submit(route.leader as u8, pk, payload),
+                Some(route) => self.forward.submit(self.live_leader(&route) as u8, pk, payload),
                 None => oneshot::channel().1,
             };
         }
@@ -324,7 +325,7 @@ impl Replicated {
                 let pk = t.partition_key(p);
                 if let Some(route) = self.topics.route(&pk).filter(|r| !r.served) {
                     if others.insert(route.replicas.clone()) {
-                        asked.insert(route.leader as u8);
+                        asked.insert(self.live_leader(&route) as u8);
                     }
                 }
             }
@@ -349,6 +350,21 @@ impl Replicated {
     /// this node and node `peer`.
     pub fn set_cut(&self, peer: u8, cut: bool) {
         self.forward.set_cut(peer, cut);
+    }
+
+    /// The node to send a partition's work to: its route's leader while
+    /// this node reaches it, else the first member of its cluster it
+    /// reaches (a stopped node leads nothing).
+    pub fn live_leader(&self, route: &crate::topics::Route) -> i32 {
+        if self.is_up(route.leader) {
+            return route.leader;
+        }
+        route
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| self.is_up(*r))
+            .unwrap_or(route.leader)
     }
 
     /// Whether node `node` is reachable from this one now.
@@ -389,10 +405,29 @@ impl Replicated {
     /// (`cluster_size` nodes in id order) are registered, forms their PBFT
     /// cluster if none serves them yet. Runs until it has, or until
     /// shutdown.
-    pub fn join(&self, kafka: String, organization: String, cluster_size: usize, mut stop: ShutdownSignal) {
+    ///
+    /// A node that joins a running deployment (`joining`) first asks the
+    /// Raft group, through the nodes its settings name, to add it.
+    pub fn join(
+        &self,
+        kafka: String,
+        organization: String,
+        cluster_size: usize,
+        joining: bool,
+        mut stop: ShutdownSignal,
+    ) {
         let meta = self.meta.clone();
         let membership = self.membership.clone();
         tokio::spawn(async move {
+            if joining {
+                let me = NodeId::from(membership.me);
+                let peers: Vec<NodeId> = (0..membership.peers.len() as NodeId).filter(|p| *p != me).collect();
+                let addr = membership.peers[membership.me as usize].clone();
+                tokio::select! {
+                    _ = meta.request_join(&peers, &addr) => {}
+                    _ = stop.wait() => return,
+                }
+            }
             let me = NodeRecord {
                 id: NodeId::from(membership.me),
                 kafka,
@@ -648,6 +683,7 @@ pub async fn start(
         transport::start(
             identity.id,
             config.cluster_replicas.clone(),
+            config.cluster_join,
             listener,
             identity.server.clone(),
             identity.client.clone(),

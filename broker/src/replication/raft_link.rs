@@ -65,7 +65,7 @@ impl RaftLink {
         // Served on its own task: a forwarded write waits for a commit,
         // which needs this very connection to keep reading.
         tokio::spawn(async move {
-            let body = meta.serve(&body).await;
+            let body = meta.serve(NodeId::from(from), &body).await;
             transport.send(
                 from,
                 Frame::Raft {

@@ -16,7 +16,7 @@
 //! sends a malformed frame is disconnected.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -249,16 +249,25 @@ struct Link {
     cut: Arc<AtomicBool>,
 }
 
+/// Node ids are `u8`s: one slot per possible peer.
+const LINKS_MAX: usize = 256;
+
+/// Every peer's link, created once: at start for the configured peers, at
+/// the first authenticated connection for a node that joined later.
+type Links = Arc<Vec<OnceLock<Link>>>;
+/// Where the acceptor hands a peer's authenticated connections.
+type Incoming = Arc<Vec<OnceLock<mpsc::Sender<Stream>>>>;
+
 /// The handle the node sends through.
 pub struct Transport {
     me: u8,
-    links: Vec<Option<Link>>,
+    links: Links,
 }
 
 impl Transport {
     /// Queues an encoded frame for `to`; drops it if that peer's queue is full.
     pub fn send(&self, to: u8, frame: Bytes) {
-        let Some(Some(link)) = self.links.get(to as usize) else {
+        let Some(link) = self.links.get(to as usize).and_then(OnceLock::get) else {
             return;
         };
         if link.cut.load(Ordering::Relaxed) {
@@ -282,96 +291,121 @@ impl Transport {
 
     /// Whether node `peer` is reachable now (this node always is).
     pub fn is_up(&self, peer: u8) -> bool {
-        match self.links.get(peer as usize) {
-            Some(Some(link)) => link.up.load(Ordering::Relaxed) && !link.cut.load(Ordering::Relaxed),
-            Some(None) => peer == self.me,
-            None => false,
+        if peer == self.me {
+            return true;
         }
+        self.links
+            .get(peer as usize)
+            .and_then(OnceLock::get)
+            .is_some_and(|link| link.up.load(Ordering::Relaxed) && !link.cut.load(Ordering::Relaxed))
     }
 
     /// Fault injection for tests: cuts (or restores) the network between
     /// this node and `peer`: frames either way are dropped meanwhile.
     pub fn set_cut(&self, peer: u8, cut: bool) {
-        if let Some(Some(link)) = self.links.get(peer as usize) {
+        if let Some(link) = self.links.get(peer as usize).and_then(OnceLock::get) {
             link.cut.store(cut, Ordering::Relaxed);
         }
     }
 
     /// Queues a frame for every peer.
     pub fn broadcast(&self, frame: &Bytes) {
-        for to in 0..self.links.len() as u8 {
-            if to != self.me {
-                self.send(to, frame.clone());
+        for (to, link) in self.links.iter().enumerate() {
+            if to != self.me as usize && link.get().is_some() {
+                self.send(to as u8, frame.clone());
             }
         }
     }
 }
 
-/// Starts accepting and dialing. `peers` are the replicas' peer addresses
-/// by id (ours included).
+/// Starts accepting and dialing. `peers` are the configured nodes' peer
+/// addresses by id (ours included). Between two configured nodes the one
+/// with the smaller id dials; a node that joined a running deployment
+/// (`joining`) also dials the nodes before it, which do not know its
+/// address, until one of them dials it. Any other node whose certificate
+/// the CA signed may connect: its link is made then.
+#[allow(clippy::too_many_arguments)]
 pub async fn start<I: Inbound>(
     me: u8,
     peers: Vec<String>,
+    joining: bool,
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     inbound: Arc<I>,
     shutdown: ShutdownSignal,
 ) -> Transport {
-    let n = peers.len();
-    let mut links = Vec::with_capacity(n);
-    let mut incoming = Vec::with_capacity(n);
-    for peer in 0..n as u8 {
+    let ctx = Arc::new(LinkContext {
+        me,
+        links: Arc::new((0..LINKS_MAX).map(|_| OnceLock::new()).collect()),
+        incoming: Arc::new((0..LINKS_MAX).map(|_| OnceLock::new()).collect()),
+        inbound,
+        shutdown: shutdown.clone(),
+    });
+    for (peer, addr) in peers.iter().enumerate().take(LINKS_MAX) {
+        let peer = peer as u8;
         if peer == me {
-            links.push(None);
-            incoming.push(None);
             continue;
         }
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let (bulk, bulk_rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let up = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(AtomicBool::new(false));
-        links.push(Some(Link {
-            control,
-            bulk,
-            queued: queued.clone(),
-            up: up.clone(),
-            cut: cut.clone(),
-        }));
-        let (in_tx, in_rx) = mpsc::channel(4);
-        incoming.push(Some(in_tx));
-        let dial = (me < peer).then(|| (peers[peer as usize].clone(), client.clone()));
-        tokio::spawn(run_link(
-            me,
-            peer,
-            dial,
-            in_rx,
-            Lanes {
-                control: control_rx,
-                bulk: bulk_rx,
-            },
-            queued,
-            up,
-            cut,
-            inbound.clone(),
-            shutdown.clone(),
-        ));
+        let dial = (me < peer || joining).then(|| (addr.clone(), client.clone()));
+        ctx.ensure(peer, dial);
     }
-    tokio::spawn(accept(me, listener, TlsAcceptor::from(server), incoming, shutdown));
+    let links = ctx.links.clone();
+    tokio::spawn(accept(ctx, listener, TlsAcceptor::from(server)));
     Transport { me, links }
+}
+
+/// What making a link takes.
+struct LinkContext<I> {
+    me: u8,
+    links: Links,
+    incoming: Incoming,
+    inbound: Arc<I>,
+    shutdown: ShutdownSignal,
+}
+
+impl<I: Inbound> LinkContext<I> {
+    /// The link to `peer`, made (and its task started) if there is none.
+    fn ensure(&self, peer: u8, dial: Option<(String, Arc<rustls::ClientConfig>)>) {
+        self.links[peer as usize].get_or_init(|| {
+            let (control, control_rx) = mpsc::unbounded_channel();
+            let (bulk, bulk_rx) = mpsc::unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let up = Arc::new(AtomicBool::new(false));
+            let cut = Arc::new(AtomicBool::new(false));
+            let (in_tx, in_rx) = mpsc::channel(4);
+            let _ = self.incoming[peer as usize].set(in_tx);
+            tokio::spawn(run_link(
+                self.me,
+                peer,
+                dial,
+                in_rx,
+                Lanes {
+                    control: control_rx,
+                    bulk: bulk_rx,
+                },
+                queued.clone(),
+                up.clone(),
+                cut.clone(),
+                self.inbound.clone(),
+                self.shutdown.clone(),
+            ));
+            Link {
+                control,
+                bulk,
+                queued,
+                up,
+                cut,
+            }
+        });
+    }
 }
 
 type Stream = tokio_rustls::TlsStream<TcpStream>;
 
-async fn accept(
-    me: u8,
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    incoming: Vec<Option<mpsc::Sender<Stream>>>,
-    mut shutdown: ShutdownSignal,
-) {
-    let incoming = Arc::new(incoming);
+async fn accept<I: Inbound>(ctx: Arc<LinkContext<I>>, listener: TcpListener, acceptor: TlsAcceptor) {
+    let me = ctx.me;
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -385,7 +419,7 @@ async fn accept(
             _ = shutdown.wait() => return,
         };
         let acceptor = acceptor.clone();
-        let incoming = incoming.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let handshake = async {
@@ -407,7 +441,10 @@ async fn accept(
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Some((id, tls))) => {
-                    if let Some(Some(slot)) = incoming.get(id as usize) {
+                    // A node the configuration does not name (it joined
+                    // later): it dials us, we do not dial it.
+                    ctx.ensure(id, None);
+                    if let Some(slot) = ctx.incoming[id as usize].get() {
                         let _ = slot.send(tokio_rustls::TlsStream::Server(tls)).await;
                     }
                 }
@@ -458,7 +495,7 @@ impl Lanes {
 async fn run_link<I: Inbound>(
     me: u8,
     peer: u8,
-    dial_to: Option<(String, Arc<rustls::ClientConfig>)>,
+    mut dial_to: Option<(String, Arc<rustls::ClientConfig>)>,
     mut incoming: mpsc::Receiver<Stream>,
     mut outgoing: Lanes,
     queued: Arc<AtomicUsize>,
@@ -472,8 +509,8 @@ async fn run_link<I: Inbound>(
     loop {
         let stream = match next.take() {
             Some(s) => s,
-            None => match &dial_to {
-                Some((addr, client)) => match dial(me, peer, addr, client.clone()).await {
+            None => match dial_to.clone() {
+                Some((addr, client)) => match dial(me, peer, &addr, client).await {
                     Ok(s) => {
                         backoff = REDIAL_MIN;
                         s
@@ -482,6 +519,13 @@ async fn run_link<I: Inbound>(
                         debug!(peer, error = %e, "dial failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
+                            s = incoming.recv() => {
+                                if let Some(s) = s.filter(|_| peer < me) {
+                                    // We joined; the peer now dials us.
+                                    dial_to = None;
+                                    next = Some(s);
+                                }
+                            }
                             _ = shutdown.wait() => return,
                         }
                         backoff = (backoff * 2).min(REDIAL_MAX);
@@ -530,15 +574,27 @@ async fn run_link<I: Inbound>(
             }
             Ok::<(), std::io::Error>(())
         };
-        let ended = tokio::select! {
-            r = read => r.err().map(|e| e.to_string()),
-            r = write => r.err().map(|e| e.to_string()),
-            s = incoming.recv(), if dial_to.is_none() => {
-                // The peer reconnected: its old connection is dead to it.
-                next = s;
-                Some("replaced by a new connection".into())
+        tokio::pin!(read);
+        tokio::pin!(write);
+        let ended = loop {
+            tokio::select! {
+                r = &mut read => break r.err().map(|e| e.to_string()),
+                r = &mut write => break r.err().map(|e| e.to_string()),
+                s = incoming.recv() => match s {
+                    // The peer reconnected (its old connection is dead to
+                    // it), or, having joined, we are dialed by a node that
+                    // now knows us: its connection is the one both use.
+                    Some(s) if dial_to.is_none() || peer < me => {
+                        dial_to = None;
+                        next = Some(s);
+                        break Some("replaced by a new connection".into());
+                    }
+                    // We dial this peer: a connection it made is not used.
+                    Some(_) => continue,
+                    None => break Some("closed".into()),
+                },
+                _ = shutdown.wait() => return,
             }
-            _ = shutdown.wait() => return,
         };
         up.store(false, Ordering::Relaxed);
         info!(peer, reason = ended.as_deref().unwrap_or("closed"), "peer disconnected");

@@ -252,8 +252,53 @@ impl<T: RaftTransport> MetaRaft<T> {
         let _ = tokio::time::timeout_at(deadline, state.wait_for(|s| s.version >= version)).await;
     }
 
-    /// Answers another node's request.
-    pub async fn serve(&self, request: &[u8]) -> Bytes {
+    /// Asks the group to add this node as a voter, through each of `peers`
+    /// in turn (following them to the leader), until one has; reachable at
+    /// `addr`. Does nothing when this node already votes.
+    pub async fn request_join(&self, peers: &[NodeId], addr: &str) {
+        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms.max(self.limits.write_timeout_ms));
+        let mut next = 0usize;
+        loop {
+            if self.is_voter() {
+                return;
+            }
+            let mut target = peers.get(next % peers.len().max(1)).copied().unwrap_or(self.id);
+            next += 1;
+            // Follow "not the leader" answers a few hops.
+            for _ in 0..3 {
+                let answer = self
+                    .transport
+                    .call(target, network::encode(&Rpc::Join { addr: addr.to_owned() }), timeout)
+                    .await;
+                match answer.ok().and_then(|a| network::decode::<RpcReply>(&a).ok()) {
+                    Some(RpcReply::Joined(WriteOutcome::Applied(_))) => {
+                        info!(node = self.id, via = target, "joined the Raft group");
+                        return;
+                    }
+                    Some(RpcReply::Joined(WriteOutcome::NotLeader(Some(leader)))) if leader != target => {
+                        target = leader;
+                    }
+                    Some(RpcReply::Joined(WriteOutcome::Failed(m))) => {
+                        debug!(via = target, error = %m, "join refused for now");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms * 5)).await;
+        }
+    }
+
+    /// Whether this node is a voter in the membership it knows.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voter = m.membership().voter_ids().any(|v| v == self.id);
+        voter
+    }
+
+    /// Answers another node's request; `from` is the caller, as the
+    /// transport authenticated it.
+    pub async fn serve(&self, from: NodeId, request: &[u8]) -> Bytes {
         let rpc = match network::decode::<Rpc>(request) {
             Ok(rpc) => rpc,
             Err(e) => return network::encode(&RpcReply::Malformed(e.to_string())),
@@ -266,6 +311,16 @@ impl<T: RaftTransport> MetaRaft<T> {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => WriteOutcome::NotLeader(None),
                 Err(e) => WriteOutcome::Failed(e.to_string()),
+            }),
+            Rpc::Join { addr } => RpcReply::Joined(match self.leader() {
+                Some(l) if l == self.id => match self.add_voter(from, addr).await {
+                    Ok(()) => {
+                        info!(node = from, "node added to the Raft group");
+                        WriteOutcome::Applied(MetaResponse::default())
+                    }
+                    Err(e) => WriteOutcome::Failed(e),
+                },
+                other => WriteOutcome::NotLeader(other),
             }),
         };
         network::encode(&reply)

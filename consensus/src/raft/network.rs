@@ -53,6 +53,11 @@ pub enum Rpc {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A structural change forwarded to the node believed to lead.
     Write(MetaCommand),
+    /// The calling node asks to be added to the group (as a learner, then
+    /// a voter), reachable at `addr`.
+    Join {
+        addr: String,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -62,6 +67,8 @@ pub enum RpcReply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Written(WriteOutcome),
+    /// The answer to [`Rpc::Join`] (`Applied` once the caller is a voter).
+    Joined(WriteOutcome),
     /// The request could not be decoded.
     Malformed(String),
 }

@@ -112,6 +112,9 @@ impl GlobalTask {
                     _ = stop.wait() => return,
                 }
             } else {
+                // Only the leader knows the lag; the others report none, so
+                // the maximum over nodes is the leader's figure.
+                metrics::gauge!("courier_global_ledger_lag_blocks").set(0.0);
                 let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 s.leading = false;
                 s.lag_blocks = 0;

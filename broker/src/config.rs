@@ -138,6 +138,11 @@ pub struct BrokerConfig {
     /// they form a new PBFT cluster. Default: false.
     #[serde(rename = "cluster.join")]
     pub cluster_join: bool,
+    /// Courier: start only to leave the Raft group (`courier node --leave`):
+    /// the node does not register, asks the leader to remove it, and stops.
+    /// A node serving a PBFT cluster is refused. Default: false.
+    #[serde(rename = "cluster.leave")]
+    pub cluster_leave: bool,
 }
 
 impl Default for BrokerConfig {
@@ -147,6 +152,7 @@ impl Default for BrokerConfig {
             organization: "local".into(),
             cluster_size: 0,
             cluster_join: false,
+            cluster_leave: false,
             listeners: "127.0.0.1:9092".into(),
             advertised_listeners: None,
             log_dirs: PathBuf::from("./courier-data"),

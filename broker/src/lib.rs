@@ -170,7 +170,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Some(a) => config::host_port(a)?,
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),
     };
-    if let Sequencer::Replicated(r) = &sequencer {
+    if let Some(r) = sequencer.replicated().filter(|_| !config.cluster_leave) {
         r.join(
             format!("{host}:{port}"),
             config.organization.clone(),

@@ -75,6 +75,11 @@ struct GlobalSource {
 struct NodeArgs {
     #[command(flatten)]
     settings: Settings,
+    /// Do not serve: ask the Raft group to remove this node (it must serve
+    /// no PBFT cluster), then stop. The node's own settings are used to
+    /// reach the group.
+    #[arg(long)]
+    leave: bool,
 }
 
 #[derive(Subcommand)]
@@ -303,8 +308,34 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    let config = BrokerConfig::load(args.settings.config.as_deref(), &args.settings.overrides)?;
+    let mut overrides = args.settings.overrides;
+    if args.leave {
+        overrides.push("cluster.leave=true".into());
+    }
+    let config = BrokerConfig::load(args.settings.config.as_deref(), &overrides)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if config.cluster_leave {
+        return runtime.block_on(async move {
+            let id = config.node_id;
+            let running: RunningBroker = courier::start(config).await?;
+            let Some(r) = running.broker.sequencer.replicated().cloned() else {
+                running.stop().await;
+                anyhow::bail!("a single-replica node is in no Raft group");
+            };
+            let left = r.leave().await;
+            running.stop().await;
+            match left {
+                Ok(()) => {
+                    println!("node {id} left the Raft group; its data directory may be removed");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("courier: node {id} could not leave: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        });
+    }
     runtime.block_on(async move {
         let id = config.node_id;
         let replicas = config.cluster_replicas.len();

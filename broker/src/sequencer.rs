@@ -156,6 +156,14 @@ pub enum Sequencer {
 const REPLICATED_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(25);
 
 impl Sequencer {
+    /// The replica side, when partitions are ordered by PBFT clusters.
+    pub fn replicated(&self) -> Option<&Arc<Replicated>> {
+        match self {
+            Sequencer::Replicated(r) => Some(r),
+            Sequencer::Local(_) => None,
+        }
+    }
+
     /// Enqueues a produce (in call order) and returns the wait for its
     /// outcome, so a connection can keep reading while it is in flight.
     pub async fn enqueue_produce(

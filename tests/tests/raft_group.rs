@@ -332,6 +332,50 @@ async fn membership_change_during_topic_creation() {
     }
 }
 
+/// A node that was never configured asks to join through any node and
+/// becomes a voter; it registers and later leaves (it serves no cluster).
+/// A cluster member's request to leave is refused and changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_node_joins_through_any_node_and_leaves_again() {
+    let g = Group::new(limits());
+    let nodes = g.boot(4).await;
+    form_cluster(&nodes[0]).await;
+    let newcomer = g.start(4).await;
+    // Asked through a follower first: it is pointed at the leader.
+    let leader = wait_leader(&nodes).await;
+    let mut via: Vec<NodeId> = (0..4).filter(|n| *n != leader).collect();
+    via.push(leader);
+    tokio::time::timeout(Duration::from_secs(30), newcomer.request_join(&via, "node-4"))
+        .await
+        .expect("joined within 30 s");
+    assert!(newcomer.is_voter());
+    assert_eq!(newcomer.write(register(4)).await.unwrap().error_code, 0);
+    let state = g.converged().await;
+    assert!(state.nodes.contains_key(&4));
+    for n in g.live() {
+        let m = n.raft().metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        assert_eq!(voters, (0..5).collect(), "node {} sees voters {voters:?}", n.id);
+    }
+    // A member of cluster 0 may not leave.
+    let refused = nodes[2].request_leave(&via, 5).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("cluster 0")), "{refused:?}");
+    assert!(nodes[2].is_voter());
+    // The newcomer leaves: no longer a voter anywhere, no longer registered.
+    newcomer.request_leave(&via, 5).await.expect("left");
+    g.crash(4).await;
+    let state = g.converged().await;
+    assert!(!state.nodes.contains_key(&4));
+    assert!(state.nodes.contains_key(&2));
+    for n in g.live() {
+        let m = n.raft().metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        assert_eq!(voters, (0..4).collect(), "node {} sees voters {voters:?}", n.id);
+    }
+    // The group still takes writes.
+    assert_eq!(nodes[3].write(create("after", 9, 1)).await.unwrap().error_code, 0);
+}
+
 /// With snapshots every few entries, a node that joins late gets the
 /// state by snapshot, and a node restarted from its file rebuilds it.
 #[tokio::test(start_paused = true)]

@@ -447,6 +447,16 @@ impl Replicated {
         });
     }
 
+    /// Asks the Raft group to remove this node (see
+    /// `MetaRaft::request_leave`), through every configured node in turn.
+    pub async fn leave(&self) -> Result<(), String> {
+        let me = NodeId::from(self.membership.me);
+        let peers: Vec<NodeId> = (0..self.membership.peers.len() as NodeId)
+            .filter(|p| *p != me)
+            .collect();
+        self.meta.request_leave(&peers, 20).await
+    }
+
     /// Stops the engine (the executor follows once nothing more reaches it).
     pub async fn stop(&self) {
         let _ = self.inbox.send(Input::Stop).await;

@@ -289,6 +289,65 @@ impl<T: RaftTransport> MetaRaft<T> {
         }
     }
 
+    /// Asks the group, through each of `peers` in turn (following them to
+    /// the leader), to remove this node: it stops voting and is no longer
+    /// registered. Refused for a node that serves a PBFT cluster (a
+    /// cluster's members are fixed once it is formed). Gives up after
+    /// `attempts` rounds without an answer.
+    pub async fn request_leave(&self, peers: &[NodeId], attempts: usize) -> Result<(), String> {
+        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms.max(self.limits.write_timeout_ms));
+        for round in 0..attempts {
+            let mut target = peers.get(round % peers.len().max(1)).copied().unwrap_or(self.id);
+            for _ in 0..3 {
+                let answer = self.transport.call(target, network::encode(&Rpc::Leave), timeout).await;
+                match answer.ok().and_then(|a| network::decode::<RpcReply>(&a).ok()) {
+                    Some(RpcReply::Left(WriteOutcome::Applied(_))) => {
+                        info!(node = self.id, via = target, "left the Raft group");
+                        return Ok(());
+                    }
+                    Some(RpcReply::Left(WriteOutcome::NotLeader(Some(leader)))) if leader != target => {
+                        target = leader;
+                    }
+                    Some(RpcReply::Left(WriteOutcome::Failed(m))) => return Err(m),
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms * 5)).await;
+        }
+        Err(format!("no leader answered in {attempts} attempts"))
+    }
+
+    /// Removes node `id` (serving no cluster) from the voters and from the
+    /// registered nodes; on the leader.
+    async fn remove(&self, id: NodeId) -> Result<(), String> {
+        if let Some(c) = self.state().cluster_of_node(id) {
+            return Err(format!(
+                "node {id} serves PBFT cluster {c}; a cluster's members cannot leave it yet"
+            ));
+        }
+        let voters: std::collections::BTreeSet<NodeId> = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().filter(|v| *v != id).collect()
+        };
+        if voters.is_empty() {
+            return Err("the last voter cannot leave".into());
+        }
+        // Unregistered first (here, on the leader; a refusal now only means
+        // it was not registered), then out of the voters: a retry after a
+        // failure in between finishes the job.
+        match self.write_here(MetaCommand::RemoveNode { id }).await {
+            Ok(Some(WriteOutcome::Applied(_))) => {}
+            Ok(Some(WriteOutcome::NotLeader(_))) | Ok(None) => return Err("this node no longer leads".into()),
+            Ok(Some(WriteOutcome::Failed(m))) => return Err(m),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Whether this node is a voter in the membership it knows.
     pub fn is_voter(&self) -> bool {
         let m = self.raft.metrics().borrow().membership_config.clone();
@@ -316,6 +375,16 @@ impl<T: RaftTransport> MetaRaft<T> {
                 Some(l) if l == self.id => match self.add_voter(from, addr).await {
                     Ok(()) => {
                         info!(node = from, "node added to the Raft group");
+                        WriteOutcome::Applied(MetaResponse::default())
+                    }
+                    Err(e) => WriteOutcome::Failed(e),
+                },
+                other => WriteOutcome::NotLeader(other),
+            }),
+            Rpc::Leave => RpcReply::Left(match self.leader() {
+                Some(l) if l == self.id => match self.remove(from).await {
+                    Ok(()) => {
+                        info!(node = from, "node removed from the Raft group");
                         WriteOutcome::Applied(MetaResponse::default())
                     }
                     Err(e) => WriteOutcome::Failed(e),

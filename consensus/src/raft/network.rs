@@ -58,6 +58,9 @@ pub enum Rpc {
     Join {
         addr: String,
     },
+    /// The calling node asks to leave the group (it must serve no PBFT
+    /// cluster): it stops voting and its registration is removed.
+    Leave,
 }
 
 /// The answer to an [`Rpc`].
@@ -69,6 +72,8 @@ pub enum RpcReply {
     Written(WriteOutcome),
     /// The answer to [`Rpc::Join`] (`Applied` once the caller is a voter).
     Joined(WriteOutcome),
+    /// The answer to [`Rpc::Leave`] (`Applied` once the caller is out).
+    Left(WriteOutcome),
     /// The request could not be decoded.
     Malformed(String),
 }

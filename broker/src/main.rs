@@ -272,7 +272,7 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let data_dir = config.log_dirs.clone();
-        let nodes = courier::dev::start_cluster(configs).await?;
+        let nodes = courier::dev::start_cluster(configs.clone()).await?;
         if nodes.len() == 1 {
             println!("Courier dev broker is running (one node, single replica).");
         } else if clusters == 1 {
@@ -297,14 +297,79 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         println!("  Data:   {}", data_dir.display());
         println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
         println!("  kcat -b {} -L", nodes[0].kafka_addr);
+        if nodes.len() > 1 {
+            println!("Type `leader` for the Raft leader, `stop N` / `start N` to stop or restart node N.");
+        }
         println!("Press Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
+        let mut nodes: Vec<Option<RunningBroker>> = nodes.into_iter().map(Some).collect();
+        // Lines from a detached thread: a blocking read of stdin cannot be
+        // cancelled, and must not hold up the exit.
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; break; }
+                line = lines.recv(), if stdin_open => match line {
+                    Some(line) => dev_console(&line, &mut nodes, &configs).await,
+                    None => stdin_open = false,
+                },
+            }
+        }
         eprintln!("courier: shutting down");
-        for n in nodes {
+        for n in nodes.into_iter().flatten() {
             n.stop().await;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One command typed to `courier dev`: `leader`, `stop N`, `start N`.
+async fn dev_console(line: &str, nodes: &mut [Option<RunningBroker>], configs: &[BrokerConfig]) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let index = words
+        .get(1)
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|i| *i < nodes.len());
+    match (words.first().copied(), index) {
+        (Some("leader"), _) => {
+            let leader = nodes
+                .iter()
+                .flatten()
+                .find_map(|n| n.broker.sequencer.replicated().and_then(|r| r.meta.leader()));
+            match leader {
+                Some(l) => println!("Raft leader: node {l}"),
+                None => println!("no Raft leader known"),
+            }
+        }
+        (Some("stop"), Some(i)) => match nodes[i].take() {
+            Some(n) => {
+                n.stop().await;
+                println!("node {i} stopped");
+            }
+            None => println!("node {i} is not running"),
+        },
+        (Some("start"), Some(i)) if nodes[i].is_none() => match courier::start(configs[i].clone()).await {
+            Ok(n) => {
+                println!("node {i} started: Kafka {}", n.kafka_addr);
+                nodes[i] = Some(n);
+            }
+            Err(e) => println!("node {i} did not start: {e}"),
+        },
+        (Some("start"), Some(i)) => println!("node {i} is running"),
+        (None, _) => {}
+        _ => println!(
+            "commands: leader | stop N | start N   (N from 0 to {})",
+            nodes.len() - 1
+        ),
+    }
 }
 
 fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {

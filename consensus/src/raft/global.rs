@@ -515,10 +515,8 @@ impl GlobalReader {
             if height >= head.next_height || out.len() >= limit {
                 break;
             }
-            let k = k.value();
-            let mut o = [0u8; 8];
-            o.copy_from_slice(&k[52..60]);
-            out.push(((u64::from_be_bytes(o) ^ (1 << 63)) as i64, height));
+            let offset = key_u64(k.value(), 52, pk, height)? ^ (1 << 63);
+            out.push((offset as i64, height));
         }
         Ok(out)
     }
@@ -539,9 +537,7 @@ impl GlobalReader {
         }
         for row in table.range::<&[u8]>(&start[..]..=&end[..])? {
             let (k, _) = row?;
-            let mut h = [0u8; 8];
-            h.copy_from_slice(&k.value()[20..28]);
-            out.push(u64::from_be_bytes(h));
+            out.push(key_u64(k.value(), 20, pk, from)?);
         }
         Ok(out)
     }
@@ -564,9 +560,7 @@ impl GlobalReader {
         };
         let pk = *pk;
         Ok(rows.into_iter().map(move |(k, v)| {
-            let mut h = [0u8; 8];
-            h.copy_from_slice(&k.value()[20..28]);
-            let height = u64::from_be_bytes(h);
+            let height = key_u64(k.value(), 20, &pk, 0)?;
             postcard::from_bytes(v.value())
                 .map(|e| (height, e))
                 .map_err(|e| GlobalReadError::Corrupt {
@@ -576,6 +570,18 @@ impl GlobalReader {
                 })
         }))
     }
+}
+
+/// The big-endian `u64` at `at` in a row's key; a short key is damage.
+fn key_u64(key: &[u8], at: usize, pk: &PartitionKey, near: u64) -> Result<u64, GlobalReadError> {
+    key.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| GlobalReadError::Corrupt {
+            partition: pk.partition,
+            height: near,
+            reason: format!("a row key of {} bytes", key.len()),
+        })
 }
 
 /// A node's global ledger (its rows; the heads are in the Raft state).

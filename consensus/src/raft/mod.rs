@@ -256,35 +256,18 @@ impl<T: RaftTransport> MetaRaft<T> {
     /// in turn (following them to the leader), until one has; reachable at
     /// `addr`. Does nothing when this node already votes.
     pub async fn request_join(&self, peers: &[NodeId], addr: &str) {
-        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms.max(self.limits.write_timeout_ms));
-        let mut next = 0usize;
-        loop {
-            if self.is_voter() {
-                return;
-            }
-            let mut target = peers.get(next % peers.len().max(1)).copied().unwrap_or(self.id);
-            next += 1;
-            // Follow "not the leader" answers a few hops.
-            for _ in 0..3 {
-                let answer = self
-                    .transport
-                    .call(target, network::encode(&Rpc::Join { addr: addr.to_owned() }), timeout)
-                    .await;
-                match answer.ok().and_then(|a| network::decode::<RpcReply>(&a).ok()) {
-                    Some(RpcReply::Joined(WriteOutcome::Applied(_))) => {
-                        info!(node = self.id, via = target, "joined the Raft group");
-                        return;
-                    }
-                    Some(RpcReply::Joined(WriteOutcome::NotLeader(Some(leader)))) if leader != target => {
-                        target = leader;
-                    }
-                    Some(RpcReply::Joined(WriteOutcome::Failed(m))) => {
-                        debug!(via = target, error = %m, "join refused for now");
-                        break;
-                    }
-                    _ => break,
+        let rpc = Rpc::Join { addr: addr.to_owned() };
+        let mut round = 0;
+        while !self.is_voter() {
+            match self.ask_leader(&rpc, peers, round).await {
+                Some(WriteOutcome::Applied(_)) => {
+                    info!(node = self.id, "joined the Raft group");
+                    return;
                 }
+                Some(WriteOutcome::Failed(m)) => debug!(error = %m, "join refused for now"),
+                _ => {}
             }
+            round += 1;
             tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms * 5)).await;
         }
     }
@@ -295,26 +278,37 @@ impl<T: RaftTransport> MetaRaft<T> {
     /// cluster's members are fixed once it is formed). Gives up after
     /// `attempts` rounds without an answer.
     pub async fn request_leave(&self, peers: &[NodeId], attempts: usize) -> Result<(), String> {
-        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms.max(self.limits.write_timeout_ms));
         for round in 0..attempts {
-            let mut target = peers.get(round % peers.len().max(1)).copied().unwrap_or(self.id);
-            for _ in 0..3 {
-                let answer = self.transport.call(target, network::encode(&Rpc::Leave), timeout).await;
-                match answer.ok().and_then(|a| network::decode::<RpcReply>(&a).ok()) {
-                    Some(RpcReply::Left(WriteOutcome::Applied(_))) => {
-                        info!(node = self.id, via = target, "left the Raft group");
-                        return Ok(());
-                    }
-                    Some(RpcReply::Left(WriteOutcome::NotLeader(Some(leader)))) if leader != target => {
-                        target = leader;
-                    }
-                    Some(RpcReply::Left(WriteOutcome::Failed(m))) => return Err(m),
-                    _ => break,
+            match self.ask_leader(&Rpc::Leave, peers, round).await {
+                Some(WriteOutcome::Applied(_)) => {
+                    info!(node = self.id, "left the Raft group");
+                    return Ok(());
                 }
+                Some(WriteOutcome::Failed(m)) => return Err(m),
+                _ => tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms * 5)).await,
             }
-            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms * 5)).await;
         }
         Err(format!("no leader answered in {attempts} attempts"))
+    }
+
+    /// Sends a join or leave request to the `round`-th of `peers`, then to
+    /// the leader it names (a few hops); the leader's answer, if one came.
+    async fn ask_leader(&self, rpc: &Rpc, peers: &[NodeId], round: usize) -> Option<WriteOutcome> {
+        let timeout = Duration::from_millis(self.limits.rpc_timeout_ms.max(self.limits.write_timeout_ms));
+        let mut target = peers.get(round % peers.len().max(1)).copied()?;
+        for _ in 0..3 {
+            let answer = self.transport.call(target, network::encode(rpc), timeout).await.ok()?;
+            let outcome = match network::decode::<RpcReply>(&answer).ok()? {
+                RpcReply::Joined(o) | RpcReply::Left(o) => o,
+                _ => return None,
+            };
+            match outcome {
+                WriteOutcome::NotLeader(Some(leader)) if leader != target => target = leader,
+                WriteOutcome::NotLeader(_) => return None,
+                other => return Some(other),
+            }
+        }
+        None
     }
 
     /// Removes node `id` (serving no cluster) from the voters and from the

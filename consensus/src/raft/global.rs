@@ -542,33 +542,65 @@ impl GlobalReader {
         Ok(out)
     }
 
-    /// Every entry of a partition below its head, in order.
-    pub fn entries(
-        &self,
-        pk: &PartitionKey,
-        head: &GlobalHead,
-    ) -> Result<impl Iterator<Item = Result<(u64, GlobalEntry), GlobalReadError>> + '_, GlobalReadError> {
-        let table = self.txn.open_table(BLOCKS)?;
-        let start = block_key(pk, 0);
-        let end = block_key(pk, head.next_height.saturating_sub(1));
-        let rows = if head.next_height == 0 {
-            Vec::new()
-        } else {
-            table
-                .range::<&[u8]>(&start[..]..=&end[..])?
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let pk = *pk;
-        Ok(rows.into_iter().map(move |(k, v)| {
-            let height = key_u64(k.value(), 20, &pk, 0)?;
-            postcard::from_bytes(v.value())
-                .map(|e| (height, e))
-                .map_err(|e| GlobalReadError::Corrupt {
-                    partition: pk.partition,
-                    height,
-                    reason: e.to_string(),
-                })
-        }))
+    /// Every entry of a partition below its head, in order, read a chunk
+    /// at a time (a partition's global chain can be long).
+    pub fn entries<'r>(&'r self, pk: &PartitionKey, head: &GlobalHead) -> Result<Entries<'r>, GlobalReadError> {
+        Ok(Entries {
+            table: self.txn.open_table(BLOCKS)?,
+            pk: *pk,
+            next: 0,
+            end: head.next_height,
+            chunk: std::collections::VecDeque::new(),
+            _reader: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Rows read per chunk by [`Entries`].
+const ENTRIES_CHUNK: u64 = 256;
+
+/// A partition's entries in height order (see [`GlobalReader::entries`]).
+pub struct Entries<'r> {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pk: PartitionKey,
+    next: u64,
+    end: u64,
+    chunk: std::collections::VecDeque<Result<(u64, GlobalEntry), GlobalReadError>>,
+    _reader: std::marker::PhantomData<&'r GlobalReader>,
+}
+
+impl Entries<'_> {
+    fn fill(&mut self) -> Result<(), GlobalReadError> {
+        let last = (self.next + ENTRIES_CHUNK).min(self.end) - 1;
+        let start = block_key(&self.pk, self.next);
+        let stop = block_key(&self.pk, last);
+        for row in self.table.range::<&[u8]>(&start[..]..=&stop[..])? {
+            let (k, v) = row?;
+            let height = key_u64(k.value(), 20, &self.pk, self.next)?;
+            let entry = postcard::from_bytes(v.value()).map_err(|e| GlobalReadError::Corrupt {
+                partition: self.pk.partition,
+                height,
+                reason: e.to_string(),
+            });
+            self.chunk.push_back(entry.map(|e| (height, e)));
+        }
+        self.next = last + 1;
+        Ok(())
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<(u64, GlobalEntry), GlobalReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.chunk.is_empty() && self.next < self.end {
+            if let Err(e) = self.fill() {
+                // Reported once; the walk ends there.
+                self.next = self.end;
+                return Some(Err(e));
+            }
+        }
+        self.chunk.pop_front()
     }
 }
 
@@ -1134,6 +1166,49 @@ mod tests {
         });
         assert_eq!(r.error_code, code::INVALID_REQUEST);
         assert!(s2.global.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_chain_longer_than_a_read_chunk_is_walked_whole() {
+        use crate::raft::store;
+        use crate::raft::TypeConfig;
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut sm) = store::open(&dir.path().join("a.redb")).unwrap();
+        let base = state();
+        let keys = ClusterKeys::of(&base, 0).unwrap();
+        let n = ENTRIES_CHUNK * 2 + 7;
+        let blocks = chain(&base, n, &[0, 1, 2]);
+        let entries = verify_segment(&pk(), &GlobalHead::genesis(0), &blocks, &keys).unwrap();
+        let mut commands: Vec<MetaCommand> = (0..4u64)
+            .map(|id| MetaCommand::RegisterNode(base.nodes[&id].clone()))
+            .collect();
+        commands.push(MetaCommand::FormCluster {
+            members: vec![0, 1, 2, 3],
+        });
+        commands.push(MetaCommand::CreateTopic {
+            name: "t".into(),
+            id: TOPIC,
+            partitions: 1,
+            configs: BTreeMap::new(),
+        });
+        commands.push(MetaCommand::AppendGlobal { pk: pk(), entries });
+        let log: Vec<Entry<TypeConfig>> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 0), i as u64 + 1),
+                payload: EntryPayload::Normal(c),
+            })
+            .collect();
+        assert!(sm.apply(log).await.unwrap().iter().all(|r| r.error_code == 0));
+        let s = sm.subscribe().borrow().clone();
+        let mut heights = Vec::new();
+        let report = sm.global().verify(&s, |_, h, _, _| heights.push(h)).unwrap();
+        assert_eq!(report.blocks, n);
+        assert_eq!(heights, (0..n).collect::<Vec<_>>());
     }
 
     #[tokio::test]

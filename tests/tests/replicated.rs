@@ -672,6 +672,87 @@ async fn the_global_ledger_catches_up_after_a_cut_and_refuses_forged_certificate
     assert_eq!(digests.len(), 1, "every node holds the same global ledger");
 }
 
+/// A group is coordinated by the one node FindCoordinator names: the
+/// others answer its membership requests and commits with NOT_COORDINATOR
+/// (the client then asks FindCoordinator again), so two nodes never run
+/// one group's rebalances side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_coordinator_takes_a_groups_requests() {
+    use common::Wire;
+    use kafka_protocol::messages::{
+        ApiKey, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest, RequestKind, ResponseKind,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    let cluster = Cluster::start(4).await;
+    let addr = |i: usize| cluster.nodes[i].as_ref().expect("running").kafka_addr;
+    // Once the nodes are registered and see each other, every node names
+    // the same coordinator.
+    let deadline = Instant::now() + WAIT;
+    let coordinators = loop {
+        let mut coordinators = BTreeSet::new();
+        for i in 0..4 {
+            let mut w = Wire::connect(addr(i)).await;
+            let find = FindCoordinatorRequest::default().with_key(s("audit-readers"));
+            let ResponseKind::FindCoordinator(r) = w
+                .call(ApiKey::FindCoordinator, 3, &RequestKind::FindCoordinator(find))
+                .await
+            else {
+                panic!("not a FindCoordinator answer");
+            };
+            assert_eq!(r.error_code, 0);
+            coordinators.insert(r.node_id.0);
+        }
+        if coordinators.len() == 1 {
+            break coordinators;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes name different coordinators: {coordinators:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let coordinator = *coordinators.iter().next().unwrap() as usize;
+    let join = RequestKind::JoinGroup(
+        JoinGroupRequest::default()
+            .with_group_id(s("audit-readers").into())
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![
+                kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(bytes::Bytes::new()),
+            ]),
+    );
+    let heartbeat = RequestKind::Heartbeat(
+        HeartbeatRequest::default()
+            .with_group_id(s("audit-readers").into())
+            .with_member_id(s("m")),
+    );
+    for i in 0..4 {
+        let mut w = Wire::connect(addr(i)).await;
+        let ResponseKind::JoinGroup(j) = w.call(ApiKey::JoinGroup, 5, &join).await else {
+            panic!("not a JoinGroup answer");
+        };
+        let ResponseKind::Heartbeat(h) = w.call(ApiKey::Heartbeat, 3, &heartbeat).await else {
+            panic!("not a Heartbeat answer");
+        };
+        let not_coordinator = kafka_protocol::ResponseError::NotCoordinator.code();
+        if i == coordinator {
+            // v5 asks a new member to come back with the id it is given.
+            assert_eq!(j.error_code, kafka_protocol::ResponseError::MemberIdRequired.code());
+            assert_ne!(h.error_code, not_coordinator);
+        } else {
+            assert_eq!(
+                (j.error_code, h.error_code),
+                (not_coordinator, not_coordinator),
+                "node {i}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_backup_misses_nothing_and_catches_up() {
     let mut cluster = Cluster::start(4).await;

@@ -2,8 +2,10 @@
 //! node, this one. With several nodes, every node of an organization gives
 //! the same answer for a group (a hash of its id over that organization's
 //! nodes that it reaches now, from the Raft state), so a group's members
-//! meet on one node whichever node they ask. Transaction coordinators are not available
-//! (transactions are not supported).
+//! meet on one node whichever node they ask; the other nodes answer the
+//! group's requests with NOT_COORDINATOR ([`not_coordinator`]).
+//! Transaction coordinators are not available (transactions are not
+//! supported).
 
 use std::sync::Arc;
 
@@ -46,6 +48,14 @@ pub fn handle(broker: &Arc<Broker>, req: FindCoordinatorRequest, version: i16) -
     } else {
         r.with_node_id(BrokerId(-1)).with_port(-1)
     }
+}
+
+/// `NOT_COORDINATOR` when another node coordinates `group` (the client
+/// asks FindCoordinator again and moves there), else `None`. Group
+/// membership and commits are handled by the coordinator only, so two
+/// nodes never run one group's rebalances side by side.
+pub fn not_coordinator(broker: &Broker, group: &str) -> Option<i16> {
+    (coordinator(broker, group).0 != BrokerId(broker.node.node_id)).then_some(ResponseError::NotCoordinator.code())
 }
 
 /// The node coordinating `group`: one of this node's organization's nodes,

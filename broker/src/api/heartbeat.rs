@@ -7,9 +7,11 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use crate::Broker;
 
 pub fn handle(broker: &Arc<Broker>, req: HeartbeatRequest) -> HeartbeatResponse {
-    let code = broker
-        .groups
-        .heartbeat(req.group_id.as_str(), req.generation_id, req.member_id.as_str());
+    let code = super::find_coordinator::not_coordinator(broker, req.group_id.as_str()).unwrap_or_else(|| {
+        broker
+            .groups
+            .heartbeat(req.group_id.as_str(), req.generation_id, req.member_id.as_str())
+    });
     super::count_error(courier_protocol::ApiKey::Heartbeat, code);
     HeartbeatResponse::default().with_error_code(code)
 }

@@ -15,6 +15,13 @@ pub async fn handle(
     req: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
+    if let Some(code) = super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+        super::count_error(courier_protocol::ApiKey::JoinGroup, code);
+        return JoinGroupResponse::default()
+            .with_error_code(code)
+            .with_generation_id(-1)
+            .with_member_id(req.member_id);
+    }
     let outcome = broker
         .groups
         .join(JoinRequest {

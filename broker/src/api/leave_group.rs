@@ -15,7 +15,10 @@ pub fn handle(broker: &Arc<Broker>, req: LeaveGroupRequest) -> LeaveGroupRespons
     } else {
         vec![req.member_id.to_string()]
     };
-    let codes = broker.groups.leave(req.group_id.as_str(), &ids);
+    let codes = match super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+        Some(code) => vec![code; ids.len()],
+        None => broker.groups.leave(req.group_id.as_str(), &ids),
+    };
     for c in &codes {
         super::count_error(courier_protocol::ApiKey::LeaveGroup, *c);
     }

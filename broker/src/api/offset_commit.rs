@@ -23,6 +23,8 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
     let member_id = req.member_id.to_string();
     let group_error = if group_id.is_empty() {
         ResponseError::InvalidGroupId.code()
+    } else if let Some(code) = super::find_coordinator::not_coordinator(broker, &group_id) {
+        code
     } else {
         broker
             .groups

@@ -8,6 +8,10 @@ use super::str_bytes;
 use crate::Broker;
 
 pub async fn handle(broker: &Arc<Broker>, req: SyncGroupRequest) -> SyncGroupResponse {
+    if let Some(code) = super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+        super::count_error(courier_protocol::ApiKey::SyncGroup, code);
+        return SyncGroupResponse::default().with_error_code(code);
+    }
     let assignments = req
         .assignments
         .iter()

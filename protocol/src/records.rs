@@ -167,34 +167,48 @@ pub struct RecordLimits {
     pub decompressed_bytes_max: usize,
 }
 
+/// Splits back-to-back batches by their length fields (nothing inside a
+/// batch is checked); stops at the first one that is cut short.
+pub fn split_batches(b: &[u8]) -> impl Iterator<Item = Result<&[u8], RecordsError>> {
+    let mut rest = b;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let next = if rest.len() < BATCH_LOG_OVERHEAD_BYTES {
+            Err(RecordsError::Truncated {
+                needed: BATCH_LOG_OVERHEAD_BYTES,
+                available: rest.len(),
+            })
+        } else {
+            let length = be_i32(rest, 8);
+            let total = BATCH_LOG_OVERHEAD_BYTES + length.max(0) as usize;
+            if length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES) as i32 {
+                Err(RecordsError::BadLength { length })
+            } else if rest.len() < total {
+                Err(RecordsError::Truncated {
+                    needed: total,
+                    available: rest.len(),
+                })
+            } else {
+                let (batch, after) = rest.split_at(total);
+                rest = after;
+                return Some(Ok(batch));
+            }
+        };
+        rest = &[];
+        Some(next)
+    })
+}
+
 /// Splits a produce request's record set into batches and validates each.
 /// The returned batches share `records`' memory.
 pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec<Batch>, RecordsError> {
     let mut batches = Vec::new();
-    let mut at = 0;
-    while at < records.len() {
-        let rest = &records[at..];
-        if rest.len() < BATCH_LOG_OVERHEAD_BYTES {
-            return Err(RecordsError::Truncated {
-                needed: BATCH_LOG_OVERHEAD_BYTES,
-                available: rest.len(),
-            });
-        }
-        let length = be_i32(rest, 8);
-        if length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES) as i32 {
-            return Err(RecordsError::BadLength { length });
-        }
-        let total = BATCH_LOG_OVERHEAD_BYTES + length as usize;
-        if rest.len() < total {
-            return Err(RecordsError::Truncated {
-                needed: total,
-                available: rest.len(),
-            });
-        }
-        let bytes = records.slice(at..at + total);
+    for batch in split_batches(records) {
+        let bytes = records.slice_ref(batch?);
         let header = validate_batch(&bytes, limits)?;
         batches.push(Batch { header, bytes });
-        at += total;
     }
     if batches.is_empty() {
         return Err(RecordsError::Empty);
@@ -204,6 +218,15 @@ pub fn validate_record_set(records: &Bytes, limits: &RecordLimits) -> Result<Vec
 
 /// Validates one whole batch: magic, CRC-32C, compression, and every record.
 pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, RecordsError> {
+    validate_batch_records(b, limits, |_, _| Ok(()))
+}
+
+/// [`validate_batch`], handing every record (with the batch header) to `f`
+/// from the one pass the validation makes.
+pub fn validate_batch_records<F>(b: &[u8], limits: &RecordLimits, mut f: F) -> Result<BatchHeader, RecordsError>
+where
+    F: FnMut(&BatchHeader, RecordView<'_>) -> Result<(), RecordsError>,
+{
     let header = BatchHeader::parse(b)?;
     if header.magic != 2 {
         return Err(RecordsError::UnsupportedMagic { magic: header.magic });
@@ -235,7 +258,7 @@ pub fn validate_batch(b: &[u8], limits: &RecordLimits) -> Result<BatchHeader, Re
             });
         }
         index += 1;
-        Ok(())
+        f(&header, r)
     })?;
     Ok(header)
 }

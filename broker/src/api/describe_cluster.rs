@@ -23,9 +23,7 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeClusterRequest) -> DescribeClus
             .with_error_message(Some(str_bytes("only broker endpoints are served")));
     }
     let me = BrokerId(broker.node.node_id);
-    let mut brokers: Vec<DescribeClusterBroker> = broker
-        .topics
-        .brokers()
+    let brokers: Vec<DescribeClusterBroker> = super::known_brokers(broker, false)
         .into_iter()
         .map(|b| {
             DescribeClusterBroker::default()
@@ -34,14 +32,6 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeClusterRequest) -> DescribeClus
                 .with_port(b.port as i32)
         })
         .collect();
-    if brokers.is_empty() {
-        brokers.push(
-            DescribeClusterBroker::default()
-                .with_broker_id(me)
-                .with_host(str_bytes(&broker.node.host))
-                .with_port(broker.node.port as i32),
-        );
-    }
     r.with_cluster_id(str_bytes(&broker.cluster_id))
         .with_controller_id(me)
         .with_brokers(brokers)

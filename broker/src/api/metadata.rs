@@ -76,19 +76,7 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
 /// (clients connect to the brokers they are given); a group coordinator
 /// FindCoordinator names is always among them.
 fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
-    let known: Vec<_> = broker
-        .topics
-        .brokers()
-        .into_iter()
-        .filter(|b| super::node_live(broker, b.id))
-        .collect();
-    if known.is_empty() {
-        return vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.node.node_id))
-            .with_host(str_bytes(&broker.node.host))
-            .with_port(broker.node.port as i32)];
-    }
-    known
+    super::known_brokers(broker, true)
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -108,10 +96,10 @@ pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId) -> MetadataRespo
                 .map(|p| {
                     let (leader, replicas) = match broker.topics.route(&t.partition_key(p)) {
                         Some(r) => {
-                            let leader = match &broker.sequencer {
-                                crate::sequencer::Sequencer::Replicated(rep) => rep.live_leader(&r),
-                                crate::sequencer::Sequencer::Local(_) => r.leader,
-                            };
+                            let leader = broker
+                                .sequencer
+                                .replicated()
+                                .map_or(r.leader, |rep| rep.live_leader(&r));
                             (BrokerId(leader), r.replicas.into_iter().map(BrokerId).collect())
                         }
                         None => (me, vec![me]),

@@ -78,10 +78,31 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
 
 /// Whether node `id` is reachable from this one now (always, for itself).
 pub fn node_live(broker: &Broker, id: i32) -> bool {
-    match &broker.sequencer {
-        crate::sequencer::Sequencer::Replicated(r) => r.is_up(id),
-        crate::sequencer::Sequencer::Local(_) => id == broker.node.node_id,
+    broker
+        .sequencer
+        .replicated()
+        .map_or(id == broker.node.node_id, |r| r.is_up(id))
+}
+
+/// The nodes of the deployment as the Raft state registers them (only
+/// those this node reaches now when `live_only`); this node alone before
+/// any is registered, and on a single node.
+pub fn known_brokers(broker: &Broker, live_only: bool) -> Vec<crate::topics::BrokerAddr> {
+    let known: Vec<_> = broker
+        .topics
+        .brokers()
+        .into_iter()
+        .filter(|b| !live_only || node_live(broker, b.id))
+        .collect();
+    if !known.is_empty() {
+        return known;
     }
+    vec![crate::topics::BrokerAddr {
+        id: broker.node.node_id,
+        host: broker.node.host.clone(),
+        port: broker.node.port,
+        organization: broker.config.organization.clone(),
+    }]
 }
 
 /// Counts an error code a handler returned, by API and Kafka error name.

@@ -439,7 +439,7 @@ impl Executor {
         let mut last_cert = None;
         let mut certs = Vec::new();
         for (raw, cert) in &blocks {
-            let Ok((block, hash)) = Block::decode_hashed(raw) else {
+            let Ok(SealedBlock { block, head, hash }) = Block::decode_sealed(raw) else {
                 warn!(?pk, "state transfer: a block that does not decode; refused");
                 return Ok(());
             };
@@ -483,7 +483,6 @@ impl Executor {
                 log_start_offset: state.log_start_offset,
                 max_timestamp: state.max_timestamp.max(block.max_timestamp),
             };
-            let head = block.encode_head().freeze();
             sealed.push((SealedBlock { block, head, hash }, state));
         }
         // Only what a certificate covers is installed.

@@ -16,8 +16,7 @@
 //!          3 Blocks  | partition key [20] | from_height u64 | max_bytes u32
 //! answer   Submit:  0 (not ordered) | 1 origin u8 number u64 error i16 base_offset i64
 //!          Offsets: count u32, then per partition: key [20] | len u32 | committed offset
-//!          Blocks:  certified_end u64 | count u32, then per block:
-//!                   len u32 | block | 0, or 1 len u32 certificate
+//!          Blocks:  certified_end u64 | blocks (`transport::encode_block_list`)
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -300,58 +299,18 @@ fn forge_cert(cert: Bytes) -> Bytes {
 }
 
 fn encode_blocks(served: &ServedBlocks) -> Bytes {
-    let size: usize = served
-        .blocks
-        .iter()
-        .map(|(b, c)| 9 + b.len() + c.as_ref().map_or(0, |c| c.len()))
-        .sum();
-    let mut out = BytesMut::with_capacity(12 + size);
+    let mut out = BytesMut::new();
     out.put_u64(served.certified_end);
-    out.put_u32(served.blocks.len() as u32);
-    for (block, cert) in &served.blocks {
-        out.put_u32(block.len() as u32);
-        out.put_slice(block);
-        match cert {
-            None => out.put_u8(0),
-            Some(c) => {
-                out.put_u8(1);
-                out.put_u32(c.len() as u32);
-                out.put_slice(c);
-            }
-        }
-    }
+    super::transport::encode_block_list(&mut out, &served.blocks);
     out.freeze()
 }
 
 fn decode_blocks(mut b: Bytes) -> Option<ServedBlocks> {
-    fn take(b: &mut Bytes) -> Option<Bytes> {
-        if b.remaining() < 4 {
-            return None;
-        }
-        let n = b.get_u32() as usize;
-        (b.remaining() >= n).then(|| b.split_to(n))
-    }
-    if b.remaining() < 12 {
+    if b.remaining() < 8 {
         return None;
     }
     let certified_end = b.get_u64();
-    let count = b.get_u32() as usize;
-    // Each block takes at least 5 bytes: bound the allocation by the input.
-    if count > b.remaining() / 5 {
-        return None;
-    }
-    let mut blocks = Vec::with_capacity(count);
-    for _ in 0..count {
-        let block = take(&mut b)?;
-        if !b.has_remaining() {
-            return None;
-        }
-        let cert = match b.get_u8() {
-            0 => None,
-            _ => Some(take(&mut b)?),
-        };
-        blocks.push((block, cert));
-    }
+    let blocks = super::transport::decode_block_list(&mut b)?;
     (!b.has_remaining()).then_some(ServedBlocks { blocks, certified_end })
 }
 

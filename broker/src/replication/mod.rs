@@ -89,6 +89,12 @@ impl Membership {
         }
     }
 
+    /// Every configured node but this one.
+    pub fn others(&self) -> Vec<NodeId> {
+        let me = NodeId::from(self.me);
+        (0..self.peers.len() as NodeId).filter(|p| *p != me).collect()
+    }
+
     /// The Kafka cluster id every member reports: from the fingerprint.
     pub fn kafka_cluster_id(&self) -> String {
         uuid::Uuid::from_slice(&self.fingerprint[..16])
@@ -420,9 +426,7 @@ impl Replicated {
         let membership = self.membership.clone();
         tokio::spawn(async move {
             if joining {
-                let me = NodeId::from(membership.me);
-                let peers: Vec<NodeId> = (0..membership.peers.len() as NodeId).filter(|p| *p != me).collect();
-                let addr = membership.peers[membership.me as usize].clone();
+                let (peers, addr) = (membership.others(), membership.peers[membership.me as usize].clone());
                 tokio::select! {
                     _ = meta.request_join(&peers, &addr) => {}
                     _ = stop.wait() => return,
@@ -450,11 +454,7 @@ impl Replicated {
     /// Asks the Raft group to remove this node (see
     /// `MetaRaft::request_leave`), through every configured node in turn.
     pub async fn leave(&self) -> Result<(), String> {
-        let me = NodeId::from(self.membership.me);
-        let peers: Vec<NodeId> = (0..self.membership.peers.len() as NodeId)
-            .filter(|p| *p != me)
-            .collect();
-        self.meta.request_leave(&peers, 20).await
+        self.meta.request_leave(&self.membership.others(), 20).await
     }
 
     /// Stops the engine (the executor follows once nothing more reaches it).
@@ -594,28 +594,23 @@ async fn sync_catalog(
     loop {
         let snapshot = state.borrow_and_update().clone();
         // Global-ledger appends change the state but not the catalog.
-        if sent_version == Some(snapshot.version) {
-            tokio::select! {
-                changed = state.changed() => if changed.is_err() { return },
-                _ = stop.wait() => return,
+        if sent_version != Some(snapshot.version) {
+            sent_version = Some(snapshot.version);
+            let job = executor::Job::Catalog {
+                topics: snapshot
+                    .topics
+                    .iter()
+                    .map(|(name, t)| (name.clone(), t.record.clone()))
+                    .collect(),
+                served: served_by(&snapshot, me),
+                routes: routes_from(&snapshot, me),
+                version: snapshot.version,
+            };
+            let executor = executor.clone();
+            let sent = tokio::task::spawn_blocking(move || executor.send(job).is_ok()).await;
+            if !matches!(sent, Ok(true)) {
+                return;
             }
-            continue;
-        }
-        sent_version = Some(snapshot.version);
-        let job = executor::Job::Catalog {
-            topics: snapshot
-                .topics
-                .iter()
-                .map(|(name, t)| (name.clone(), t.record.clone()))
-                .collect(),
-            served: served_by(&snapshot, me),
-            routes: routes_from(&snapshot, me),
-            version: snapshot.version,
-        };
-        let executor = executor.clone();
-        let sent = tokio::task::spawn_blocking(move || executor.send(job).is_ok()).await;
-        if !matches!(sent, Ok(true)) {
-            return;
         }
         tokio::select! {
             changed = state.changed() => if changed.is_err() { return },

@@ -120,18 +120,7 @@ impl Frame {
                 out.put_u8(BLOCKS);
                 out.put_slice(&pk.to_bytes());
                 out.put_u64(*from_height);
-                out.put_u32(blocks.len() as u32);
-                for (b, cert) in blocks {
-                    out.put_u32(b.len() as u32);
-                    out.put_slice(b);
-                    match cert {
-                        Some(c) => {
-                            out.put_u32(c.len() as u32 + 1);
-                            out.put_slice(c);
-                        }
-                        None => out.put_u32(0),
-                    }
-                }
+                encode_block_list(&mut out, blocks);
             }
             Frame::Raft { call, reply, body } | Frame::Forward { call, reply, body } => {
                 out.reserve(10 + body.len());
@@ -177,28 +166,7 @@ impl Frame {
                     return None;
                 }
                 let from_height = b.get_u64();
-                let count = b.get_u32();
-                let mut blocks = Vec::new();
-                for _ in 0..count {
-                    let take = |b: &mut Bytes| -> Option<Bytes> {
-                        if b.len() < 4 {
-                            return None;
-                        }
-                        let n = b.get_u32() as usize;
-                        (b.len() >= n).then(|| b.split_to(n))
-                    };
-                    let block = take(&mut b)?;
-                    if b.len() < 4 {
-                        return None;
-                    }
-                    let n = b.get_u32() as usize;
-                    let cert = match n {
-                        0 => None,
-                        n if b.len() >= n - 1 => Some(b.split_to(n - 1)),
-                        _ => return None,
-                    };
-                    blocks.push((block, cert));
-                }
+                let blocks = decode_block_list(&mut b)?;
                 if !b.is_empty() {
                     return None;
                 }
@@ -225,6 +193,53 @@ impl Frame {
         };
         Some(frame)
     }
+}
+
+/// Canonical blocks, each with its certificate if it has one, as state
+/// transfer and the global-ledger task send them:
+/// `count u32`, then per block `len u32 | block | cert_len + 1 u32 | cert`
+/// (0 for no certificate).
+pub fn encode_block_list(out: &mut BytesMut, blocks: &[(Bytes, Option<Bytes>)]) {
+    out.reserve(
+        4 + blocks
+            .iter()
+            .map(|(b, c)| 8 + b.len() + c.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>(),
+    );
+    out.put_u32(blocks.len() as u32);
+    for (b, cert) in blocks {
+        out.put_u32(b.len() as u32);
+        out.put_slice(b);
+        match cert {
+            Some(c) => {
+                out.put_u32(c.len() as u32 + 1);
+                out.put_slice(c);
+            }
+            None => out.put_u32(0),
+        }
+    }
+}
+
+/// Reads what [`encode_block_list`] wrote from the front of `b`.
+pub fn decode_block_list(b: &mut Bytes) -> Option<Vec<(Bytes, Option<Bytes>)>> {
+    fn take(b: &mut Bytes, n: usize) -> Option<Bytes> {
+        (b.len() >= n).then(|| b.split_to(n))
+    }
+    fn len(b: &mut Bytes) -> Option<usize> {
+        (b.len() >= 4).then(|| b.get_u32() as usize)
+    }
+    let count = len(b)?;
+    let mut blocks = Vec::new();
+    for _ in 0..count {
+        let n = len(b)?;
+        let block = take(b, n)?;
+        let cert = match len(b)? {
+            0 => None,
+            n => Some(take(b, n - 1)?),
+        };
+        blocks.push((block, cert));
+    }
+    Some(blocks)
 }
 
 /// Where incoming frames go (the node decides what each means).

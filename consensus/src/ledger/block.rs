@@ -300,6 +300,12 @@ impl Block {
     /// Decodes a canonical encoding and returns the block's hash too
     /// (hashing the head as received, not a re-encoding of it).
     pub fn decode_hashed(bytes: &Bytes) -> Result<(Block, BlockHash), BlockError> {
+        Self::decode_sealed(bytes).map(|s| (s.block, s.hash))
+    }
+
+    /// Decodes a canonical encoding into a sealed block: its head is the
+    /// received head (shared with `bytes`), its hash that head's.
+    pub fn decode_sealed(bytes: &Bytes) -> Result<SealedBlock, BlockError> {
         let mut b: &[u8] = bytes;
         let (mut block, batches_len, digest) = Self::decode_head(&mut b)?;
         need(b, batches_len)?;
@@ -311,7 +317,12 @@ impl Block {
         if BlockHash::of(&block.batches) != digest {
             return Err(BlockError::BatchesDigest);
         }
-        Ok((block, BlockHash::of(&bytes[..start])))
+        let head = bytes.slice(..start);
+        Ok(SealedBlock {
+            hash: BlockHash::of(&head),
+            head,
+            block,
+        })
     }
 
     /// Rebuilds a block from a stored head and its batches, checking that
@@ -513,6 +524,9 @@ mod tests {
             prop_assert_eq!(BlockHash::of(&head), block.hash());
             prop_assert_eq!(h.batches_len, block.batches.len());
             prop_assert_eq!(h.batches_digest, BlockHash::of(&block.batches));
+            let sealed = Block::decode_sealed(&block.encode()).unwrap();
+            prop_assert_eq!(&sealed.head[..], &head[..]);
+            prop_assert_eq!(sealed.hash, block.hash());
         }
     }
 

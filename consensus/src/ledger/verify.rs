@@ -12,7 +12,7 @@
 //! through the hash chain, every block below it; blocks after the last one
 //! (written, not yet certified when the node stopped) are counted apart.
 
-use courier_protocol::records::{validate_batch, BatchHeader, RecordLimits};
+use courier_protocol::records::{split_batches, validate_batch, BatchHeader, RecordLimits};
 
 use bytes::Bytes;
 
@@ -132,20 +132,15 @@ pub fn verify_ledger(
                 block.base_offset
             )));
         }
-        let mut at = 0;
         let mut expected = block.base_offset;
         if !options.kafka_batches {
-            at = block.batches.len();
             expected = block.next_offset;
         }
-        while at < block.batches.len() {
-            let header = BatchHeader::parse(&block.batches[at..]).map_err(|e| bad(format!("batch: {e}")))?;
-            let end = at
-                .checked_add(header.total_bytes())
-                .filter(|&e| e <= block.batches.len() && header.batch_length > 0);
-            let end = end.ok_or_else(|| bad(format!("batch at byte {at} overruns the block")))?;
-            validate_batch(&block.batches[at..end], &limits)
-                .map_err(|e| bad(format!("batch at offset {}: {e}", header.base_offset)))?;
+        let batches: &[u8] = if options.kafka_batches { &block.batches } else { &[] };
+        for batch in split_batches(batches) {
+            let batch = batch.map_err(|e| bad(format!("batches overrun the block: {e}")))?;
+            let header = BatchHeader::parse(batch).map_err(|e| bad(format!("batch: {e}")))?;
+            validate_batch(batch, &limits).map_err(|e| bad(format!("batch at offset {}: {e}", header.base_offset)))?;
             if header.base_offset != expected {
                 return Err(bad(format!(
                     "batch at offset {} where {expected} was due",
@@ -153,7 +148,6 @@ pub fn verify_ledger(
                 )));
             }
             expected = header.last_offset() + 1;
-            at = end;
         }
         if expected != block.next_offset {
             return Err(bad(format!(

@@ -36,10 +36,10 @@ use redb::{ReadableDatabase, TableDefinition};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use courier_protocol::records::{for_each_record, validate_batch, BatchHeader, RecordLimits, BATCH_HEADER_BYTES};
+use courier_protocol::records::{split_batches, validate_batch_records, RecordLimits};
 
 use super::state_machine::{MetaState, NodeId};
-use crate::ledger::{Block, BlockHash, Head, PartitionKey, Receipt};
+use crate::ledger::{Block, BlockHash, Head, PartitionKey, Receipt, SealedBlock};
 use crate::pbft;
 use crate::pbft::wire::decode_cert;
 
@@ -273,17 +273,9 @@ pub fn messages_of(block: &Block, nodes: &[NodeId]) -> Result<Vec<MessageMeta>, 
         i.checked_sub(1).and_then(|i| nodes.get(origins[i].1 as usize)).copied()
     };
     let mut out = Vec::new();
-    let batches = &block.batches[..];
-    let mut at = 0;
-    while at < batches.len() {
-        let header = BatchHeader::parse(&batches[at..]).map_err(|e| Fault::Batches(e.to_string()))?;
-        let end = at
-            .checked_add(header.total_bytes())
-            .filter(|&e| e <= batches.len() && header.batch_length > 0)
-            .ok_or_else(|| Fault::Batches(format!("batch at byte {at} overruns the block")))?;
-        validate_batch(&batches[at..end], &limits).map_err(|e| Fault::Batches(e.to_string()))?;
-        let body = &batches[at + BATCH_HEADER_BYTES..end];
-        for_each_record(&header, body, limits.decompressed_bytes_max, |r| {
+    for batch in split_batches(&block.batches) {
+        let batch = batch.map_err(|e| Fault::Batches(e.to_string()))?;
+        validate_batch_records(batch, &limits, |header, r| {
             let offset = header.base_offset + i64::from(r.offset_delta);
             out.push(MessageMeta {
                 offset,
@@ -297,7 +289,6 @@ pub fn messages_of(block: &Block, nodes: &[NodeId]) -> Result<Vec<MessageMeta>, 
             Ok(())
         })
         .map_err(|e| Fault::Batches(e.to_string()))?;
-        at = end;
     }
     Ok(out)
 }
@@ -319,7 +310,8 @@ pub fn verify_segment(
     for (raw, cert) in blocks {
         let height = at.next_height;
         let fail = |fault| SegmentError { height, fault };
-        let (block, hash) = Block::decode_hashed(raw).map_err(|e| fail(Fault::Decode(e.to_string())))?;
+        let SealedBlock { block, head, hash } =
+            Block::decode_sealed(raw).map_err(|e| fail(Fault::Decode(e.to_string())))?;
         if block.partition != *pk || block.height != height {
             return Err(fail(Fault::WrongPlace));
         }
@@ -336,7 +328,7 @@ pub fn verify_segment(
             ))));
         }
         let entry = GlobalEntry {
-            head: raw[..raw.len() - block.batches.len()].to_vec(),
+            head: head.to_vec(),
             cert: cert.as_ref().map(|c| c.to_vec()),
             messages,
         };
@@ -940,33 +932,66 @@ mod tests {
     }
 
     /// Four nodes (0..4) forming cluster 0, a topic of one partition on it.
-    fn state() -> MetaState {
-        let mut s = MetaState::default();
-        for id in 0..4u8 {
-            let r = s.apply(&MetaCommand::RegisterNode(NodeRecord {
-                id: id.into(),
-                kafka: format!("127.0.0.1:{}", 9092 + u16::from(id)),
-                peer: format!("127.0.0.1:{}", 19092 + u16::from(id)),
-                organization: "org".into(),
-                public_key: key(id).public_key().as_ref().to_vec(),
-            }));
-            assert_eq!(r.error_code, 0);
-        }
-        assert_eq!(
-            s.apply(&MetaCommand::FormCluster {
-                members: vec![0, 1, 2, 3]
+    /// Four nodes (0..4) forming cluster 0, a topic of one partition on it.
+    fn setup() -> Vec<MetaCommand> {
+        let mut commands: Vec<MetaCommand> = (0..4u8)
+            .map(|id| {
+                MetaCommand::RegisterNode(NodeRecord {
+                    id: id.into(),
+                    kafka: format!("127.0.0.1:{}", 9092 + u16::from(id)),
+                    peer: format!("127.0.0.1:{}", 19092 + u16::from(id)),
+                    organization: "org".into(),
+                    public_key: key(id).public_key().as_ref().to_vec(),
+                })
             })
-            .cluster,
-            Some(0)
-        );
-        let created = s.apply(&MetaCommand::CreateTopic {
+            .collect();
+        commands.push(MetaCommand::FormCluster {
+            members: vec![0, 1, 2, 3],
+        });
+        commands.push(MetaCommand::CreateTopic {
             name: "t".into(),
             id: TOPIC,
             partitions: 1,
             configs: BTreeMap::new(),
         });
-        assert_eq!(created.error_code, 0);
+        commands
+    }
+
+    /// The state [`setup`] builds.
+    fn state() -> MetaState {
+        let mut s = MetaState::default();
+        for c in setup() {
+            assert_eq!(s.apply(&c).error_code, 0, "{c:?}");
+        }
+        assert_eq!(s.clusters.len(), 1);
         s
+    }
+
+    /// A Raft store at `path` that applied [`setup`] and a chain of `n`
+    /// blocks certified by `signers`, through openraft's apply.
+    async fn store_with_chain(path: &std::path::Path, n: u64, signers: &[u8]) -> crate::raft::store::StateMachine {
+        use crate::raft::TypeConfig;
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+        let (_, mut sm) = crate::raft::store::open(path).unwrap();
+        let base = state();
+        let keys = ClusterKeys::of(&base, 0).unwrap();
+        let blocks = chain(&base, n, signers);
+        let entries = verify_segment(&pk(), &GlobalHead::genesis(0), &blocks, &keys).unwrap();
+        let mut commands = setup();
+        commands.push(MetaCommand::AppendGlobal { pk: pk(), entries });
+        let log: Vec<Entry<TypeConfig>> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 0), i as u64 + 1),
+                payload: EntryPayload::Normal(c),
+            })
+            .collect();
+        let out = sm.apply(log).await.unwrap();
+        assert!(out.iter().all(|r| r.error_code == 0), "{out:?}");
+        sm
     }
 
     fn pk() -> PartitionKey {
@@ -1170,40 +1195,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_chain_longer_than_a_read_chunk_is_walked_whole() {
-        use crate::raft::store;
-        use crate::raft::TypeConfig;
-        use openraft::storage::RaftStateMachine;
-        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut sm) = store::open(&dir.path().join("a.redb")).unwrap();
-        let base = state();
-        let keys = ClusterKeys::of(&base, 0).unwrap();
         let n = ENTRIES_CHUNK * 2 + 7;
-        let blocks = chain(&base, n, &[0, 1, 2]);
-        let entries = verify_segment(&pk(), &GlobalHead::genesis(0), &blocks, &keys).unwrap();
-        let mut commands: Vec<MetaCommand> = (0..4u64)
-            .map(|id| MetaCommand::RegisterNode(base.nodes[&id].clone()))
-            .collect();
-        commands.push(MetaCommand::FormCluster {
-            members: vec![0, 1, 2, 3],
-        });
-        commands.push(MetaCommand::CreateTopic {
-            name: "t".into(),
-            id: TOPIC,
-            partitions: 1,
-            configs: BTreeMap::new(),
-        });
-        commands.push(MetaCommand::AppendGlobal { pk: pk(), entries });
-        let log: Vec<Entry<TypeConfig>> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 0), i as u64 + 1),
-                payload: EntryPayload::Normal(c),
-            })
-            .collect();
-        assert!(sm.apply(log).await.unwrap().iter().all(|r| r.error_code == 0));
+        let sm = store_with_chain(&dir.path().join("a.redb"), n, &[0, 1, 2]).await;
         let s = sm.subscribe().borrow().clone();
         let mut heights = Vec::new();
         let report = sm.global().verify(&s, |_, h, _, _| heights.push(h)).unwrap();
@@ -1214,40 +1208,10 @@ mod tests {
     #[tokio::test]
     async fn rows_are_found_verified_and_carried_by_snapshots() {
         use crate::raft::store;
-        use crate::raft::TypeConfig;
         use openraft::storage::RaftStateMachine;
-        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut sm) = store::open(&dir.path().join("a.redb")).unwrap();
-        let base = state();
-        let mut commands: Vec<MetaCommand> = Vec::new();
-        for id in 0..4u8 {
-            commands.push(MetaCommand::RegisterNode(base.nodes[&u64::from(id)].clone()));
-        }
-        commands.push(MetaCommand::FormCluster {
-            members: vec![0, 1, 2, 3],
-        });
-        commands.push(MetaCommand::CreateTopic {
-            name: "t".into(),
-            id: TOPIC,
-            partitions: 1,
-            configs: BTreeMap::new(),
-        });
-        let keys = ClusterKeys::of(&base, 0).unwrap();
-        let blocks = chain(&base, 5, &[1, 2, 3]);
-        let entries = verify_segment(&pk(), &GlobalHead::genesis(0), &blocks, &keys).unwrap();
-        commands.push(MetaCommand::AppendGlobal { pk: pk(), entries });
-        let log: Vec<Entry<TypeConfig>> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 0), i as u64 + 1),
-                payload: EntryPayload::Normal(c),
-            })
-            .collect();
-        let out = sm.apply(log).await.unwrap();
-        assert!(out.iter().all(|r| r.error_code == 0), "{out:?}");
+        let mut sm = store_with_chain(&dir.path().join("a.redb"), 5, &[1, 2, 3]).await;
         let s = sm.subscribe().borrow().clone();
         let ledger = sm.global();
 

@@ -832,3 +832,84 @@ async fn seven_replicas_ride_out_two_stopped_ones_the_primary_among_them() {
         assert_eq!(s, &summaries[0], "every replica holds the same chains");
     }
 }
+
+/// The brokers one node's Metadata answer lists, in order.
+async fn listed_brokers(w: &mut common::Wire) -> Vec<i32> {
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, RequestKind, ResponseKind};
+    let ask = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(Vec::new())));
+    let ResponseKind::Metadata(m) = w.call(ApiKey::Metadata, 9, &ask).await else {
+        panic!("not a Metadata answer");
+    };
+    let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// librdkafka drops a broker a Metadata answer leaves out, failing the
+/// requests it had sent there. So while nodes start and connect, the
+/// brokers a node lists only grow; a stopped node stays listed until the
+/// session timeout runs out, then is left out, and is listed again once
+/// it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lists_brokers_steadily_and_drops_a_stopped_one_after_the_session_timeout() {
+    use courier::replication::transport::NODE_SESSION_TIMEOUT;
+    let mut cluster = Cluster::start(4).await;
+    let addr = |c: &Cluster, i: usize| c.nodes[i].as_ref().expect("running").kafka_addr;
+    let mut wires = Vec::new();
+    for i in 0..4 {
+        wires.push(common::Wire::connect(addr(&cluster, i)).await);
+    }
+    // From start until every node lists all four (bounded), and some
+    // rounds after: no answer lists fewer brokers than that node's last.
+    let mut last: Vec<Vec<i32>> = vec![Vec::new(); 4];
+    let mut steady_rounds = 0;
+    let deadline = Instant::now() + WAIT;
+    while steady_rounds < 20 {
+        for (i, w) in wires.iter_mut().enumerate() {
+            let now = listed_brokers(w).await;
+            assert!(
+                last[i].iter().all(|id| now.contains(id)),
+                "node {i} listed {:?}, then {now:?}",
+                last[i]
+            );
+            last[i] = now;
+        }
+        if last.iter().all(|l| l == &[0, 1, 2, 3]) {
+            steady_rounds += 1;
+        }
+        assert!(Instant::now() < deadline, "nodes list {last:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Node 2 stops. Asked before the session timeout could have run out,
+    // node 0 still lists it; then leaves it out.
+    let before_stop = Instant::now();
+    cluster.stop_node(2).await;
+    let still = listed_brokers(&mut wires[0]).await;
+    if before_stop.elapsed() < NODE_SESSION_TIMEOUT {
+        assert_eq!(still, [0, 1, 2, 3], "a node just stopped is still listed");
+    }
+    loop {
+        let now = listed_brokers(&mut wires[0]).await;
+        if now == [0, 1, 3] {
+            assert!(
+                before_stop.elapsed() >= NODE_SESSION_TIMEOUT,
+                "left out after {:?}",
+                before_stop.elapsed()
+            );
+            break;
+        }
+        assert_eq!(now, [0, 1, 2, 3]);
+        assert!(
+            before_stop.elapsed() < NODE_SESSION_TIMEOUT + WAIT,
+            "the stopped node is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back: node 0 lists it again once they are connected.
+    cluster.start_node(2).await;
+    let deadline = Instant::now() + WAIT;
+    while listed_brokers(&mut wires[0]).await != [0, 1, 2, 3] {
+        assert!(Instant::now() < deadline, "the restarted node is listed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -70,11 +70,13 @@ fn coordinator(broker: &Broker, group: &str) -> (BrokerId, String, i32) {
     let Some(mine) = all.iter().find(|b| b.id == broker.node.node_id) else {
         return me;
     };
-    // Nodes of the organization this node reaches now: a stopped node is
-    // not named (its groups move, as Kafka's do when a broker fails).
+    // Nodes of the organization listed to clients: a node stopped for
+    // longer than the session timeout is not named (its groups move, as
+    // Kafka's do when a broker fails), while connections coming up at
+    // start do not make the nodes' choices differ.
     let candidates: Vec<_> = all
         .iter()
-        .filter(|b| b.organization == mine.organization && super::node_live(broker, b.id))
+        .filter(|b| b.organization == mine.organization && super::node_listed(broker, b.id))
         .collect();
     // FNV-1a: stable across nodes and versions, unlike std's hasher.
     let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {

@@ -1,6 +1,7 @@
 //! Metadata: brokers, topics, partitions and their leaders, from this
 //! node's replica of the Raft state. The brokers listed are the nodes this
-//! node reaches now (DescribeCluster lists every registered node). This node leads every partition its
+//! node reaches, or reached less than a session timeout ago
+//! (DescribeCluster lists every registered node). This node leads every partition its
 //! clusters order (any member accepts and submits to the cluster); for
 //! another cluster's partition it names a member of that cluster, one of
 //! its own organization when there is one. Every node reports the same
@@ -72,9 +73,10 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
 }
 
 /// The live brokers, as Kafka lists them: this node, and every node of the
-/// deployment it reaches now. A registered node that is down is left out
-/// (clients connect to the brokers they are given); a group coordinator
-/// FindCoordinator names is always among them.
+/// deployment it reaches, or reached less than a session timeout ago. A
+/// registered node down for longer is left out (clients connect to the
+/// brokers they are given). Every partition leader named (a node reached
+/// now) and every group coordinator FindCoordinator names is among them.
 fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
     super::known_brokers(broker, true)
         .into_iter()

@@ -76,33 +76,39 @@ pub fn api_name(api_key: ApiKey) -> &'static str {
     courier_protocol::versions::name(api_key)
 }
 
-/// Whether node `id` is reachable from this one now (always, for itself).
-pub fn node_live(broker: &Broker, id: i32) -> bool {
+/// Whether node `id` is listed to clients: this node, or one it reaches,
+/// or reached less than a session timeout ago. Connections coming up or
+/// being replaced do not take a node out of clients' metadata (librdkafka
+/// drops a broker missing from a Metadata response, failing what it had
+/// sent there); a stopped node leaves it once the timeout runs out.
+pub fn node_listed(broker: &Broker, id: i32) -> bool {
     broker
         .sequencer
         .replicated()
-        .map_or(id == broker.node.node_id, |r| r.is_up(id))
+        .map_or(id == broker.node.node_id, |r| r.is_listed(id))
 }
 
 /// The nodes of the deployment as the Raft state registers them (only
-/// those this node reaches now when `live_only`); this node alone before
-/// any is registered, and on a single node.
-pub fn known_brokers(broker: &Broker, live_only: bool) -> Vec<crate::topics::BrokerAddr> {
-    let known: Vec<_> = broker
+/// those [`node_listed`] when `listed_only`), and always this node, which
+/// the client reached, even before its own registration is applied here.
+pub fn known_brokers(broker: &Broker, listed_only: bool) -> Vec<crate::topics::BrokerAddr> {
+    let me = broker.node.node_id;
+    let mut known: Vec<_> = broker
         .topics
         .brokers()
         .into_iter()
-        .filter(|b| !live_only || node_live(broker, b.id))
+        .filter(|b| b.id == me || !listed_only || node_listed(broker, b.id))
         .collect();
-    if !known.is_empty() {
-        return known;
+    if !known.iter().any(|b| b.id == me) {
+        known.push(crate::topics::BrokerAddr {
+            id: me,
+            host: broker.node.host.clone(),
+            port: broker.node.port,
+            organization: broker.config.organization.clone(),
+        });
+        known.sort_by_key(|b| b.id);
     }
-    vec![crate::topics::BrokerAddr {
-        id: broker.node.node_id,
-        host: broker.node.host.clone(),
-        port: broker.node.port,
-        organization: broker.config.organization.clone(),
-    }]
+    known
 }
 
 /// Counts an error code a handler returned, by API and Kafka error name.

@@ -128,6 +128,10 @@ impl Forwarder {
         self.transport.get().is_some_and(|t| t.is_up(node))
     }
 
+    pub fn is_listed(&self, node: u8) -> bool {
+        self.transport.get().is_some_and(|t| t.is_listed(node))
+    }
+
     pub fn store(&self) -> Arc<LedgerStore> {
         self.store.clone()
     }

@@ -378,6 +378,13 @@ impl Replicated {
         u8::try_from(node).is_ok_and(|n| n == self.membership.me || self.forward.is_up(n))
     }
 
+    /// Whether node `node` is listed to clients: reachable now, or not for
+    /// less than a session timeout (see [`transport::NODE_SESSION_TIMEOUT`]).
+    /// Every node [`Replicated::is_up`] names is listed.
+    pub fn is_listed(&self, node: i32) -> bool {
+        u8::try_from(node).is_ok_and(|n| n == self.membership.me || self.forward.is_listed(n))
+    }
+
     /// Orders a structural change through Raft and waits (bounded) until
     /// this node's handlers see its outcome. A refusal is an `Err` with
     /// its Kafka error code.

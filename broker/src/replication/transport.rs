@@ -15,9 +15,9 @@
 //! up by state transfer. Incoming frames are bounded in size; a peer that
 //! sends a malformed frame is disconnected.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use courier_consensus::ledger::PartitionKey;
@@ -37,6 +37,10 @@ pub const FRAME_BYTES_MAX: usize = 64 << 20;
 pub const PEER_QUEUE_BYTES_MAX: usize = 128 << 20;
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// How long a peer may be unreachable and still be listed to clients (the
+/// part a Kafka broker's session timeout plays): connections coming up at
+/// start, or replaced, do not make brokers vanish from clients' metadata.
+pub const NODE_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a TLS handshake (and the dialer's hello) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -257,8 +261,8 @@ struct Link {
     control: mpsc::UnboundedSender<Bytes>,
     bulk: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    /// Whether a connection to the peer is open now.
-    up: Arc<AtomicBool>,
+    /// Whether a connection to the peer is open now, and since when not.
+    reach: Arc<Reach>,
     /// Fault injection for tests: frames to and from the peer are dropped,
     /// as if the network between the two were cut.
     cut: Arc<AtomicBool>,
@@ -312,7 +316,21 @@ impl Transport {
         self.links
             .get(peer as usize)
             .and_then(OnceLock::get)
-            .is_some_and(|link| link.up.load(Ordering::Relaxed) && !link.cut.load(Ordering::Relaxed))
+            .is_some_and(|link| link.reach.is_up() && !link.cut.load(Ordering::Relaxed))
+    }
+
+    /// Whether node `peer` is listed to clients: reachable now, or
+    /// unreachable for less than [`NODE_SESSION_TIMEOUT`] (since its last
+    /// connection ended, or since its link was made if it never had one).
+    /// A peer cut off by [`Transport::set_cut`] is not.
+    pub fn is_listed(&self, peer: u8) -> bool {
+        if peer == self.me {
+            return true;
+        }
+        self.links
+            .get(peer as usize)
+            .and_then(OnceLock::get)
+            .is_some_and(|link| link.reach.listed_at(Instant::now()) && !link.cut.load(Ordering::Relaxed))
     }
 
     /// Fault injection for tests: cuts (or restores) the network between
@@ -386,7 +404,7 @@ impl<I: Inbound> LinkContext<I> {
             let (control, control_rx) = mpsc::unbounded_channel();
             let (bulk, bulk_rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
-            let up = Arc::new(AtomicBool::new(false));
+            let reach = Arc::new(Reach::new(Instant::now()));
             let cut = Arc::new(AtomicBool::new(false));
             let (in_tx, in_rx) = mpsc::channel(4);
             let _ = self.incoming[peer as usize].set(in_tx);
@@ -400,7 +418,7 @@ impl<I: Inbound> LinkContext<I> {
                     bulk: bulk_rx,
                 },
                 queued.clone(),
-                up.clone(),
+                reach.clone(),
                 cut.clone(),
                 self.inbound.clone(),
                 self.shutdown.clone(),
@@ -409,7 +427,7 @@ impl<I: Inbound> LinkContext<I> {
                 control,
                 bulk,
                 queued,
-                up,
+                reach,
                 cut,
             }
         });
@@ -417,6 +435,48 @@ impl<I: Inbound> LinkContext<I> {
 }
 
 type Stream = tokio_rustls::TlsStream<TcpStream>;
+
+/// Whether a peer is connected, and since when it is not.
+struct Reach {
+    /// When the link was made.
+    made: Instant,
+    /// Milliseconds after `made` at which the last connection ended (0 if
+    /// there never was one), or [`Reach::CONNECTED`] while one is open.
+    down_at: AtomicU64,
+}
+
+impl Reach {
+    const CONNECTED: u64 = u64::MAX;
+
+    fn new(made: Instant) -> Self {
+        Self {
+            made,
+            down_at: AtomicU64::new(0),
+        }
+    }
+
+    fn connected(&self) {
+        self.down_at.store(Self::CONNECTED, Ordering::Relaxed);
+    }
+
+    fn disconnected(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.made).as_millis();
+        self.down_at
+            .store(u64::try_from(ms).unwrap_or(Self::CONNECTED - 1), Ordering::Relaxed);
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_at.load(Ordering::Relaxed) == Self::CONNECTED
+    }
+
+    /// Connected at `now`, or not for less than [`NODE_SESSION_TIMEOUT`].
+    fn listed_at(&self, now: Instant) -> bool {
+        match self.down_at.load(Ordering::Relaxed) {
+            Self::CONNECTED => true,
+            ms => now.saturating_duration_since(self.made + Duration::from_millis(ms)) < NODE_SESSION_TIMEOUT,
+        }
+    }
+}
 
 async fn accept<I: Inbound>(ctx: Arc<LinkContext<I>>, listener: TcpListener, acceptor: TlsAcceptor) {
     let me = ctx.me;
@@ -514,7 +574,7 @@ async fn run_link<I: Inbound>(
     mut incoming: mpsc::Receiver<Stream>,
     mut outgoing: Lanes,
     queued: Arc<AtomicUsize>,
-    up: Arc<AtomicBool>,
+    reach: Arc<Reach>,
     cut: Arc<AtomicBool>,
     inbound: Arc<I>,
     mut shutdown: ShutdownSignal,
@@ -554,7 +614,7 @@ async fn run_link<I: Inbound>(
             },
         };
         info!(peer, "peer connected");
-        up.store(true, Ordering::Relaxed);
+        reach.connected();
         let (mut reader, mut writer) = tokio::io::split(stream);
         let read = async {
             loop {
@@ -611,7 +671,7 @@ async fn run_link<I: Inbound>(
                 _ = shutdown.wait() => return,
             }
         };
-        up.store(false, Ordering::Relaxed);
+        reach.disconnected(Instant::now());
         info!(peer, reason = ended.as_deref().unwrap_or("closed"), "peer disconnected");
     }
 }
@@ -620,6 +680,27 @@ async fn run_link<I: Inbound>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_peer_stays_listed_for_the_session_timeout_after_it_was_last_reachable() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let reach = Reach::new(t0);
+        // Never connected: listed for a while after the link is made.
+        assert!(!reach.is_up());
+        assert!(reach.listed_at(t0 + ms(100)));
+        assert!(!reach.listed_at(t0 + NODE_SESSION_TIMEOUT));
+        // Connected: listed however long ago that was.
+        reach.connected();
+        assert!(reach.is_up());
+        assert!(reach.listed_at(t0 + NODE_SESSION_TIMEOUT * 100));
+        // Disconnected: down at once, listed until the timeout runs out.
+        let t1 = t0 + ms(60_000);
+        reach.disconnected(t1);
+        assert!(!reach.is_up());
+        assert!(reach.listed_at(t1 + NODE_SESSION_TIMEOUT - ms(1)));
+        assert!(!reach.listed_at(t1 + NODE_SESSION_TIMEOUT));
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -176,6 +176,29 @@ async fn create_topic(bootstrap: &str) {
     }
 }
 
+/// The consumer's next record, before `deadline` (else a panic saying
+/// `late()`). librdkafka reports a dropped or refused connection (to a node
+/// killed or restarted moments ago, which stays listed until its session
+/// timeout runs out, as a Kafka broker does) and reconnects by itself; any
+/// other consumer error fails the test.
+async fn next_record<'c>(
+    c: &'c StreamConsumer,
+    deadline: Instant,
+    late: impl Fn() -> String,
+) -> rdkafka::message::BorrowedMessage<'c> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(m)) => return m,
+            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+            ))) => eprintln!("a broker connection dropped; the consumer reconnects"),
+            Ok(Err(e)) => panic!("consumer error: {e}"),
+            Err(_) => panic!("{}", late()),
+        }
+    }
+}
+
 /// Reads until every acknowledged record arrived; returns per partition
 /// (offset, value) in the order served.
 async fn read_back(bootstrap: &str, expected: usize) -> BTreeMap<i32, Vec<(i64, usize)>> {
@@ -192,24 +215,13 @@ async fn read_back(bootstrap: &str, expected: usize) -> BTreeMap<i32, Vec<(i64, 
     c.assign(&tpl).unwrap();
     let mut out: BTreeMap<i32, Vec<(i64, usize)>> = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
-    let mut got = 0;
-    while got < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, c.recv()).await {
-            Ok(Ok(m)) => {
-                let v: usize = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
-                out.entry(m.partition()).or_default().push((m.offset(), v));
-                got += 1;
-            }
-            // librdkafka reports a dropped connection (e.g. to a node that
-            // restarted moments ago) and reconnects by itself; every record
-            // must still arrive before the deadline.
-            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
-            ))) => eprintln!("{bootstrap}: a broker connection dropped; the consumer reconnects"),
-            Ok(Err(e)) => panic!("consumer error: {e}"),
-            Err(_) => panic!("{bootstrap} served {got} of {expected} records"),
-        }
+    for got in 0..expected {
+        let m = next_record(&c, deadline, || {
+            format!("{bootstrap} served {got} of {expected} records")
+        })
+        .await;
+        let v: usize = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
+        out.entry(m.partition()).or_default().push((m.offset(), v));
     }
     out
 }
@@ -577,15 +589,12 @@ async fn read_ends(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> B
     let mut ends = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     for got in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, c.recv()).await {
-            Ok(Ok(m)) => {
-                let end = ends.entry(m.partition()).or_insert(0);
-                *end = (*end).max(m.offset() + 1);
-            }
-            Ok(Err(e)) => panic!("consumer error: {e}"),
-            Err(_) => panic!("{bootstrap} served {got} of {n} records of {topic}"),
-        }
+        let m = next_record(&c, deadline, || {
+            format!("{bootstrap} served {got} of {n} records of {topic}")
+        })
+        .await;
+        let end = ends.entry(m.partition()).or_insert(0);
+        *end = (*end).max(m.offset() + 1);
     }
     ends
 }

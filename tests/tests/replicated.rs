@@ -322,6 +322,14 @@ async fn read_all(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BT
                 out.entry(m.partition()).or_default().push((m.offset(), v));
                 got += 1;
             }
+            // librdkafka reports a refused connection (to a node stopped
+            // moments ago: it stays listed, and may stay the group's
+            // coordinator, until its session timeout runs out, as a Kafka
+            // broker does) and reconnects by itself; every record must
+            // still arrive before the deadline.
+            Ok(Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+            ))) => eprintln!("{bootstrap}: a broker connection dropped; the consumer reconnects"),
             Ok(Err(e)) => panic!("consumer error after {got} records: {e}"),
             Err(_) => panic!("{bootstrap} served {got} of {n} records of {topic}"),
         }

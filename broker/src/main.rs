@@ -186,13 +186,18 @@ enum LedgerCommand {
 }
 
 fn main() -> ExitCode {
-    // A closed pipe (`courier message locate … | head`) ends the command
-    // quietly, as it does any Unix tool.
-    // SAFETY: called first, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // A closed pipe (`courier message locate … | head`) ends a command that
+    // prints quietly, as it does any Unix tool. A node keeps SIGPIPE
+    // ignored: a peer or client that goes away mid-write (vectored socket
+    // writes can raise it) is an error on that connection, never the end
+    // of the process.
+    if !matches!(cli.command, Command::Dev(_) | Command::Node(_)) {
+        // SAFETY: called before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

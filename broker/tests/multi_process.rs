@@ -91,11 +91,32 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("courier node starts");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.kafka).is_err() {
             assert!(Instant::now() < deadline, "node at {} did not listen", self.kafka);
             std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            ignores_sigpipe(pid),
+            "node at {} must ignore SIGPIPE: a connection closed mid-write would end the process",
+            self.kafka
+        );
+    }
+
+    /// Panics if the node's process ended by itself (a crash).
+    fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                panic!(
+                    "node at {} ended by itself ({status}); its log ends:\n{tail}",
+                    self.kafka
+                );
+            }
         }
     }
 
@@ -127,6 +148,18 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill_9();
     }
+}
+
+/// Whether process `pid` ignores SIGPIPE (Linux: the `SigIgn` mask in
+/// `/proc/<pid>/status`, bit 13 - 1).
+fn ignores_sigpipe(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn mask");
+    mask & (1 << (13 - 1)) != 0
 }
 
 fn cluster(dir: &Path) -> Vec<Node> {
@@ -313,6 +346,9 @@ async fn kill_during_load(victim: usize) {
                 "key {k} out of order on node {reader}"
             );
         }
+    }
+    for n in nodes.iter_mut() {
+        n.assert_running();
     }
     for n in nodes.iter_mut() {
         n.terminate();
@@ -543,6 +579,7 @@ async fn killing_the_raft_leader_during_create_topics_leaves_each_topic_once() {
             .unwrap_or_else(|(e, _)| panic!("produce to {name}: {e}"));
     }
     for n in nodes.iter_mut() {
+        n.assert_running();
         n.terminate();
     }
 }
@@ -715,6 +752,7 @@ async fn four_nodes_grow_to_eight_in_two_clusters_and_outlive_the_raft_leader() 
         "every node locates the same messages"
     );
     for n in nodes.iter_mut() {
+        n.assert_running();
         n.terminate();
     }
 }

@@ -98,6 +98,17 @@ struct Crash {
     keeps_disk: bool,
 }
 
+/// Backed-up links, as the environment reports them: until `until_ms`,
+/// each millisecond with a chance of `per_mille`, one peer is added to or
+/// taken from one replica's backlog (past f of them, a primary orders
+/// nothing new). Drawn from its own random stream, so the other faults of
+/// a seed are as they were.
+#[derive(Clone, Copy, Debug)]
+struct Congestion {
+    until_ms: u64,
+    per_mille: u64,
+}
+
 /// A replica cut off from all others for a while.
 #[derive(Clone, Copy, Debug)]
 struct Cut {
@@ -196,6 +207,10 @@ struct Sim {
     replay_per_mille: u64,
     crash: Option<Crash>,
     cut: Option<Cut>,
+    congestion: Option<Congestion>,
+    congestion_rng: Rng,
+    /// The peers each replica is told are backed up now.
+    backlogged: Vec<BTreeSet<u8>>,
     now_ms: u64,
     order: u64,
     /// (deliver at, tiebreak, to, message)
@@ -296,6 +311,11 @@ impl Sim {
         let loss_per_mille = if rng.chance(300) { 20 + rng.below(80) } else { 0 };
         let dup_per_mille = rng.below(150);
         let replay_per_mille = if rng.chance(200) { 5 + rng.below(30) } else { 0 };
+        let mut congestion_rng = Rng::new(seed ^ 0xC04E_5710_u64);
+        let congestion = congestion_rng.chance(300).then(|| Congestion {
+            until_ms: 50 + congestion_rng.below(1500),
+            per_mille: 5 + congestion_rng.below(100),
+        });
         Sim {
             seed,
             rng,
@@ -310,6 +330,9 @@ impl Sim {
             replay_per_mille,
             crash,
             cut,
+            congestion,
+            congestion_rng,
+            backlogged: vec![BTreeSet::new(); n],
             now_ms: 0,
             order: 0,
             net: BinaryHeap::new(),
@@ -805,6 +828,8 @@ impl Sim {
                 );
             }
             self.nodes[id].replica = Some(Replica::restore(self.config.clone(), keys, recovered));
+            // A restarted replica knows of no backlog until told.
+            self.backlogged[id].clear();
             // Its clients retry what they had not seen done, under the same ids.
             let retry: Vec<Request> = self
                 .submitted
@@ -819,11 +844,40 @@ impl Sim {
         }
     }
 
+    /// Changes replicas' backlogs while the seed's congestion lasts, and
+    /// clears them when that ends.
+    fn congest(&mut self) {
+        let Some(c) = self.congestion else { return };
+        let n = self.config.n as u64;
+        if self.now_ms < c.until_ms {
+            if self.congestion_rng.chance(c.per_mille) {
+                let id = self.congestion_rng.below(n) as u8;
+                let peer = (id + 1 + self.congestion_rng.below(n - 1) as u8) % n as u8;
+                let backlog = &mut self.backlogged[id as usize];
+                if !backlog.remove(&peer) {
+                    backlog.insert(peer);
+                }
+                let backlog = backlog.clone();
+                if self.trace {
+                    eprintln!("t={} replica {id} backed up towards {backlog:?}", self.now_ms);
+                }
+                self.handle(id, Event::Backlog(backlog));
+            }
+        } else if self.now_ms == c.until_ms {
+            for id in 0..self.config.n as u8 {
+                if !std::mem::take(&mut self.backlogged[id as usize]).is_empty() {
+                    self.handle(id, Event::Backlog(BTreeSet::new()));
+                }
+            }
+        }
+    }
+
     /// Time after which every fault has healed.
     fn faults_heal_ms(&self) -> u64 {
         let crash = self.crash.map_or(0, |c| c.at_ms + c.down_ms);
         let cut = self.cut.map_or(0, |c| c.until_ms);
-        crash.max(cut)
+        let congestion = self.congestion.map_or(0, |c| c.until_ms);
+        crash.max(cut).max(congestion)
     }
 
     fn all_done(&self, requests: usize) -> bool {
@@ -860,6 +914,7 @@ impl Sim {
             }
             self.now_ms += 1;
             self.crash_and_restart();
+            self.congest();
             self.run_executions();
             for id in 0..self.config.n as u8 {
                 self.handle(id, Event::Tick { now_ms: self.now_ms });
@@ -883,7 +938,7 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "{:?} by {:?}, n={}, loss {}‰, replay {}‰, crash {:?}, cut {:?}, window {}",
+            "{:?} by {:?}, n={}, loss {}‰, replay {}‰, crash {:?}, cut {:?}, congestion {:?}, window {}",
             self.byzantine,
             self.byz_id,
             self.config.n,
@@ -891,6 +946,7 @@ impl Sim {
             self.replay_per_mille,
             self.crash,
             self.cut,
+            self.congestion,
             self.config.window
         )
     }
@@ -902,6 +958,7 @@ struct Outcome {
     crashed: bool,
     lost_disk: bool,
     cut: bool,
+    congested: bool,
     lossy: bool,
     transfers: u64,
     forged_refused: u64,
@@ -956,6 +1013,7 @@ fn run_seed(seed: u64) -> Outcome {
         crashed: sim.crash.is_some(),
         lost_disk: sim.crash.is_some_and(|c| !c.keeps_disk),
         cut: sim.cut.is_some(),
+        congested: sim.congestion.is_some(),
         lossy: sim.loss_per_mille > 0,
         transfers: sim.transfers_installed,
         forged_refused: sim.forged_transfers_refused,
@@ -1012,13 +1070,14 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
         all
     });
     let mut by_mode: BTreeMap<Byzantine, u64> = BTreeMap::new();
-    let (mut crashed, mut lost_disk, mut cut, mut lossy) = (0, 0, 0, 0);
+    let (mut crashed, mut lost_disk, mut cut, mut congested, mut lossy) = (0, 0, 0, 0, 0);
     let (mut transfers, mut forged_refused, mut view_changes) = (0, 0, 0);
     for o in outcomes {
         *by_mode.entry(o.byzantine).or_default() += 1;
         crashed += u64::from(o.crashed);
         lost_disk += u64::from(o.lost_disk);
         cut += u64::from(o.cut);
+        congested += u64::from(o.congested);
         lossy += u64::from(o.lossy);
         transfers += o.transfers;
         forged_refused += o.forged_refused;
@@ -1026,7 +1085,7 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
     }
     eprintln!(
         "{seeds} seeds: {by_mode:?}; {crashed} crashes ({lost_disk} losing the disk), {cut} cut off, \
-         {lossy} lossy; {transfers} state transfers installed, {forged_refused} forged ones refused, \
+         {congested} congested, {lossy} lossy; {transfers} state transfers installed, {forged_refused} forged ones refused, \
          {view_changes} VIEW-CHANGEs sent"
     );
     if seeds >= 500 {
@@ -1037,7 +1096,7 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
                 "{mode:?} ran too rarely"
             );
         }
-        assert!(crashed >= 20 && lost_disk >= 5 && cut >= 20 && lossy >= 50);
+        assert!(crashed >= 20 && lost_disk >= 5 && cut >= 20 && congested >= 50 && lossy >= 50);
         assert!(transfers > 0 && forged_refused > 0 && view_changes > 0);
     }
 }

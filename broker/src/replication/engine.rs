@@ -12,7 +12,7 @@
 //! (2f + 1 replicas executed it to the same state), with the outcome the
 //! executor recorded for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info_span, warn};
 
 use super::executor::Job;
-use super::transport::{consensus_frame, Frame, Transport};
+use super::transport::{consensus_frame, Frame, Transport, PEER_QUEUE_BYTES_MAX};
 use super::{ClusterView, Input, Membership, Served};
 
 /// Inputs taken into one turn.
@@ -37,6 +37,12 @@ const TURN_INPUTS_MAX: usize = 1024;
 const LOG_COMPACT_BYTES: u64 = 256 << 20;
 /// Bytes of blocks asked for in one state-transfer fetch.
 const FETCH_BYTES_MAX: u32 = 16 << 20;
+/// A peer's link counts as backed up once more than this is queued for it,
+/// and as clear again once less than [`BACKLOG_CLEAR_BYTES`] is: well
+/// before its queue overflows and drops frames (which costs
+/// retransmissions, and under load view changes).
+const BACKLOG_BYTES: usize = PEER_QUEUE_BYTES_MAX / 4;
+const BACKLOG_CLEAR_BYTES: usize = PEER_QUEUE_BYTES_MAX / 8;
 
 pub struct Engine {
     pub membership: Arc<Membership>,
@@ -61,6 +67,8 @@ pub struct Engine {
     /// Outcomes of our requests, by the sequence number that executed them,
     /// waiting for that sequence number to be certified.
     outcomes: BTreeMap<(PartitionKey, u64), Vec<RequestRecord>>,
+    /// Peer nodes whose links are backed up now.
+    backlogged: HashSet<u8>,
 }
 
 impl Engine {
@@ -94,6 +102,7 @@ impl Engine {
             next_number: first_number,
             pending: HashMap::new(),
             outcomes: BTreeMap::new(),
+            backlogged: HashSet::new(),
         }
     }
 
@@ -112,6 +121,7 @@ impl Engine {
             let _enter = span.enter();
             let mut out = Vec::new();
             let stop = inputs.iter().any(|i| matches!(i, Input::Stop));
+            self.update_backlog(&mut out);
             for input in inputs {
                 self.handle(input, &mut out);
             }
@@ -190,6 +200,43 @@ impl Engine {
                 self.by_cluster.insert(r.config().cluster, pk);
                 self.replicas.insert(pk, r);
                 self.views.insert(pk, view);
+            }
+        }
+    }
+
+    /// Tells the replicas which of their peers' links are backed up, when
+    /// that changes (see [`BACKLOG_BYTES`]).
+    fn update_backlog(&mut self, out: &mut Vec<(PartitionKey, Action)>) {
+        let mut changed = false;
+        let peers: HashSet<u8> = self.views.values().flat_map(|v| v.nodes.iter().copied()).collect();
+        for node in peers.into_iter().filter(|n| *n != self.membership.me) {
+            let was = self.backlogged.contains(&node);
+            let threshold = if was { BACKLOG_CLEAR_BYTES } else { BACKLOG_BYTES };
+            if (self.transport.queued(node) > threshold) != was {
+                changed = true;
+                if was {
+                    self.backlogged.remove(&node);
+                } else {
+                    self.backlogged.insert(node);
+                    metrics::counter!("courier_peer_backlogs_total").increment(1);
+                    debug!(peer = node, "link backed up");
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+        for (pk, r) in self.replicas.iter_mut() {
+            let Some(view) = self.views.get(pk) else { continue };
+            let peers: BTreeSet<pbft::ReplicaId> = view
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, node)| self.backlogged.contains(node))
+                .map(|(i, _)| i as pbft::ReplicaId)
+                .collect();
+            for a in r.handle(Event::Backlog(peers)) {
+                out.push((*pk, a));
             }
         }
     }

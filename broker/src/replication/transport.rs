@@ -308,6 +308,14 @@ impl Transport {
         }
     }
 
+    /// Bytes queued for node `peer` and not yet written to its connection.
+    pub fn queued(&self, peer: u8) -> usize {
+        self.links
+            .get(peer as usize)
+            .and_then(OnceLock::get)
+            .map_or(0, |link| link.queued.load(Ordering::Relaxed))
+    }
+
     /// Whether node `peer` is reachable now (this node always is).
     pub fn is_up(&self, peer: u8) -> bool {
         if peer == self.me {

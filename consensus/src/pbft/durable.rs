@@ -350,4 +350,64 @@ mod tests {
             .iter()
             .any(|(seq, digest, n)| *seq == 2 && *n == 1 && Some(*digest) != before.map(|b| b.2)));
     }
+
+    /// The PRE-PREPAREs among `actions`: sequence number, and the peer
+    /// sent to (`None`: broadcast).
+    fn pre_prepared(actions: &[Action]) -> Vec<(u64, Option<u8>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broadcast(m) => match &m.message {
+                    crate::pbft::Message::PrePrepare { seq, .. } => Some((*seq, None)),
+                    _ => None,
+                },
+                Action::Send { to, message } => match &message.message {
+                    crate::pbft::Message::PrePrepare { seq, .. } => Some((*seq, Some(*to))),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_primary_sends_no_batch_again_to_a_backed_up_peer_and_orders_nothing_new_past_f_of_them() {
+        let config = Config {
+            view_change_timeout_ms: 60_000,
+            retransmit_ms: 100,
+            ..config()
+        };
+        let mut primary = Replica::new(config, keys(0));
+        let request = |number| Request {
+            id: RequestId { origin: 0, number },
+            payload: Bytes::from_static(b"records"),
+        };
+        let backlog = |peers: &[u8]| Event::Backlog(peers.iter().copied().collect());
+        // Slot 1 is pre-prepared; nobody answers.
+        let out = primary.handle(Event::Request(request(1)));
+        assert_eq!(pre_prepared(&out), vec![(1, None)]);
+        // One peer backed up (f = 1): slot 1 goes again, to the others only.
+        let mut out = primary.handle(backlog(&[2]));
+        for now_ms in [10, 150] {
+            out.extend(primary.handle(Event::Tick { now_ms }));
+        }
+        let again = pre_prepared(&out);
+        assert!(
+            again.contains(&(1, Some(1))) && again.contains(&(1, Some(3))),
+            "{again:?}"
+        );
+        assert!(!again.iter().any(|(_, to)| *to == Some(2) || to.is_none()), "{again:?}");
+        // Two backed up: nothing new is ordered; slot 1 goes again to the
+        // one peer that is not.
+        let mut out = primary.handle(backlog(&[2, 3]));
+        out.extend(primary.handle(Event::Request(request(2))));
+        for now_ms in [300, 450, 600] {
+            out.extend(primary.handle(Event::Tick { now_ms }));
+        }
+        let sent = pre_prepared(&out);
+        assert!(!sent.is_empty() && sent.iter().all(|s| *s == (1, Some(1))), "{sent:?}");
+        // Relieved: the waiting request is ordered at once, in slot 2.
+        let out = primary.handle(backlog(&[]));
+        assert_eq!(pre_prepared(&out), vec![(2, None)]);
+    }
 }

@@ -70,6 +70,13 @@ pub enum Event {
     /// The environment installed, from peers, everything up to `cert.seq`
     /// (verified against certificates), holding the requests `executed`.
     Transferred { cert: QuorumCert, executed: Vec<RequestId> },
+    /// The peers this replica's links to are backed up now (too many bytes
+    /// queued, not yet written): what is queued for them is late, not lost,
+    /// and sending them more only makes it later. Batches are not sent
+    /// again to a backed-up peer; and while more than f peers are (fewer
+    /// than the 2f a primary needs to be heard), a primary orders no new
+    /// batch.
+    Backlog(BTreeSet<ReplicaId>),
 }
 
 /// What a replica asks its environment to do, in order. A `Persist` must
@@ -164,6 +171,8 @@ pub struct Replica {
     pub(super) pending: VecDeque<Request>,
     pub(super) pending_bytes: usize,
     pub(super) oldest_pending_ms: Option<u64>,
+    /// Peers whose links are backed up (see [`Event::Backlog`]).
+    backlogged: BTreeSet<ReplicaId>,
     pub(super) now_ms: u64,
     next_retransmit_ms: u64,
     /// Since when f + 1 peers have been ahead while we stood still, and where.
@@ -256,6 +265,7 @@ impl Replica {
             pending: VecDeque::new(),
             pending_bytes: 0,
             oldest_pending_ms: None,
+            backlogged: BTreeSet::new(),
             now_ms: 0,
             next_retransmit_ms: 0,
             behind_since: None,
@@ -335,6 +345,11 @@ impl Replica {
             }
             Event::Executed { seq, state } => self.on_executed(seq, state, &mut out),
             Event::Transferred { cert, executed } => self.on_transferred(cert, &executed, &mut out),
+            Event::Backlog(peers) => {
+                self.backlogged = peers;
+                // Relieved: what gathered meanwhile is ordered now.
+                self.cut_batches(&mut out, true);
+            }
         }
         out
     }
@@ -419,9 +434,9 @@ impl Replica {
     /// (fewer than [`IDLE_IN_FLIGHT_MAX`] batches not yet executed), at once,
     /// so a lone request does not wait; and on a tick, when its oldest
     /// request has waited `batch_delay_ms`. Under load, requests gather
-    /// while earlier batches are in flight.
+    /// while earlier batches are in flight. Nothing is cut while congested.
     pub(super) fn cut_batches(&mut self, out: &mut Vec<Action>, tick: bool) {
-        while self.is_primary() && !self.pending.is_empty() && self.in_window(self.next_seq) {
+        while self.is_primary() && !self.congested() && !self.pending.is_empty() && self.in_window(self.next_seq) {
             let full = self.pending_bytes >= self.config.batch_bytes_max;
             let waited = self
                 .oldest_pending_ms
@@ -461,6 +476,12 @@ impl Replica {
             out.push(Action::Broadcast(pp.clone()));
             self.on_message(pp, out);
         }
+    }
+
+    /// More than f peers are backed up: a new batch could not reach the
+    /// 2f it needs in good time.
+    fn congested(&self) -> bool {
+        self.backlogged.len() > self.config.f()
     }
 
     pub(super) fn sign(&self, message: Message) -> SignedMessage {
@@ -896,7 +917,11 @@ impl Replica {
     /// Only the next few, and only once a peer has not moved for
     /// [`HANDOVER_STALLED_ROUNDS`] retransmissions: under load a busy peer's
     /// votes can lag behind large frames, and handing it whole batches then
-    /// would only add to the load.
+    /// would only add to the load. Never to a backed-up peer. And one
+    /// helper per round, not every replica ahead: the other members take
+    /// turns (by how many rounds the peer has stalled, so a helper that
+    /// does not help is followed by the next), because a peer that lags
+    /// for want of CPU falls further behind if it must check n - 1 copies.
     fn hand_committed_to_stalled_peers(&mut self, out: &mut Vec<Action>) {
         let me = self.keys.id;
         for p in (0..self.config.n as ReplicaId).filter(|p| *p != me) {
@@ -906,7 +931,12 @@ impl Replica {
                 _ => 0,
             };
             self.progress_at_retransmit.insert(p, (progress, stalled));
-            if progress >= self.last_executed || stalled < HANDOVER_STALLED_ROUNDS {
+            if progress >= self.last_executed || stalled < HANDOVER_STALLED_ROUNDS || self.backlogged.contains(&p) {
+                continue;
+            }
+            let turn = (stalled - HANDOVER_STALLED_ROUNDS) as usize % (self.config.n - 1);
+            let helper = (0..self.config.n as ReplicaId).filter(|q| *q != p).nth(turn);
+            if helper != Some(me) {
                 continue;
             }
             let upto = self.last_executed.min(progress + HANDOVER_BATCHES_MAX);
@@ -927,9 +957,11 @@ impl Replica {
 
     /// Sends again what peers may have missed: our messages for slots not
     /// yet stable (only when nothing executed since the last time: a busy
-    /// pipeline is not a lost message), our VIEW-CHANGE while changing, our
-    /// latest checkpoint vote to peers behind it, and the NEW-VIEW to peers
-    /// still in older views.
+    /// pipeline is not a lost message; a PRE-PREPARE, which carries a
+    /// batch, not to backed-up peers), our VIEW-CHANGE while changing, our
+    /// latest checkpoint vote to peers behind it, committed batches to
+    /// stalled peers (not backed-up ones), and the NEW-VIEW to peers still
+    /// in older views.
     fn retransmit(&mut self, out: &mut Vec<Action>) {
         let me = self.keys.id;
         let stalled = self.last_executed == self.executed_at_retransmit;
@@ -944,7 +976,16 @@ impl Replica {
                     continue;
                 }
                 if pp.sender == me {
-                    out.push(Action::Broadcast(pp.clone()));
+                    if self.backlogged.is_empty() {
+                        out.push(Action::Broadcast(pp.clone()));
+                    } else {
+                        for to in (0..self.config.n as ReplicaId).filter(|p| *p != me && !self.backlogged.contains(p)) {
+                            out.push(Action::Send {
+                                to,
+                                message: pp.clone(),
+                            });
+                        }
+                    }
                 }
                 for m in [slot.prepares.get(&me), slot.commits.get(&me)].into_iter().flatten() {
                     out.push(Action::Broadcast(m.clone()));

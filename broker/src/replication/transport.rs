@@ -284,9 +284,14 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Node `peer`'s link, once made.
+    fn link(&self, peer: u8) -> Option<&Link> {
+        self.links.get(peer as usize).and_then(OnceLock::get)
+    }
+
     /// Queues an encoded frame for `to`; drops it if that peer's queue is full.
     pub fn send(&self, to: u8, frame: Bytes) {
-        let Some(link) = self.links.get(to as usize).and_then(OnceLock::get) else {
+        let Some(link) = self.link(to) else {
             return;
         };
         if link.cut.load(Ordering::Relaxed) {
@@ -310,10 +315,7 @@ impl Transport {
 
     /// Bytes queued for node `peer` and not yet written to its connection.
     pub fn queued(&self, peer: u8) -> usize {
-        self.links
-            .get(peer as usize)
-            .and_then(OnceLock::get)
-            .map_or(0, |link| link.queued.load(Ordering::Relaxed))
+        self.link(peer).map_or(0, |link| link.queued.load(Ordering::Relaxed))
     }
 
     /// Whether node `peer` is reachable now (this node always is).
@@ -321,9 +323,7 @@ impl Transport {
         if peer == self.me {
             return true;
         }
-        self.links
-            .get(peer as usize)
-            .and_then(OnceLock::get)
+        self.link(peer)
             .is_some_and(|link| link.reach.is_up() && !link.cut.load(Ordering::Relaxed))
     }
 
@@ -335,16 +335,14 @@ impl Transport {
         if peer == self.me {
             return true;
         }
-        self.links
-            .get(peer as usize)
-            .and_then(OnceLock::get)
+        self.link(peer)
             .is_some_and(|link| link.reach.listed_at(Instant::now()) && !link.cut.load(Ordering::Relaxed))
     }
 
     /// Fault injection for tests: cuts (or restores) the network between
     /// this node and `peer`: frames either way are dropped meanwhile.
     pub fn set_cut(&self, peer: u8, cut: bool) {
-        if let Some(link) = self.links.get(peer as usize).and_then(OnceLock::get) {
+        if let Some(link) = self.link(peer) {
             link.cut.store(cut, Ordering::Relaxed);
         }
     }

@@ -484,6 +484,26 @@ impl Replica {
         self.backlogged.len() > self.config.f()
     }
 
+    /// Our checkpoint vote for what we applied last (as first sent, while
+    /// that checkpoint is not stable); none before anything was applied.
+    fn latest_vote(&self) -> Option<SignedMessage> {
+        if self.last_applied == 0 {
+            return None;
+        }
+        let state = self.states.get(&self.last_applied).copied()?;
+        let sent = self
+            .checkpoints
+            .get(&self.last_applied)
+            .and_then(|votes| votes.get(&self.keys.id))
+            .cloned();
+        Some(sent.unwrap_or_else(|| {
+            self.sign(Message::Checkpoint {
+                seq: self.last_applied,
+                state,
+            })
+        }))
+    }
+
     pub(super) fn sign(&self, message: Message) -> SignedMessage {
         SignedMessage::sign(self.config.cluster, self.keys.id, &self.keys.key, message)
     }
@@ -568,18 +588,28 @@ impl Replica {
                 view_changes,
                 pre_prepares,
             } => self.on_new_view(&m, view, &view_changes, &pre_prepares, out),
-            Message::Committed { pre_prepare, commits } => self.on_committed(*pre_prepare, commits, out),
+            Message::Committed { pre_prepare, commits } => self.on_committed(m.sender, *pre_prepare, commits, out),
         }
     }
 
     /// A batch proven committed, from a peer: kept if it is above what we
     /// executed and within a window of it, then executed in order.
-    fn on_committed(&mut self, pp: SignedMessage, commits: Vec<SignedMessage>, out: &mut Vec<Action>) {
+    /// One we already executed is answered with our latest checkpoint
+    /// vote: the sender's idea of our progress is stale (its copy of that
+    /// vote was lost), and it hands over what comes next only once it
+    /// knows where we are.
+    fn on_committed(&mut self, from: ReplicaId, pp: SignedMessage, commits: Vec<SignedMessage>, out: &mut Vec<Action>) {
         let Some((view, seq, digest)) = pp.slot() else { return };
-        if seq <= self.last_executed
-            || seq > self.last_executed + self.config.window
-            || self.committed.contains_key(&seq)
-        {
+        if seq <= self.last_executed {
+            if let Some(vote) = self.latest_vote() {
+                out.push(Action::Send {
+                    to: from,
+                    message: vote,
+                });
+            }
+            return;
+        }
+        if seq > self.last_executed + self.config.window || self.committed.contains_key(&seq) {
             return;
         }
         let cert = CommitCert {
@@ -939,10 +969,17 @@ impl Replica {
             if helper != Some(me) {
                 continue;
             }
-            let upto = self.last_executed.min(progress + HANDOVER_BATCHES_MAX);
+            // What we keep starts above our low watermark: a peer that is
+            // further behind than that (or whose last vote we missed) gets
+            // what we have, and what it lacks below comes by state transfer.
+            let first = (progress + 1).max(self.low + 1);
+            let upto = self.last_executed.min(first + HANDOVER_BATCHES_MAX - 1);
+            if first > upto {
+                continue;
+            }
             let proofs: Vec<(SignedMessage, Vec<SignedMessage>)> = self
                 .executed_proofs
-                .range(progress + 1..=upto)
+                .range(first..=upto)
                 .map(|(_, proof)| proof.clone())
                 .collect();
             for (pp, commits) in proofs {
@@ -1008,29 +1045,15 @@ impl Replica {
             }
         }
         let heard = std::mem::take(&mut self.peers_heard);
-        if let Some(state) = self.states.get(&self.last_applied).copied() {
-            let behind: Vec<ReplicaId> = (0..self.config.n as ReplicaId)
-                .filter(|p| *p != me && self.peer_progress.get(p).is_none_or(|s| *s < self.last_applied))
-                .collect();
-            if !behind.is_empty() && self.last_applied > 0 {
-                // Our vote as first sent, while the checkpoint is not stable.
-                let sent = self
-                    .checkpoints
-                    .get(&self.last_applied)
-                    .and_then(|votes| votes.get(&me))
-                    .cloned();
-                let vote = sent.unwrap_or_else(|| {
-                    self.sign(Message::Checkpoint {
-                        seq: self.last_applied,
-                        state,
-                    })
+        let behind: Vec<ReplicaId> = (0..self.config.n as ReplicaId)
+            .filter(|p| *p != me && self.peer_progress.get(p).is_none_or(|s| *s < self.last_applied))
+            .collect();
+        if let (false, Some(vote)) = (behind.is_empty(), self.latest_vote()) {
+            for to in behind {
+                out.push(Action::Send {
+                    to,
+                    message: vote.clone(),
                 });
-                for to in behind {
-                    out.push(Action::Send {
-                        to,
-                        message: vote.clone(),
-                    });
-                }
             }
         }
         if let (false, Some(nv)) = (self.view_changing, &self.new_view) {

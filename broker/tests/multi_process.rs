@@ -209,6 +209,23 @@ async fn create_topic(bootstrap: &str) {
     }
 }
 
+/// A consumer of every partition of `topic` from the start, through
+/// `bootstrap` (assigned, committing nothing).
+fn reader(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// The consumer's next record, before `deadline` (else a panic saying
 /// `late()`). librdkafka reports a dropped or refused connection (to a node
 /// killed or restarted moments ago, which stays listed until its session
@@ -235,17 +252,7 @@ async fn next_record<'c>(
 /// Reads until every acknowledged record arrived; returns per partition
 /// (offset, value) in the order served.
 async fn read_back(bootstrap: &str, expected: usize) -> BTreeMap<i32, Vec<(i64, usize)>> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("check-{bootstrap}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset("transfers", p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = reader(bootstrap, &format!("check-{bootstrap}"), "transfers", PARTITIONS);
     let mut out: BTreeMap<i32, Vec<(i64, usize)>> = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     for got in 0..expected {
@@ -612,17 +619,7 @@ async fn produce_keyed(bootstrap: &str, topic: &str, values: std::ops::Range<usi
 /// Reads `n` records of `topic` (all partitions, from the start) through
 /// `bootstrap`; returns each partition's end offset.
 async fn read_ends(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BTreeMap<i32, i64> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("ends-{bootstrap}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = reader(bootstrap, &format!("ends-{bootstrap}"), topic, partitions);
     let mut ends = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     for got in 0..n {

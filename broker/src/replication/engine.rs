@@ -67,8 +67,12 @@ pub struct Engine {
     /// Outcomes of our requests, by the sequence number that executed them,
     /// waiting for that sequence number to be certified.
     outcomes: BTreeMap<(PartitionKey, u64), Vec<RequestRecord>>,
-    /// Peer nodes whose links are backed up now.
+    /// The other nodes of the clusters this node's replicas belong to.
+    peer_nodes: Vec<u8>,
+    /// Those whose links are backed up now.
     backlogged: HashSet<u8>,
+    /// Some replica has not been told `backlogged` yet.
+    backlog_untold: bool,
 }
 
 impl Engine {
@@ -102,7 +106,9 @@ impl Engine {
             next_number: first_number,
             pending: HashMap::new(),
             outcomes: BTreeMap::new(),
+            peer_nodes: Vec::new(),
             backlogged: HashSet::new(),
+            backlog_untold: false,
         }
     }
 
@@ -202,14 +208,20 @@ impl Engine {
                 self.views.insert(pk, view);
             }
         }
+        let me = self.membership.me;
+        let peers: BTreeSet<u8> = self.views.values().flat_map(|v| v.nodes.iter().copied()).collect();
+        self.peer_nodes = peers.into_iter().filter(|n| *n != me).collect();
+        let peer_nodes = &self.peer_nodes;
+        self.backlogged.retain(|n| peer_nodes.contains(n));
+        // New replicas learn the backlog at the next turn.
+        self.backlog_untold = !self.backlogged.is_empty();
     }
 
     /// Tells the replicas which of their peers' links are backed up, when
     /// that changes (see [`BACKLOG_BYTES`]).
     fn update_backlog(&mut self, out: &mut Vec<(PartitionKey, Action)>) {
         let mut changed = false;
-        let peers: HashSet<u8> = self.views.values().flat_map(|v| v.nodes.iter().copied()).collect();
-        for node in peers.into_iter().filter(|n| *n != self.membership.me) {
+        for &node in &self.peer_nodes {
             let was = self.backlogged.contains(&node);
             let threshold = if was { BACKLOG_CLEAR_BYTES } else { BACKLOG_BYTES };
             if (self.transport.queued(node) > threshold) != was {
@@ -223,9 +235,10 @@ impl Engine {
                 }
             }
         }
-        if !changed {
+        if !changed && !self.backlog_untold {
             return;
         }
+        self.backlog_untold = false;
         for (pk, r) in self.replicas.iter_mut() {
             let Some(view) = self.views.get(pk) else { continue };
             let peers: BTreeSet<pbft::ReplicaId> = view

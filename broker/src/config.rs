@@ -29,13 +29,67 @@ pub struct BrokerConfig {
     /// This node's id in metadata responses.
     #[serde(rename = "node.id")]
     pub node_id: i32,
-    /// Address the Kafka listener binds, `host:port` (a `PLAINTEXT://`
-    /// prefix is accepted). Courier default: 127.0.0.1:9092.
+    /// The Kafka listeners, as Kafka writes them: `NAME://host:port`,
+    /// comma-separated (a bare `host:port` is a PLAINTEXT listener).
+    /// Courier default: 127.0.0.1:9092.
     #[serde(rename = "listeners")]
     pub listeners: String,
-    /// Address given to clients, when it differs from the bound one.
+    /// What clients are told to connect to, per listener name (same
+    /// form); a listener not named here advertises its bound address.
     #[serde(rename = "advertised.listeners")]
     pub advertised_listeners: Option<String>,
+    /// Listener name to security protocol, `NAME:PROTOCOL,…`. Default:
+    /// each protocol's own name maps to it (Kafka's default).
+    #[serde(rename = "listener.security.protocol.map")]
+    pub listener_security_protocol_map: String,
+    /// TLS on SSL and SASL_SSL listeners: a PEM file with this node's
+    /// certificate chain and private key (`ssl.keystore.type` = PEM).
+    #[serde(rename = "ssl.keystore.location")]
+    pub ssl_keystore_location: Option<PathBuf>,
+    #[serde(rename = "ssl.keystore.type")]
+    pub ssl_keystore_type: String,
+    /// PEM file of the CAs whose client certificates are accepted (one per
+    /// organization; a client's organization is its CA's `O`).
+    #[serde(rename = "ssl.truststore.location")]
+    pub ssl_truststore_location: Option<PathBuf>,
+    #[serde(rename = "ssl.truststore.type")]
+    pub ssl_truststore_type: String,
+    /// none | requested | required. Default none (Kafka's). A listener may
+    /// override it: `listener.name.<name>.ssl.client.auth`.
+    #[serde(rename = "ssl.client.auth")]
+    pub ssl_client_auth: String,
+    /// Kafka's rules from certificate subject to principal name.
+    #[serde(rename = "ssl.principal.mapping.rules")]
+    pub ssl_principal_mapping_rules: String,
+    /// SASL mechanisms offered (comma-separated): PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512. Courier default: the two SCRAM ones (PLAIN sends
+    /// the password itself; enable it on purpose). A listener may
+    /// override it: `listener.name.<name>.sasl.enabled.mechanisms`.
+    #[serde(rename = "sasl.enabled.mechanisms")]
+    pub sasl_enabled_mechanisms: String,
+    /// A SASL session must authenticate again after this long (KIP-368);
+    /// 0: never. Default 0 (Kafka's).
+    #[serde(rename = "connections.max.reauth.ms")]
+    pub connections_max_reauth_ms: u64,
+    /// Courier: a connection that has not finished its TLS handshake and
+    /// SASL exchange this long after it opened is closed. Default 10000.
+    #[serde(rename = "authentication.timeout.ms")]
+    pub authentication_timeout_ms: u64,
+    /// Turns ACL enforcement on: `courier` (or Kafka's
+    /// `org.apache.kafka.metadata.authorizer.StandardAuthorizer`). Empty:
+    /// every request is allowed. Default empty.
+    #[serde(rename = "authorizer.class.name")]
+    pub authorizer_class_name: String,
+    /// Principals allowed everything, `User:a;User:b`.
+    #[serde(rename = "super.users")]
+    pub super_users: String,
+    /// Allow an action on a resource no ACL names. Default false.
+    #[serde(rename = "allow.everyone.if.no.acl.found")]
+    pub allow_everyone_if_no_acl_found: bool,
+    /// `listener.name.<name>.<setting>` entries, by lower-case listener
+    /// name and setting (read from the same file and overrides).
+    #[serde(skip)]
+    pub listener_overrides: BTreeMap<String, BTreeMap<String, String>>,
     /// Where the ledger lives. Courier default: ./courier-data.
     #[serde(rename = "log.dirs")]
     pub log_dirs: PathBuf,
@@ -155,6 +209,20 @@ impl Default for BrokerConfig {
             cluster_leave: false,
             listeners: "127.0.0.1:9092".into(),
             advertised_listeners: None,
+            listener_security_protocol_map: DEFAULT_PROTOCOL_MAP.into(),
+            ssl_keystore_location: None,
+            ssl_keystore_type: "PEM".into(),
+            ssl_truststore_location: None,
+            ssl_truststore_type: "PEM".into(),
+            ssl_client_auth: "none".into(),
+            ssl_principal_mapping_rules: "DEFAULT".into(),
+            sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512".into(),
+            connections_max_reauth_ms: 0,
+            authentication_timeout_ms: 10_000,
+            authorizer_class_name: String::new(),
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: false,
+            listener_overrides: BTreeMap::new(),
             log_dirs: PathBuf::from("./courier-data"),
             auto_create_topics_enable: true,
             num_partitions: 1,
@@ -240,10 +308,35 @@ impl BrokerConfig {
             let (name, value) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
             flat.insert(name.trim().to_owned(), parse_scalar(value.trim()));
         }
+        // `listener.name.<name>.<setting>`: per-listener settings.
+        let mut listener_overrides: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let per_listener: Vec<String> = flat.keys().filter(|k| k.starts_with("listener.name.")).cloned().collect();
+        for key in per_listener {
+            let value = flat.remove(&key).unwrap_or(toml::Value::Boolean(false));
+            let rest = &key["listener.name.".len()..];
+            let (name, setting) = rest
+                .split_once('.')
+                .ok_or_else(|| ConfigError::Invalid(format!("{key}: expected listener.name.<name>.<setting>")))?;
+            if !LISTENER_SETTINGS.contains(&setting) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: a listener may override only {}",
+                    LISTENER_SETTINGS.join(", ")
+                )));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            listener_overrides
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .insert(setting.to_owned(), value);
+        }
         let table: toml::Table = flat.into_iter().collect();
-        let config: BrokerConfig = toml::Value::Table(table)
+        let mut config: BrokerConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.listener_overrides = listener_overrides;
         config.validate()?;
         Ok(config)
     }
@@ -291,11 +384,93 @@ impl BrokerConfig {
                 );
             }
         }
-        self.listen_addr()?;
+        let listeners = self.listener_specs()?;
+        if self.ssl_keystore_type != "PEM" || self.ssl_truststore_type != "PEM" {
+            return bad("ssl.keystore.type and ssl.truststore.type: only PEM is supported".into());
+        }
+        if !self.authorizer_class_name.is_empty()
+            && !crate::auth::authorizer::AUTHORIZER_NAMES.contains(&self.authorizer_class_name.as_str())
+        {
+            return bad(format!(
+                "authorizer.class.name {:?} is not one Courier has: {}",
+                self.authorizer_class_name,
+                crate::auth::authorizer::AUTHORIZER_NAMES.join(", ")
+            ));
+        }
+        if self.authentication_timeout_ms == 0 {
+            return bad("authentication.timeout.ms must be positive".into());
+        }
+        for name in self.listener_overrides.keys() {
+            if !listeners.iter().any(|l| l.name.eq_ignore_ascii_case(name)) {
+                return bad(format!("listener.name.{name}.*: no listener is named {name}"));
+            }
+        }
+        for l in &listeners {
+            self.sasl_mechanisms(&l.name)?;
+            crate::auth::tls::ClientAuth::parse(self.listener_setting(&l.name, "ssl.client.auth"))
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        crate::auth::mapping::PrincipalMapping::parse(&self.ssl_principal_mapping_rules)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 
-    /// The listener's `host:port`, without a security-protocol prefix.
+    /// The Kafka listeners, in the order `listeners` gives them.
+    pub fn listener_specs(&self) -> Result<Vec<ListenerSpec>, ConfigError> {
+        parse_listeners(&self.listeners, &self.listener_security_protocol_map)
+    }
+
+    /// A per-listener setting, else the broker-wide one.
+    pub fn listener_setting<'a>(&'a self, listener: &str, setting: &str) -> &'a str {
+        if let Some(v) = self
+            .listener_overrides
+            .get(&listener.to_ascii_lowercase())
+            .and_then(|o| o.get(setting))
+        {
+            return v;
+        }
+        match setting {
+            "ssl.client.auth" => &self.ssl_client_auth,
+            "sasl.enabled.mechanisms" => &self.sasl_enabled_mechanisms,
+            _ => "",
+        }
+    }
+
+    /// The SASL mechanisms listener `listener` offers.
+    pub fn sasl_mechanisms(&self, listener: &str) -> Result<Vec<crate::auth::sasl::Mechanism>, ConfigError> {
+        self.listener_setting(listener, "sasl.enabled.mechanisms")
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                crate::auth::sasl::Mechanism::parse(m).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "SASL mechanism {m} is not supported (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The advertised `host:port` of each listener, by name; `bound` gives
+    /// each listener's bound address (for those not advertised otherwise).
+    pub fn advertised(&self, bound: &[(String, std::net::SocketAddr)]) -> Result<Vec<(String, String)>, ConfigError> {
+        let advertised = match &self.advertised_listeners {
+            Some(a) => parse_listeners(a, &self.listener_security_protocol_map)?,
+            None => Vec::new(),
+        };
+        Ok(bound
+            .iter()
+            .map(|(name, addr)| {
+                let addr = advertised
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .map_or_else(|| addr.to_string(), |a| a.addr.clone());
+                (name.clone(), addr)
+            })
+            .collect())
+    }
+
     /// Whether partitions are ordered by a replica cluster.
     pub fn replicated(&self) -> bool {
         !self.cluster_replicas.is_empty()
@@ -310,27 +485,109 @@ impl BrokerConfig {
         }
     }
 
+    /// The first listener's `host:port`.
     pub fn listen_addr(&self) -> Result<String, ConfigError> {
-        strip_protocol(&self.listeners)
+        Ok(self.listener_specs()?.remove(0).addr)
     }
 }
 
-fn strip_protocol(listener: &str) -> Result<String, ConfigError> {
-    let addr = match listener.split_once("://") {
-        Some(("PLAINTEXT", a)) => a,
-        Some((p, _)) => {
-            return Err(ConfigError::Invalid(format!(
-                "listener protocol {p} is not supported yet (only PLAINTEXT)"
-            )))
-        }
-        None => listener,
-    };
-    Ok(addr.to_owned())
+/// Kafka's default `listener.security.protocol.map`.
+pub const DEFAULT_PROTOCOL_MAP: &str = "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL";
+
+/// Settings a listener may override with `listener.name.<name>.`.
+const LISTENER_SETTINGS: [&str; 2] = ["ssl.client.auth", "sasl.enabled.mechanisms"];
+
+/// How a listener secures its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
 }
 
-/// Splits an advertised `host:port` (with optional `PLAINTEXT://`).
+impl SecurityProtocol {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PLAINTEXT" => Some(Self::Plaintext),
+            "SSL" => Some(Self::Ssl),
+            "SASL_PLAINTEXT" => Some(Self::SaslPlaintext),
+            "SASL_SSL" => Some(Self::SaslSsl),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// One entry of `listeners` (or `advertised.listeners`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Upper case, as Kafka compares them.
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    /// `host:port`.
+    pub addr: String,
+}
+
+/// Parses `NAME://host:port,…` (a bare `host:port` is PLAINTEXT) with
+/// the protocol map `NAME:PROTOCOL,…`.
+pub fn parse_listeners(listeners: &str, map: &str) -> Result<Vec<ListenerSpec>, ConfigError> {
+    let bad = |m: String| ConfigError::Invalid(m);
+    let mut protocols = BTreeMap::new();
+    for entry in map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, protocol) = entry
+            .split_once(':')
+            .ok_or_else(|| bad(format!("listener.security.protocol.map: {entry:?} is not NAME:PROTOCOL")))?;
+        let protocol = SecurityProtocol::parse(protocol.trim())
+            .ok_or_else(|| bad(format!("listener.security.protocol.map: unknown protocol {protocol}")))?;
+        protocols.insert(name.trim().to_ascii_uppercase(), protocol);
+    }
+    let mut out: Vec<ListenerSpec> = Vec::new();
+    for entry in listeners.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, addr) = match entry.split_once("://") {
+            Some((name, addr)) => (name.to_ascii_uppercase(), addr),
+            None => ("PLAINTEXT".to_owned(), entry),
+        };
+        let protocol = *protocols
+            .get(&name)
+            .ok_or_else(|| bad(format!("listener {name}: not in listener.security.protocol.map")))?;
+        if !addr.contains(':') {
+            return Err(bad(format!("listener {entry}: expected NAME://host:port")));
+        }
+        if out.iter().any(|l| l.name == name) {
+            return Err(bad(format!("listener {name} is named twice")));
+        }
+        out.push(ListenerSpec {
+            name,
+            protocol,
+            addr: addr.to_owned(),
+        });
+    }
+    if out.is_empty() {
+        return Err(bad("listeners names no listener".into()));
+    }
+    Ok(out)
+}
+
+/// Splits a `host:port` (with an optional `NAME://` in front).
 pub fn host_port(listener: &str) -> Result<(String, u16), ConfigError> {
-    let addr = strip_protocol(listener)?;
+    let addr = listener.split_once("://").map_or(listener, |(_, a)| a);
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| ConfigError::Invalid(format!("{listener}: expected host:port")))?;
@@ -376,6 +633,34 @@ mod tests {
         assert!(BrokerConfig::load(None, &["no.such.setting=1".into()]).is_err());
         assert!(BrokerConfig::load(None, &["num.partitions=0".into()]).is_err());
         assert!(BrokerConfig::load(None, &["num.partitions".into()]).is_err());
-        assert!(BrokerConfig::load(None, &["listeners=SSL://x:1".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["listeners=NOPE://x:1".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["authorizer.class.name=x".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["sasl.enabled.mechanisms=GSSAPI".into()]).is_err());
+        assert!(BrokerConfig::load(None, &["listener.name.other.ssl.client.auth=required".into()]).is_err());
+    }
+
+    #[test]
+    fn named_listeners_with_per_listener_settings() {
+        let c = BrokerConfig::load(
+            None,
+            &[
+                "listeners=\"SSL://127.0.0.1:9093,SASL_SSL://127.0.0.1:9094,INTERNAL://127.0.0.1:9095\"".into(),
+                "listener.security.protocol.map=\"INTERNAL:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL\"".into(),
+                "ssl.client.auth=required".into(),
+                "listener.name.sasl_ssl.ssl.client.auth=none".into(),
+                "listener.name.internal.sasl.enabled.mechanisms=PLAIN".into(),
+            ],
+        )
+        .unwrap();
+        let l = c.listener_specs().unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!((l[2].name.as_str(), l[2].protocol), ("INTERNAL", SecurityProtocol::SaslPlaintext));
+        assert_eq!(c.listener_setting("SSL", "ssl.client.auth"), "required");
+        assert_eq!(c.listener_setting("SASL_SSL", "ssl.client.auth"), "none");
+        assert_eq!(c.sasl_mechanisms("INTERNAL").unwrap(), vec![crate::auth::sasl::Mechanism::Plain]);
+        assert_eq!(c.sasl_mechanisms("SASL_SSL").unwrap().len(), 2);
+        assert_eq!(c.listen_addr().unwrap(), "127.0.0.1:9093");
+        let bare = BrokerConfig::load(None, &["listeners=127.0.0.1:1".into()]).unwrap();
+        assert_eq!(bare.listener_specs().unwrap()[0].protocol, SecurityProtocol::Plaintext);
     }
 }

@@ -18,14 +18,16 @@ use bytes::BytesMut;
 use courier_protocol::frame::decode_frame;
 use courier_protocol::request::{decode_request, RequestError};
 use courier_protocol::response::encode_response;
-use courier_protocol::{ApiKey, ResponseKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use courier_protocol::{ApiKey, RequestKind, ResponseKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::api::{self, Reply, RequestContext, ResponseFuture};
+use crate::auth::sasl::{SaslSession, Step};
+use crate::auth::ANONYMOUS;
+use crate::server::Listener;
 use crate::shutdown::ShutdownSignal;
 use crate::Broker;
 
@@ -48,13 +50,97 @@ struct Outgoing {
     started: Instant,
 }
 
+/// Who the connection acts as, and how it authenticates.
+struct Session {
+    listener: Arc<Listener>,
+    peer: SocketAddr,
+    host: Arc<str>,
+    principal: Arc<str>,
+    default_organization: Arc<str>,
+    /// On a SASL listener: the exchange, and whether it proved a user.
+    sasl: Option<SaslSession>,
+}
+
 /// Serves one connection until the peer closes it, sends something that is
-/// not a request we can answer, or the broker shuts down.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut shutdown: ShutdownSignal) {
-    let span = info_span!("connection", %peer);
+/// not a request we can answer, or the broker shuts down. On a TLS
+/// listener the handshake comes first, bounded by
+/// `authentication.timeout.ms`.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: Arc<Listener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: ShutdownSignal,
+) {
+    let span = info_span!("connection", %peer, listener = %listener.name);
     async move {
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
+        let opened = tokio::time::Instant::now();
+        let auth_deadline = opened + Duration::from_millis(broker.config.authentication_timeout_ms);
+        let mut session = Session {
+            listener: listener.clone(),
+            peer,
+            host: peer.ip().to_string().into(),
+            principal: ANONYMOUS.into(),
+            default_organization: broker.config.organization.as_str().into(),
+            sasl: listener
+                .protocol
+                .sasl()
+                .then(|| SaslSession::new(listener.mechanisms.clone(), broker.reauth())),
+        };
+        match &listener.tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                run(broker, reader, writer, session, auth_deadline, shutdown).await
+            }
+            Some(tls) => {
+                let accepted = tokio::time::timeout_at(auth_deadline, tls.acceptor.accept(stream)).await;
+                let stream = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "closing connection: TLS handshake failed");
+                        metrics::counter!("courier_connections_closed_total", "reason" => "tls_handshake").increment(1);
+                        return;
+                    }
+                    Err(_) => {
+                        warn!("closing connection: TLS handshake not finished within authentication.timeout.ms");
+                        metrics::counter!("courier_connections_closed_total", "reason" => "auth_timeout").increment(1);
+                        return;
+                    }
+                };
+                if let Some((subject, organization)) =
+                    stream.get_ref().1.peer_certificates().and_then(|chain| tls.identify(chain))
+                {
+                    if !listener.protocol.sasl() {
+                        session.principal = format!("User:{}", broker.principal_mapping.apply(&subject)).into();
+                    }
+                    if let Some(o) = organization {
+                        session.default_organization = o.into();
+                    }
+                    debug!(%subject, "client certificate");
+                }
+                let (reader, writer) = tokio::io::split(stream);
+                run(broker, reader, writer, session, auth_deadline, shutdown).await
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The request loop, over any byte stream.
+async fn run<R, W>(
+    broker: Arc<Broker>,
+    mut reader: R,
+    writer: W,
+    mut session: Session,
+    auth_deadline: tokio::time::Instant,
+    mut shutdown: ShutdownSignal,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let inflight_max = broker.config.connection_requests_inflight_max;
         let (tx, rx) = mpsc::channel::<Outgoing>(inflight_max);
         let (written_tx, mut written) = watch::channel(0u64);
@@ -65,6 +151,14 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut enqueued = 0u64;
         'conn: loop {
+            // Until a SASL session is proven, it has the authentication
+            // timeout to get there.
+            let authenticating = session.sasl.as_ref().is_some_and(|s| s.authenticated.is_none());
+            let deadline = if authenticating {
+                idle_deadline.min(auth_deadline)
+            } else {
+                idle_deadline
+            };
             let frame = loop {
                 match decode_frame(&mut buf, frame_max) {
                     Ok(Some(frame)) => break frame,
@@ -81,9 +175,10 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
                         Ok(0) | Err(_) => break 'conn,
                         Ok(_) => {}
                     },
-                    _ = tokio::time::sleep_until(idle_deadline) => {
-                        debug!("closing idle connection");
-                        metrics::counter!("courier_connections_closed_total", "reason" => "idle").increment(1);
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let reason = if authenticating && deadline == auth_deadline { "auth_timeout" } else { "idle" };
+                        debug!(reason, "closing connection");
+                        metrics::counter!("courier_connections_closed_total", "reason" => reason).increment(1);
                         break 'conn;
                     }
                     _ = shutdown.wait() => break 'conn,
@@ -118,16 +213,37 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
             let api_key = request.api_key;
             let version = request.version();
             let correlation_id = request.correlation_id();
+            if matches!(api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+                let (body, close) = sasl_step(&broker, &mut session, request);
+                let out = Outgoing { api_key, version, correlation_id, body: Body::Ready(body), started };
+                if tx.send(out).await.is_err() || close {
+                    break;
+                }
+                enqueued += 1;
+                continue;
+            }
+            if let Some(sasl) = &session.sasl {
+                if api_key != ApiKey::ApiVersions && !sasl.is_serving(Instant::now()) {
+                    let reason = if sasl.authenticated.is_some() { "session_expired" } else { "unauthenticated" };
+                    warn!(api = ?api_key, reason, "closing connection: request before SASL authentication");
+                    metrics::counter!("courier_connections_closed_total", "reason" => reason).increment(1);
+                    break;
+                }
+            }
             let ctx = RequestContext {
                 client_id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-                peer,
-                principal: "User:ANONYMOUS".into(),
+                peer: session.peer,
+                host: session.host.clone(),
+                principal: session.principal.clone(),
+                default_organization: session.default_organization.clone(),
+                listener: session.listener.name.clone(),
+                api: api::api_name(api_key),
             };
             // Every request but Produce sees all earlier responses written first.
             if api_key != ApiKey::Produce && written.wait_for(|w| *w >= enqueued).await.is_err() {
                 break;
             }
-            let span = info_span!("request", api = ?api_key, version, correlation_id, client_id = %ctx.client_id);
+            let span = info_span!("request", api = ?api_key, version, correlation_id, client_id = %ctx.client_id, principal = %ctx.principal);
             let reply = api::dispatch(&broker, &ctx, request).instrument(span).await;
             let body = match reply {
                 Reply::Now(body) => Body::Ready(body),
@@ -144,8 +260,65 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut
         let _ = writer.await;
         debug!("connection closed");
     }
-    .instrument(span)
-    .await
+}
+
+/// Serves a SaslHandshake or SaslAuthenticate. Returns the response and
+/// whether the connection closes after it (a failed authentication, or a
+/// SASL request on a listener without SASL).
+fn sasl_step(broker: &Broker, session: &mut Session, request: courier_protocol::request::Request) -> (ResponseKind, bool) {
+    use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
+    use kafka_protocol::ResponseError;
+    let illegal = ResponseError::IllegalSaslState.code();
+    let Some(sasl) = session.sasl.as_mut() else {
+        // Not a SASL listener: nothing to authenticate.
+        return match request.body {
+            RequestKind::SaslHandshake(_) => (
+                ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(illegal)),
+                true,
+            ),
+            _ => (
+                ResponseKind::SaslAuthenticate(SaslAuthenticateResponse::default().with_error_code(illegal)),
+                true,
+            ),
+        };
+    };
+    match request.body {
+        RequestKind::SaslHandshake(req) => {
+            let (response, ok) = sasl.handshake(&req);
+            if !ok {
+                metrics::counter!("courier_authentications_total", "mechanism" => "unsupported", "result" => "failed")
+                    .increment(1);
+                warn!(mechanism = %req.mechanism.as_str(), "SASL handshake refused");
+            }
+            // An unsupported mechanism leaves the client free to try another
+            // (Kafka keeps the connection); a handshake out of turn closes it.
+            let close = response.error_code == illegal;
+            (ResponseKind::SaslHandshake(response), close)
+        }
+        RequestKind::SaslAuthenticate(req) => {
+            let state = broker.security.snapshot();
+            match sasl.authenticate(&req, Instant::now(), &state) {
+                Step::Continue(response) => (ResponseKind::SaslAuthenticate(response), false),
+                Step::Done(response, proven) => {
+                    metrics::counter!("courier_authentications_total", "mechanism" => proven.mechanism.name(), "result" => "ok")
+                        .increment(1);
+                    session.principal = format!("User:{}", proven.user).into();
+                    tracing::info!(principal = %session.principal, mechanism = proven.mechanism.name(), "authenticated");
+                    (ResponseKind::SaslAuthenticate(response), false)
+                }
+                Step::Failed(response, reason) => {
+                    metrics::counter!("courier_authentications_total", "mechanism" => "sasl", "result" => "failed")
+                        .increment(1);
+                    warn!(target: "courier::audit", host = %session.host, %reason, "SASL authentication failed");
+                    (ResponseKind::SaslAuthenticate(response), true)
+                }
+            }
+        }
+        _ => (
+            ResponseKind::SaslAuthenticate(SaslAuthenticateResponse::default().with_error_code(illegal)),
+            true,
+        ),
+    }
 }
 
 /// The first bytes of a frame, in hex, for logs.
@@ -154,7 +327,7 @@ fn hex_head(frame: &[u8]) -> String {
     frame.iter().take(HEAD_BYTES).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, written: watch::Sender<u64>) {
+async fn write_responses<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Outgoing>, written: watch::Sender<u64>) {
     let mut out = BytesMut::new();
     while let Some(next) = rx.recv().await {
         let body = match next.body {

@@ -9,12 +9,14 @@
 pub mod admin;
 mod alloc;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod dev;
 pub mod groups;
 pub mod metrics;
 pub mod replication;
+pub mod security;
 pub mod sequencer;
 pub mod server;
 pub mod shutdown;
@@ -56,14 +58,21 @@ pub enum StartError {
     Threads(std::io::Error),
     #[error("cannot start replication")]
     Replication(#[from] replication::ReplicationError),
+    #[error(transparent)]
+    Tls(#[from] auth::tls::TlsSetupError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityStoreError),
 }
 
 /// How clients reach this node.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub node_id: i32,
+    /// The first listener's advertised address.
     pub host: String,
     pub port: u16,
+    /// Every listener's advertised address, by listener name.
+    pub listeners: Vec<topics::Endpoint>,
 }
 
 /// Everything handlers share.
@@ -77,21 +86,39 @@ pub struct Broker {
     pub groups: GroupCoordinator,
     /// Serialises structural changes (create, delete, add partitions, alter).
     pub admin_lock: Mutex<()>,
+    /// ACLs, credentials, organizations.
+    pub security: security::SecurityStore,
+    pub authorizer: auth::authorizer::Authorizer,
+    pub principal_mapping: auth::mapping::PrincipalMapping,
 }
 
 impl Broker {
     pub fn ledger_path(config: &BrokerConfig) -> PathBuf {
         config.log_dirs.join(LEDGER_FILE)
     }
+
+    /// How long a SASL session lasts before it must authenticate again.
+    pub fn reauth(&self) -> Option<std::time::Duration> {
+        (self.config.connections_max_reauth_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.config.connections_max_reauth_ms))
+    }
+
+    /// The authorizer's view for one request.
+    pub fn access<'a>(&'a self, ctx: &'a api::RequestContext) -> auth::authorizer::Access<'a> {
+        auth::authorizer::Access::new(&self.authorizer, ctx, || self.security.snapshot())
+    }
 }
 
 /// A running broker: its address, and how to stop it.
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
+    /// The first listener's bound address.
     pub kafka_addr: SocketAddr,
+    /// Every listener's name and bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
     pub admin_addr: Option<SocketAddr>,
     pub shutdown: Shutdown,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     /// The threads that write the ledger: the sequencer, or a replica's
     /// engine and executor.
     ledger_threads: Vec<std::thread::JoinHandle<()>>,
@@ -102,7 +129,9 @@ impl RunningBroker {
     /// drains the sequencer, and returns once the ledger is closed.
     pub async fn stop(mut self) {
         self.shutdown.trigger();
-        let _ = (&mut self.server).await;
+        for server in std::mem::take(&mut self.servers) {
+            let _ = server.await;
+        }
         self.broker.groups.stop();
         if let Sequencer::Replicated(r) = &self.broker.sequencer {
             r.stop().await;
@@ -165,14 +194,47 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     };
     let (sequencer, topics) = sequencer;
 
-    let (listener, kafka_addr) = bind(&config.listen_addr()?).await?;
-    let (host, port) = match &config.advertised_listeners {
-        Some(a) => config::host_port(a)?,
-        None => (kafka_addr.ip().to_string(), kafka_addr.port()),
-    };
+    let specs = config.listener_specs()?;
+    let mut bound = Vec::with_capacity(specs.len());
+    let mut sockets = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let tls = if spec.protocol.tls() {
+            Some(auth::tls::ClientTls::new(&auth::tls::TlsSettings {
+                listener: &spec.name,
+                keystore: config.ssl_keystore_location.as_deref(),
+                truststore: config.ssl_truststore_location.as_deref(),
+                client_auth: auth::tls::ClientAuth::parse(config.listener_setting(&spec.name, "ssl.client.auth"))?,
+            })?)
+        } else {
+            None
+        };
+        let (socket, addr) = bind(&spec.addr).await?;
+        bound.push((spec.name.clone(), addr));
+        let mechanisms = if spec.protocol.sasl() {
+            config.sasl_mechanisms(&spec.name)?
+        } else {
+            Vec::new()
+        };
+        sockets.push((
+            Arc::new(server::Listener {
+                name: spec.name.as_str().into(),
+                protocol: spec.protocol,
+                tls,
+                mechanisms,
+            }),
+            socket,
+        ));
+    }
+    let kafka_addr = bound[0].1;
+    let mut endpoints = Vec::with_capacity(bound.len());
+    for (name, addr) in config.advertised(&bound)? {
+        let (host, port) = config::host_port(&addr)?;
+        endpoints.push(topics::Endpoint { name, host, port });
+    }
+    let (host, port) = (endpoints[0].host.clone(), endpoints[0].port);
     if let Some(r) = sequencer.replicated().filter(|_| !config.cluster_leave) {
         r.join(
-            format!("{host}:{port}"),
+            topics::Endpoint::list(&endpoints),
             config.organization.clone(),
             config.cluster_size_or_all(),
             config.cluster_join,
@@ -180,12 +242,27 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         );
     }
     let groups = GroupCoordinator::new(&config, shutdown.signal());
+    let security = match sequencer.replicated() {
+        Some(r) => security::SecurityStore::raft(r.clone()),
+        None => security::SecurityStore::local(&config.log_dirs)?,
+    };
+    let authorizer = auth::authorizer::Authorizer::new(
+        !config.authorizer_class_name.is_empty(),
+        &config.super_users,
+        config.allow_everyone_if_no_acl_found,
+    );
+    let principal_mapping = auth::mapping::PrincipalMapping::parse(&config.ssl_principal_mapping_rules)
+        .map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
     let broker = Arc::new(Broker {
         node: NodeInfo {
             node_id: config.node_id,
             host,
             port,
+            listeners: endpoints,
         },
+        security,
+        authorizer,
+        principal_mapping,
         cluster_id,
         config,
         store,
@@ -200,13 +277,17 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     } else {
         Some(admin::serve(broker.clone(), shutdown.signal()).await?)
     };
-    let server = tokio::spawn(server::serve(broker.clone(), listener, shutdown.signal()));
+    let servers = sockets
+        .into_iter()
+        .map(|(listener, socket)| tokio::spawn(server::serve(broker.clone(), listener, socket, shutdown.signal())))
+        .collect();
     Ok(RunningBroker {
         broker,
         kafka_addr,
+        listeners: bound,
         admin_addr,
         shutdown,
-        server,
+        servers,
         ledger_threads,
     })
 }

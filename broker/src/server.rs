@@ -1,5 +1,5 @@
-//! The Kafka listener: accepts connections and gives each its own task, so
-//! a slow or hostile client costs only its own task and buffers.
+//! The Kafka listeners: each accepts connections and gives each its own
+//! task, so a slow or hostile client costs only its own task and buffers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +8,33 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::auth::sasl::Mechanism;
+use crate::auth::tls::ClientTls;
+use crate::config::SecurityProtocol;
 use crate::connection;
 use crate::shutdown::ShutdownSignal;
 use crate::Broker;
+
+/// One Kafka listener as it serves: its name, protocol, TLS acceptor and
+/// SASL mechanisms.
+pub struct Listener {
+    pub name: Arc<str>,
+    pub protocol: SecurityProtocol,
+    pub tls: Option<ClientTls>,
+    pub mechanisms: Vec<Mechanism>,
+}
 
 /// How long connections get to finish their current request at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: ShutdownSignal) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    kafka_listener: Arc<Listener>,
+    listener: TcpListener,
+    mut shutdown: ShutdownSignal,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -30,7 +47,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: Shu
                         continue;
                     }
                     metrics::counter!("courier_connections_total").increment(1);
-                    connections.spawn(connection::serve(broker.clone(), stream, peer, shutdown.clone()));
+                    connections.spawn(connection::serve(
+                        broker.clone(),
+                        kafka_listener.clone(),
+                        stream,
+                        peer,
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");

@@ -60,13 +60,57 @@ pub struct Route {
     pub served: bool,
 }
 
+/// Where one listener of a node is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The listener's name (upper case).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `NAME://host:port,…`, as a node registers its listeners in the
+    /// Raft state (Kafka's `advertised.listeners` form).
+    pub fn list(endpoints: &[Endpoint]) -> String {
+        endpoints
+            .iter()
+            .map(|e| format!("{}://{}:{}", e.name, e.host, e.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Reads [`Endpoint::list`]; a bare `host:port` is a PLAINTEXT listener.
+    /// Entries that do not parse are left out.
+    pub fn parse_list(s: &str) -> Vec<Endpoint> {
+        s.split(',')
+            .filter_map(|entry| {
+                let (name, addr) = entry.trim().split_once("://").unwrap_or(("PLAINTEXT", entry.trim()));
+                let (host, port) = addr.rsplit_once(':')?;
+                Some(Endpoint {
+                    name: name.to_ascii_uppercase(),
+                    host: host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+                    port: port.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A node clients can reach.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub id: i32,
-    pub host: String,
-    pub port: u16,
+    /// Its listeners, the first one first.
+    pub listeners: Vec<Endpoint>,
     pub organization: String,
+}
+
+impl BrokerAddr {
+    /// Where a client of listener `name` reaches this node.
+    pub fn on(&self, name: &str) -> Option<&Endpoint> {
+        self.listeners.iter().find(|e| e.name == name)
+    }
 }
 
 /// Every partition's route and every node's address.

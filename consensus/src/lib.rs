@@ -7,6 +7,7 @@
 //! * [`catalog`]: topic records and their naming rules.
 //! * [`pbft`]: layer 1, the PBFT replica as a deterministic state machine.
 //! * [`raft`]: layer 2, the Raft group holding nodes, clusters and topics.
+//! * [`security`]: ACLs, SCRAM credentials and organizations (Raft state).
 //!
 //! Nothing here touches sockets or clocks: time comes in as arguments.
 #![forbid(unsafe_code)]
@@ -16,5 +17,6 @@ pub mod contract;
 pub mod ledger;
 pub mod pbft;
 pub mod raft;
+pub mod security;
 
 pub use ledger::{Block, BlockHash, PartitionKey, Receipt, RequestRecord};

@@ -8,21 +8,33 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
 
-use super::str_bytes;
+use super::{str_bytes, RequestContext};
 use crate::topics::MAX_PARTITIONS;
+use courier_consensus::security::operation;
 use crate::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let outcome = grow(
-            broker,
-            t.name.as_str(),
-            t.count,
-            t.assignments.is_some(),
-            req.validate_only,
-        )
-        .await;
+        let outcome = if broker.access(ctx).topic(operation::ALTER, t.name.as_str()) {
+            grow(
+                broker,
+                t.name.as_str(),
+                t.count,
+                t.assignments.is_some(),
+                req.validate_only,
+            )
+            .await
+        } else {
+            Err((
+                ResponseError::TopicAuthorizationFailed.code(),
+                format!("not authorized to alter {}", t.name.as_str()),
+            ))
+        };
         let result = CreatePartitionsTopicResult::default().with_name(t.name);
         results.push(match outcome {
             Ok(()) => result,

@@ -10,8 +10,9 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{str_bytes, topic_name};
+use super::{str_bytes, topic_name, RequestContext};
 use crate::topics::{new_topic, random_topic_id};
+use courier_consensus::security::operation;
 use crate::Broker;
 
 /// Creates a topic (partitions default to `num.partitions`), persisting it
@@ -48,7 +49,18 @@ pub async fn create(
         .ok_or((ResponseError::UnknownServerError.code(), "topic vanished".into()))
 }
 
-pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+/// Whether the request may create topic `name`: Create on the cluster, or
+/// on the topic (literally or by prefix).
+pub fn may_create(access: &crate::auth::authorizer::Access<'_>, name: &str) -> bool {
+    access.quietly(
+        operation::CREATE,
+        courier_consensus::security::resource::CLUSTER,
+        courier_consensus::security::CLUSTER_NAME,
+    ) || access.topic(operation::CREATE, name)
+}
+
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let access = broker.access(ctx);
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.as_str().to_owned();
@@ -62,7 +74,12 @@ pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest) -> CreateTop
         } else {
             t.num_partitions
         };
-        let outcome = if !t.assignments.is_empty() {
+        let outcome = if !may_create(&access, &name) {
+            Err((
+                ResponseError::TopicAuthorizationFailed.code(),
+                format!("not authorized to create {name}"),
+            ))
+        } else if !t.assignments.is_empty() {
             Err((
                 ResponseError::InvalidRequest.code(),
                 "manual replica assignment is not supported".to_owned(),

@@ -9,10 +9,15 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(req.groups_names.len());
     for id in req.groups_names {
         let name = id.to_string();
+        if let Some(code) = super::group_denied(broker, ctx, courier_consensus::security::operation::DELETE, &name) {
+            super::count_error(courier_protocol::ApiKey::DeleteGroups, code);
+            results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(code));
+            continue;
+        }
         let code = match broker.groups.remove_if_empty(&name) {
             Err(code) => code,
             Ok(had_state) => {

@@ -9,10 +9,16 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{str_bytes, topic_name};
+use super::{str_bytes, topic_name, RequestContext};
 use crate::Broker;
+use courier_consensus::security::operation;
 
-pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     // v6 names topics by name or id in `topics`; earlier versions by name.
     let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
         req.topics
@@ -34,6 +40,19 @@ pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16
         let result = DeletableTopicResult::default()
             .with_name(name.as_deref().map(topic_name))
             .with_topic_id(id);
+        // By id, an unauthorized topic is answered as unknown (Kafka does
+        // not confirm which ids exist).
+        let target = found.as_ref().map_or(name.clone().unwrap_or_default(), |t| t.name.clone());
+        if !broker.access(ctx).topic(operation::DELETE, &target) {
+            let code = if found.is_none() && name.is_none() {
+                ResponseError::UnknownTopicId.code()
+            } else {
+                ResponseError::TopicAuthorizationFailed.code()
+            };
+            super::count_error(courier_protocol::ApiKey::DeleteTopics, code);
+            responses.push(result.with_error_code(code));
+            continue;
+        }
         let Some(topic) = found else {
             let code = if name.is_some() {
                 ResponseError::UnknownTopicOrPartition.code()

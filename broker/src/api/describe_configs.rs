@@ -109,7 +109,13 @@ fn broker_entries(c: &BrokerConfig) -> Vec<DescribeConfigsResourceResult> {
     ]
 }
 
-pub fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    use courier_consensus::security::operation::DESCRIBE_CONFIGS;
+    let access = broker.access(ctx);
     let mut results = Vec::with_capacity(req.resources.len());
     for res in req.resources {
         let r = DescribeConfigsResult::default()
@@ -117,6 +123,14 @@ pub fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest) -> DescribeConf
             .with_resource_name(res.resource_name.clone());
         let name = res.resource_name.as_str();
         let entries = match res.resource_type {
+            RESOURCE_TOPIC if !access.topic(DESCRIBE_CONFIGS, name) => Err((
+                ResponseError::TopicAuthorizationFailed.code(),
+                format!("not authorized to describe the configs of {name}"),
+            )),
+            RESOURCE_BROKER if !access.cluster(DESCRIBE_CONFIGS) => Err((
+                ResponseError::ClusterAuthorizationFailed.code(),
+                "not authorized to describe broker configs".to_owned(),
+            )),
             RESOURCE_TOPIC => match broker.topics.get(name) {
                 Some(t) => Ok(topic_entries(&broker.config, &t)),
                 None => Err((

@@ -9,12 +9,17 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use super::str_bytes;
 use crate::Broker;
 
-pub fn handle(broker: &Arc<Broker>, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let groups = req
         .groups
         .into_iter()
         .map(|id| {
             let g = DescribedGroup::default().with_group_id(id.clone());
+            if let Some(code) =
+                super::group_denied(broker, ctx, courier_consensus::security::operation::DESCRIBE, id.as_str())
+            {
+                return g.with_error_code(code).with_authorized_operations(i32::MIN);
+            }
             match broker.groups.describe(id.as_str()) {
                 None => g.with_group_state(str_bytes("Dead")),
                 Some(d) => g

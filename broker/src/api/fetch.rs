@@ -21,7 +21,9 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
+use super::RequestContext;
 use crate::Broker;
+use courier_consensus::security::operation;
 
 /// Longest a fetch may wait, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -37,17 +39,27 @@ struct Read {
     end: i64,
 }
 
-pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: FetchRequest, version: i16) -> FetchResponse {
     if version >= 7 && req.session_id != 0 {
         super::count_error(ApiKey::Fetch, ResponseError::FetchSessionIdNotFound.code());
         return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
     }
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
+    // Read on each topic, decided once for the whole long poll (a replica's
+    // fetch would also need ClusterAction; Kafka clients send replica -1).
+    let access = broker.access(ctx);
+    let replica_denied = req.replica_id.0 >= 0 && !access.cluster(operation::CLUSTER_ACTION);
+    let denied: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| replica_denied || !access.topic(operation::READ, t.topic.as_str()))
+        .collect();
+    drop(access);
     let mut commits = broker.sequencer.commits();
     loop {
         commits.borrow_and_update();
-        let (response, bytes, errors) = read_once(broker, &req).await;
+        let (response, bytes, errors) = read_once(broker, &req, &denied).await;
         if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
             return response;
         }
@@ -60,17 +72,22 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
 
 /// Builds the response from what is committed now; returns it with the
 /// record bytes it carries and whether any partition had an error.
-async fn read_once(broker: &Arc<Broker>, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+async fn read_once(broker: &Arc<Broker>, req: &FetchRequest, denied: &[bool]) -> (FetchResponse, usize, bool) {
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut reads = Vec::new();
     let mut errors = false;
-    for t in &req.topics {
+    for (t, denied) in req.topics.iter().zip(denied) {
         let record = broker.topics.get(t.topic.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
             let data = PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_aborted_transactions(Some(vec![]));
+            if *denied {
+                errors = true;
+                partitions.push(data.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(topic) = record.as_ref().filter(|r| (0..r.partitions).contains(&p.partition)) else {
                 errors = true;
                 partitions.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));

@@ -17,11 +17,28 @@ use crate::Broker;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-pub async fn handle(broker: &Arc<Broker>, req: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use courier_consensus::security::operation::ALTER_CONFIGS;
     let mut responses = Vec::with_capacity(req.resources.len());
     for res in req.resources {
+        let access = broker.access(ctx);
         let outcome = match res.resource_type {
-            RESOURCE_TOPIC => alter_topic(broker, &res, req.validate_only).await,
+            RESOURCE_TOPIC if !access.topic(ALTER_CONFIGS, res.resource_name.as_str()) => Err((
+                ResponseError::TopicAuthorizationFailed.code(),
+                format!("not authorized to alter the configs of {}", res.resource_name.as_str()),
+            )),
+            RESOURCE_BROKER if !access.cluster(ALTER_CONFIGS) => Err((
+                ResponseError::ClusterAuthorizationFailed.code(),
+                "not authorized to alter broker configs".to_owned(),
+            )),
+            RESOURCE_TOPIC => {
+                drop(access);
+                alter_topic(broker, &res, req.validate_only).await
+            }
             RESOURCE_BROKER => Err((
                 ResponseError::InvalidRequest.code(),
                 "broker settings are static: use the config file".to_owned(),

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use super::{str_bytes, RequestContext};
 use crate::groups::JoinRequest;
 use crate::Broker;
+use courier_consensus::security::operation::READ;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -15,7 +16,9 @@ pub async fn handle(
     req: JoinGroupRequest,
     version: i16,
 ) -> JoinGroupResponse {
-    if let Some(code) = super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+    if let Some(code) = super::group_denied(broker, ctx, READ, req.group_id.as_str())
+        .or_else(|| super::find_coordinator::not_coordinator(broker, req.group_id.as_str()))
+    {
         super::count_error(courier_protocol::ApiKey::JoinGroup, code);
         return JoinGroupResponse::default()
             .with_error_code(code)

@@ -7,15 +7,18 @@ use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use crate::Broker;
+use courier_consensus::security::operation::READ;
 
-pub fn handle(broker: &Arc<Broker>, req: LeaveGroupRequest) -> LeaveGroupResponse {
+pub fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let batch = !req.members.is_empty();
     let ids: Vec<String> = if batch {
         req.members.iter().map(|m| m.member_id.to_string()).collect()
     } else {
         vec![req.member_id.to_string()]
     };
-    let codes = match super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+    let refused = super::group_denied(broker, ctx, READ, req.group_id.as_str())
+        .or_else(|| super::find_coordinator::not_coordinator(broker, req.group_id.as_str()));
+    let codes = match refused {
         Some(code) => vec![code; ids.len()],
         None => broker.groups.leave(req.group_id.as_str(), &ids),
     };

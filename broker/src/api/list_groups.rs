@@ -11,7 +11,12 @@ use kafka_protocol::ResponseError;
 use super::str_bytes;
 use crate::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: ListGroupsRequest) -> ListGroupsResponse {
+    use courier_consensus::security::{operation::DESCRIBE, resource::GROUP};
+    let access = broker.access(ctx);
+    // Describe on the cluster lists every group (denials of single groups
+    // are not audited: the list is filtered, as Kafka's).
+    let all = access.quietly(DESCRIBE, courier_consensus::security::resource::CLUSTER, courier_consensus::security::CLUSTER_NAME);
     let mut groups: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
     let store = broker.store.clone();
     match tokio::task::spawn_blocking(move || store.groups_with_offsets()).await {
@@ -30,8 +35,9 @@ pub async fn handle(broker: &Arc<Broker>, req: ListGroupsRequest) -> ListGroupsR
     }
     let listed = groups
         .into_iter()
-        .filter(|(_, (_, state))| {
-            req.states_filter.is_empty() || req.states_filter.iter().any(|s| s.as_str() == *state)
+        .filter(|(id, (_, state))| {
+            (all || access.quietly(DESCRIBE, GROUP, id))
+                && (req.states_filter.is_empty() || req.states_filter.iter().any(|s| s.as_str() == *state))
         })
         .map(|(id, (protocol_type, state))| {
             ListedGroup::default()

@@ -12,7 +12,9 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
+use super::RequestContext;
 use crate::Broker;
+use courier_consensus::security::operation;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -21,10 +23,16 @@ const MAX_TIMESTAMP: i64 = -3;
 /// the way in, under a tighter bound).
 const DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
 
-pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let record = broker.topics.get(t.name.as_str());
+        let allowed = broker.access(ctx).topic(operation::DESCRIBE, t.name.as_str());
+        let record = broker.topics.get(t.name.as_str()).filter(|_| allowed);
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let r = ListOffsetsPartitionResponse::default()
@@ -35,6 +43,7 @@ pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16)
                 .as_ref()
                 .filter(|r| (0..r.partitions).contains(&p.partition_index))
             {
+                None if !allowed => Err(ResponseError::TopicAuthorizationFailed.code()),
                 None => Err(ResponseError::UnknownTopicOrPartition.code()),
                 Some(topic) => match super::fetch::epoch_error(p.current_leader_epoch, topic.epoch) {
                     Some(code) => Err(code),

@@ -18,10 +18,12 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::{str_bytes, topic_name};
+use super::{str_bytes, topic_name, RequestContext};
 use crate::Broker;
+use courier_consensus::security::{operation::DESCRIBE, resource};
 
-pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let access = broker.access(ctx);
     let me = BrokerId(broker.node.node_id);
     // v0 asks for all topics with an empty list; later versions with null.
     let requested = match req.topics {
@@ -32,15 +34,37 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
     let auto_create = broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match requested {
-        None => topics.extend(broker.topics.all().into_iter().map(|t| describe(broker, &t, me))),
+        // Every topic the principal may describe; the rest are not listed.
+        None => topics.extend(
+            broker
+                .topics
+                .all()
+                .into_iter()
+                .filter(|t| access.quietly(DESCRIBE, resource::TOPIC, &t.name))
+                .map(|t| describe(broker, &t, me)),
+        ),
         Some(list) => {
             for wanted in list {
                 let found = match &wanted.name {
                     Some(name) => broker.topics.get(name),
                     None => broker.topics.get_by_id(wanted.topic_id.as_bytes()),
                 };
+                let asked = found.as_ref().map(|t| t.name.clone()).or(wanted.name.as_ref().map(|n| n.to_string()));
+                if asked.as_ref().is_some_and(|n| !access.topic(DESCRIBE, n)) {
+                    topics.push(missing(
+                        wanted.name.as_ref().map(|n| n.as_str()),
+                        wanted.topic_id,
+                        ResponseError::TopicAuthorizationFailed.code(),
+                    ));
+                    continue;
+                }
                 let entry = match (found, &wanted.name) {
                     (Some(t), _) => describe(broker, &t, me),
+                    (None, Some(name)) if auto_create && !super::create_topics::may_create(&access, name) => missing(
+                        Some(name.as_str()),
+                        wanted.topic_id,
+                        ResponseError::TopicAuthorizationFailed.code(),
+                    ),
                     (None, Some(name)) if auto_create => {
                         match super::create_topics::create(broker, name, None, Default::default()).await {
                             Ok(t) => describe(broker, &t, me),
@@ -57,8 +81,9 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
             }
         }
     }
+    drop(access);
     MetadataResponse::default()
-        .with_brokers(brokers(broker))
+        .with_brokers(brokers(broker, &ctx.listener))
         .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
         .with_controller_id(me)
         .with_topics(topics)
@@ -77,14 +102,19 @@ fn missing(name: Option<&str>, topic_id: Uuid, code: i16) -> MetadataResponseTop
 /// registered node down for longer is left out (clients connect to the
 /// brokers they are given). Every partition leader named (a node reached
 /// now) and every group coordinator FindCoordinator names is among them.
-fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+/// Each broker is given at its address on `listener`, the listener the
+/// client connected to (a node without one is left out, as Kafka does).
+fn brokers(broker: &Broker, listener: &str) -> Vec<MetadataResponseBroker> {
     super::known_brokers(broker, true)
         .into_iter()
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.id))
-                .with_host(str_bytes(&b.host))
-                .with_port(b.port as i32)
+        .filter_map(|b| {
+            let e = b.on(listener)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(str_bytes(&e.host))
+                    .with_port(e.port as i32),
+            )
         })
         .collect()
 }

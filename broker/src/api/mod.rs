@@ -2,14 +2,19 @@
 //! returns the response body; it picks every error code itself, in one
 //! place, from what went wrong — never from a string.
 
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
+pub mod create_acls;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_acls;
 pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_acls;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_user_scram_credentials;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -54,13 +59,35 @@ pub enum Reply {
     Close,
 }
 
-/// Who sent a request.
+/// Who sent a request, and where.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub client_id: String,
     pub peer: SocketAddr,
-    /// Kafka principal; `User:ANONYMOUS` until authentication lands.
-    pub principal: String,
+    /// The client's address as ACLs name hosts.
+    pub host: Arc<str>,
+    /// Kafka principal (`User:alice`; `User:ANONYMOUS` when nobody
+    /// authenticated).
+    pub principal: Arc<str>,
+    /// The organization when no administrator recorded one for the
+    /// principal: the CA that issued its certificate, else this node's.
+    pub default_organization: Arc<str>,
+    /// The listener the client connected to (Metadata answers with its
+    /// addresses).
+    pub listener: Arc<str>,
+    /// The API, for logs and metrics.
+    pub api: &'static str,
+}
+
+impl RequestContext {
+    /// The principal's organization: as an administrator recorded it in
+    /// the security state, else the default.
+    pub fn organization<'a>(&'a self, state: &'a courier_consensus::security::SecurityState) -> &'a str {
+        state
+            .organizations
+            .get(&*self.principal)
+            .map_or(&*self.default_organization, |o| o.as_str())
+    }
 }
 
 pub fn str_bytes(s: &str) -> StrBytes {
@@ -102,13 +129,24 @@ pub fn known_brokers(broker: &Broker, listed_only: bool) -> Vec<crate::topics::B
     if !known.iter().any(|b| b.id == me) {
         known.push(crate::topics::BrokerAddr {
             id: me,
-            host: broker.node.host.clone(),
-            port: broker.node.port,
+            listeners: broker.node.listeners.clone(),
             organization: broker.config.organization.clone(),
         });
         known.sort_by_key(|b| b.id);
     }
     known
+}
+
+/// SECURITY_DISABLED for the ACL APIs when no authorizer is configured
+/// (Kafka's answer), else `None`.
+pub fn security_disabled(broker: &Broker) -> Option<i16> {
+    (!broker.authorizer.enabled).then_some(kafka_protocol::ResponseError::SecurityDisabled.code())
+}
+
+/// GROUP_AUTHORIZATION_FAILED when the request may not `op` on group
+/// `group`, else `None`.
+pub fn group_denied(broker: &Broker, ctx: &RequestContext, op: i8, group: &str) -> Option<i16> {
+    (!broker.access(ctx).group(op, group)).then_some(kafka_protocol::ResponseError::GroupAuthorizationFailed.code())
 }
 
 /// Counts an error code a handler returned, by API and Kafka error name.
@@ -158,30 +196,41 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &RequestContext, request: Reque
     metrics::counter!("courier_requests_total", "api" => api_name(request.api_key)).increment(1);
     match request.body {
         Rq::ApiVersions(_) => Reply::Now(Rs::ApiVersions(api_versions::handle())),
-        Rq::Metadata(r) => Reply::Now(Rs::Metadata(metadata::handle(broker, r, version).await)),
-        Rq::Produce(r) => produce::handle(broker, r).await,
-        Rq::Fetch(r) => Reply::Now(Rs::Fetch(fetch::handle(broker, r, version).await)),
-        Rq::ListOffsets(r) => Reply::Now(Rs::ListOffsets(list_offsets::handle(broker, r, version).await)),
-        Rq::OffsetForLeaderEpoch(r) => Reply::Now(Rs::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(broker, r))),
-        Rq::CreateTopics(r) => Reply::Now(Rs::CreateTopics(create_topics::handle(broker, r).await)),
-        Rq::DeleteTopics(r) => Reply::Now(Rs::DeleteTopics(delete_topics::handle(broker, r, version).await)),
-        Rq::CreatePartitions(r) => Reply::Now(Rs::CreatePartitions(create_partitions::handle(broker, r).await)),
-        Rq::DescribeConfigs(r) => Reply::Now(Rs::DescribeConfigs(describe_configs::handle(broker, r))),
+        Rq::Metadata(r) => Reply::Now(Rs::Metadata(metadata::handle(broker, ctx, r, version).await)),
+        Rq::Produce(r) => produce::handle(broker, ctx, r).await,
+        Rq::Fetch(r) => Reply::Now(Rs::Fetch(fetch::handle(broker, ctx, r, version).await)),
+        Rq::ListOffsets(r) => Reply::Now(Rs::ListOffsets(list_offsets::handle(broker, ctx, r, version).await)),
+        Rq::OffsetForLeaderEpoch(r) => Reply::Now(Rs::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(
+            broker, ctx, r,
+        ))),
+        Rq::CreateTopics(r) => Reply::Now(Rs::CreateTopics(create_topics::handle(broker, ctx, r).await)),
+        Rq::DeleteTopics(r) => Reply::Now(Rs::DeleteTopics(delete_topics::handle(broker, ctx, r, version).await)),
+        Rq::CreatePartitions(r) => Reply::Now(Rs::CreatePartitions(create_partitions::handle(broker, ctx, r).await)),
+        Rq::DescribeConfigs(r) => Reply::Now(Rs::DescribeConfigs(describe_configs::handle(broker, ctx, r))),
         Rq::IncrementalAlterConfigs(r) => Reply::Now(Rs::IncrementalAlterConfigs(
-            incremental_alter_configs::handle(broker, r).await,
+            incremental_alter_configs::handle(broker, ctx, r).await,
         )),
-        Rq::DescribeCluster(r) => Reply::Now(Rs::DescribeCluster(describe_cluster::handle(broker, r))),
-        Rq::InitProducerId(r) => Reply::Now(Rs::InitProducerId(init_producer_id::handle(broker, r).await)),
-        Rq::FindCoordinator(r) => Reply::Now(Rs::FindCoordinator(find_coordinator::handle(broker, r, version))),
+        Rq::DescribeCluster(r) => Reply::Now(Rs::DescribeCluster(describe_cluster::handle(broker, ctx, r))),
+        Rq::InitProducerId(r) => Reply::Now(Rs::InitProducerId(init_producer_id::handle(broker, ctx, r).await)),
+        Rq::FindCoordinator(r) => Reply::Now(Rs::FindCoordinator(find_coordinator::handle(broker, ctx, r, version))),
         Rq::JoinGroup(r) => Reply::Now(Rs::JoinGroup(join_group::handle(broker, ctx, r, version).await)),
-        Rq::SyncGroup(r) => Reply::Now(Rs::SyncGroup(sync_group::handle(broker, r).await)),
-        Rq::Heartbeat(r) => Reply::Now(Rs::Heartbeat(heartbeat::handle(broker, r))),
-        Rq::LeaveGroup(r) => Reply::Now(Rs::LeaveGroup(leave_group::handle(broker, r))),
+        Rq::SyncGroup(r) => Reply::Now(Rs::SyncGroup(sync_group::handle(broker, ctx, r).await)),
+        Rq::Heartbeat(r) => Reply::Now(Rs::Heartbeat(heartbeat::handle(broker, ctx, r))),
+        Rq::LeaveGroup(r) => Reply::Now(Rs::LeaveGroup(leave_group::handle(broker, ctx, r))),
         Rq::OffsetCommit(r) => Reply::Now(Rs::OffsetCommit(offset_commit::handle(broker, ctx, r).await)),
-        Rq::OffsetFetch(r) => Reply::Now(Rs::OffsetFetch(offset_fetch::handle(broker, r, version).await)),
-        Rq::ListGroups(r) => Reply::Now(Rs::ListGroups(list_groups::handle(broker, r).await)),
-        Rq::DescribeGroups(r) => Reply::Now(Rs::DescribeGroups(describe_groups::handle(broker, r))),
-        Rq::DeleteGroups(r) => Reply::Now(Rs::DeleteGroups(delete_groups::handle(broker, r).await)),
+        Rq::OffsetFetch(r) => Reply::Now(Rs::OffsetFetch(offset_fetch::handle(broker, ctx, r, version).await)),
+        Rq::ListGroups(r) => Reply::Now(Rs::ListGroups(list_groups::handle(broker, ctx, r).await)),
+        Rq::DescribeGroups(r) => Reply::Now(Rs::DescribeGroups(describe_groups::handle(broker, ctx, r))),
+        Rq::DeleteGroups(r) => Reply::Now(Rs::DeleteGroups(delete_groups::handle(broker, ctx, r).await)),
+        Rq::CreateAcls(r) => Reply::Now(Rs::CreateAcls(create_acls::handle(broker, ctx, r).await)),
+        Rq::DescribeAcls(r) => Reply::Now(Rs::DescribeAcls(describe_acls::handle(broker, ctx, r))),
+        Rq::DeleteAcls(r) => Reply::Now(Rs::DeleteAcls(delete_acls::handle(broker, ctx, r).await)),
+        Rq::DescribeUserScramCredentials(r) => Reply::Now(Rs::DescribeUserScramCredentials(
+            describe_user_scram_credentials::handle(broker, ctx, r),
+        )),
+        Rq::AlterUserScramCredentials(r) => Reply::Now(Rs::AlterUserScramCredentials(
+            alter_user_scram_credentials::handle(broker, ctx, r).await,
+        )),
         // The decoder admits only APIs in the versions table, all matched
         // above; should the two ever drift apart, refuse rather than guess.
         _ => {

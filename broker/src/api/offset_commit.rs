@@ -12,6 +12,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
 use super::RequestContext;
+use courier_consensus::security::operation;
 use crate::sequencer::Rejected;
 use crate::Broker;
 
@@ -21,8 +22,11 @@ const METADATA_BYTES_MAX: usize = 4096;
 pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
+    let access = broker.access(ctx);
     let group_error = if group_id.is_empty() {
         ResponseError::InvalidGroupId.code()
+    } else if !access.group(operation::READ, &group_id) {
+        ResponseError::GroupAuthorizationFailed.code()
     } else if let Some(code) = super::find_coordinator::not_coordinator(broker, &group_id) {
         code
     } else {
@@ -42,11 +46,14 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
     }
     let mut pending = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let topic_allowed = group_error != 0 || access.topic(operation::READ, t.name.as_str());
         let record = broker.topics.get(t.name.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let outcome = if group_error != 0 {
                 Pending::Done(group_error)
+            } else if !topic_allowed {
+                Pending::Done(ResponseError::TopicAuthorizationFailed.code())
             } else if p
                 .committed_metadata
                 .as_ref()
@@ -63,7 +70,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
                         let receipt = Receipt {
                             group_id: group_id.clone(),
                             member_id: member_id.clone(),
-                            principal: ctx.principal.clone(),
+                            principal: ctx.principal.to_string(),
                             client_id: ctx.client_id.clone(),
                             offset: p.committed_offset,
                             leader_epoch: p.committed_leader_epoch,
@@ -79,6 +86,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
         }
         pending.push((t.name, partitions));
     }
+    drop(access);
     let mut topics = Vec::with_capacity(pending.len());
     for (name, partitions) in pending {
         let mut answered = Vec::with_capacity(partitions.len());

@@ -10,11 +10,19 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset,
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
+use super::RequestContext;
 use crate::Broker;
+use courier_consensus::security::operation;
 
-pub fn handle(broker: &Arc<Broker>, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let access = broker.access(ctx);
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
+        let allowed = access.topic(operation::DESCRIBE, t.topic.as_str());
         let record = broker.topics.get(t.topic.as_str());
         let partitions = t
             .partitions
@@ -24,6 +32,11 @@ pub fn handle(broker: &Arc<Broker>, req: OffsetForLeaderEpochRequest) -> OffsetF
                     .with_partition(p.partition)
                     .with_leader_epoch(-1)
                     .with_end_offset(-1);
+                if !allowed {
+                    let code = ResponseError::TopicAuthorizationFailed.code();
+                    super::count_error(ApiKey::OffsetForLeaderEpoch, code);
+                    return r.with_error_code(code);
+                }
                 let Some(topic) = record.as_ref().filter(|r| (0..r.partitions).contains(&p.partition)) else {
                     super::count_error(
                         ApiKey::OffsetForLeaderEpoch,

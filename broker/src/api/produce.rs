@@ -13,8 +13,9 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use tokio::sync::oneshot;
 
-use super::{str_bytes, Reply};
+use super::{str_bytes, Reply, RequestContext};
 use crate::sequencer::{Appended, Rejected};
+use courier_consensus::security::{operation, resource};
 use crate::Broker;
 
 /// A compressed batch may expand at most this many times over
@@ -26,10 +27,18 @@ enum Pending {
     Queued(oneshot::Receiver<Result<Appended, Rejected>>),
 }
 
-pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequest) -> Reply {
     let acks = req.acks;
+    let access = broker.access(ctx);
+    let transactional_denied = req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !access.allows(operation::WRITE, resource::TRANSACTIONAL_ID, id.as_str()));
     let mut pending: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Pending)>)> = Vec::new();
     for topic in req.topic_data {
+        // Kafka checks authorization before existence: a denied client
+        // learns nothing about which topics exist.
+        let allowed = access.topic(operation::WRITE, topic.name.as_str());
         let record = broker.topics.get(topic.name.as_str());
         let mut parts = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
@@ -37,6 +46,16 @@ pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest) -> Reply {
                 Pending::Failed(
                     ResponseError::InvalidRequiredAcks.code(),
                     format!("acks={acks} is not 0, 1 or -1"),
+                )
+            } else if transactional_denied {
+                Pending::Failed(
+                    ResponseError::TransactionalIdAuthorizationFailed.code(),
+                    "not authorized for the transactional id".into(),
+                )
+            } else if !allowed {
+                Pending::Failed(
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    format!("not authorized to write to {}", topic.name.as_str()),
                 )
             } else if req.transactional_id.is_some() {
                 Pending::Failed(

@@ -6,9 +6,12 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::str_bytes;
 use crate::Broker;
+use courier_consensus::security::operation::READ;
 
-pub async fn handle(broker: &Arc<Broker>, req: SyncGroupRequest) -> SyncGroupResponse {
-    if let Some(code) = super::find_coordinator::not_coordinator(broker, req.group_id.as_str()) {
+pub async fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: SyncGroupRequest) -> SyncGroupResponse {
+    if let Some(code) = super::group_denied(broker, ctx, READ, req.group_id.as_str())
+        .or_else(|| super::find_coordinator::not_coordinator(broker, req.group_id.as_str()))
+    {
         super::count_error(courier_protocol::ApiKey::SyncGroup, code);
         return SyncGroupResponse::default().with_error_code(code);
     }

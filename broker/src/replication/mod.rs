@@ -577,14 +577,10 @@ fn routes_from(state: &MetaState, me: NodeId) -> crate::topics::Routes {
     let brokers = state
         .nodes
         .values()
-        .filter_map(|n| {
-            let (host, port) = n.kafka.rsplit_once(':')?;
-            Some(BrokerAddr {
-                id: n.id as i32,
-                host: host.to_owned(),
-                port: port.parse().ok()?,
-                organization: n.organization.clone(),
-            })
+        .map(|n| BrokerAddr {
+            id: n.id as i32,
+            listeners: crate::topics::Endpoint::parse_list(&n.kafka),
+            organization: n.organization.clone(),
         })
         .collect();
     Routes { partitions, brokers }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::global::{GlobalEntry, GlobalHead};
 use crate::catalog::{validate_topic_name, TopicRecord};
 use crate::ledger::PartitionKey;
+use crate::security::{SecurityCommand, SecurityState};
 
 /// A node's Raft id (also its id on the node-to-node transport).
 pub type NodeId = u64;
@@ -84,6 +85,9 @@ pub struct MetaState {
     pub version: u64,
     /// Bumped by every accepted global-ledger append.
     pub global_appends: u64,
+    /// ACLs, SCRAM credentials, principals' organizations (with their own
+    /// version: a security change is no catalog change).
+    pub security: SecurityState,
 }
 
 /// A structural change, ordered by Raft.
@@ -125,6 +129,8 @@ pub enum MetaCommand {
         pk: PartitionKey,
         entries: Vec<GlobalEntry>,
     },
+    /// Changes ACLs, credentials or organizations.
+    Security(SecurityCommand),
 }
 
 /// The outcome of one command.
@@ -148,6 +154,8 @@ impl MetaState {
             Ok(cluster) => {
                 if matches!(command, MetaCommand::AppendGlobal { .. }) {
                     self.global_appends += 1;
+                } else if matches!(command, MetaCommand::Security(_)) {
+                    // Counted in the security state itself.
                 } else {
                     self.version += 1;
                 }
@@ -182,6 +190,11 @@ impl MetaState {
             MetaCommand::CreatePartitions { name, total } => self.create_partitions(name, *total).map(|_| None),
             MetaCommand::AlterConfigs { name, changes } => self.alter_configs(name, changes).map(|_| None),
             MetaCommand::AppendGlobal { pk, entries } => self.append_global(pk, entries).map(|_| None),
+            MetaCommand::Security(c) => self
+                .security
+                .apply(c)
+                .map(|_| None)
+                .map_err(|e| (code::INVALID_REQUEST, e.to_string())),
         }
     }
 

@@ -310,7 +310,11 @@ impl BrokerConfig {
         }
         // `listener.name.<name>.<setting>`: per-listener settings.
         let mut listener_overrides: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let per_listener: Vec<String> = flat.keys().filter(|k| k.starts_with("listener.name.")).cloned().collect();
+        let per_listener: Vec<String> = flat
+            .keys()
+            .filter(|k| k.starts_with("listener.name."))
+            .cloned()
+            .collect();
         for key in per_listener {
             let value = flat.remove(&key).unwrap_or(toml::Value::Boolean(false));
             let rest = &key["listener.name.".len()..];
@@ -551,9 +555,11 @@ pub fn parse_listeners(listeners: &str, map: &str) -> Result<Vec<ListenerSpec>, 
     let bad = |m: String| ConfigError::Invalid(m);
     let mut protocols = BTreeMap::new();
     for entry in map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (name, protocol) = entry
-            .split_once(':')
-            .ok_or_else(|| bad(format!("listener.security.protocol.map: {entry:?} is not NAME:PROTOCOL")))?;
+        let (name, protocol) = entry.split_once(':').ok_or_else(|| {
+            bad(format!(
+                "listener.security.protocol.map: {entry:?} is not NAME:PROTOCOL"
+            ))
+        })?;
         let protocol = SecurityProtocol::parse(protocol.trim())
             .ok_or_else(|| bad(format!("listener.security.protocol.map: unknown protocol {protocol}")))?;
         protocols.insert(name.trim().to_ascii_uppercase(), protocol);
@@ -654,10 +660,16 @@ mod tests {
         .unwrap();
         let l = c.listener_specs().unwrap();
         assert_eq!(l.len(), 3);
-        assert_eq!((l[2].name.as_str(), l[2].protocol), ("INTERNAL", SecurityProtocol::SaslPlaintext));
+        assert_eq!(
+            (l[2].name.as_str(), l[2].protocol),
+            ("INTERNAL", SecurityProtocol::SaslPlaintext)
+        );
         assert_eq!(c.listener_setting("SSL", "ssl.client.auth"), "required");
         assert_eq!(c.listener_setting("SASL_SSL", "ssl.client.auth"), "none");
-        assert_eq!(c.sasl_mechanisms("INTERNAL").unwrap(), vec![crate::auth::sasl::Mechanism::Plain]);
+        assert_eq!(
+            c.sasl_mechanisms("INTERNAL").unwrap(),
+            vec![crate::auth::sasl::Mechanism::Plain]
+        );
         assert_eq!(c.sasl_mechanisms("SASL_SSL").unwrap().len(), 2);
         assert_eq!(c.listen_addr().unwrap(), "127.0.0.1:9093");
         let bare = BrokerConfig::load(None, &["listeners=127.0.0.1:1".into()]).unwrap();

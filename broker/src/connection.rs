@@ -39,6 +39,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 enum Body {
     Ready(ResponseKind),
     Pending(ResponseFuture),
+    /// A SASL token after a v0 handshake: a bare frame, no Kafka header.
+    RawToken(bytes::Bytes),
 }
 
 /// A response the writer will send once its body is ready.
@@ -59,6 +61,9 @@ struct Session {
     default_organization: Arc<str>,
     /// On a SASL listener: the exchange, and whether it proved a user.
     sasl: Option<SaslSession>,
+    /// After a SaslHandshake v0, the tokens come as bare frames (before
+    /// KIP-152) until the exchange ends.
+    raw_tokens: bool,
 }
 
 /// Serves one connection until the peer closes it, sends something that is
@@ -87,6 +92,7 @@ pub async fn serve(
                 .protocol
                 .sasl()
                 .then(|| SaslSession::new(listener.mechanisms.clone(), broker.reauth())),
+            raw_tokens: false,
         };
         match &listener.tls {
             None => {
@@ -108,8 +114,11 @@ pub async fn serve(
                         return;
                     }
                 };
-                if let Some((subject, organization)) =
-                    stream.get_ref().1.peer_certificates().and_then(|chain| tls.identify(chain))
+                if let Some((subject, organization)) = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| tls.identify(chain))
                 {
                     if !listener.protocol.sasl() {
                         session.principal = format!("User:{}", broker.principal_mapping.apply(&subject)).into();
@@ -188,12 +197,42 @@ async fn run<R, W>(
             idle_deadline = tokio::time::Instant::now() + idle;
             let started = Instant::now();
             let frame = frame.freeze();
+            if session.raw_tokens {
+                match raw_token(&broker, &mut session, &frame) {
+                    Some(token) => {
+                        let body = Body::RawToken(token);
+                        let out = Outgoing {
+                            api_key: ApiKey::SaslAuthenticate,
+                            version: 0,
+                            correlation_id: 0,
+                            body,
+                            started,
+                        };
+                        if tx.send(out).await.is_err() {
+                            break;
+                        }
+                        enqueued += 1;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             let request = match decode_request(frame.clone()) {
                 Ok(r) => r,
-                Err(RequestError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, .. }) => {
+                Err(RequestError::UnsupportedVersion {
+                    api_key: ApiKey::ApiVersions,
+                    correlation_id,
+                    ..
+                }) => {
                     // KIP-511: answer in v0 with our table so the client can pick.
                     let body = Body::Ready(api::api_versions::unsupported_version());
-                    let out = Outgoing { api_key: ApiKey::ApiVersions, version: 0, correlation_id, body, started };
+                    let out = Outgoing {
+                        api_key: ApiKey::ApiVersions,
+                        version: 0,
+                        correlation_id,
+                        body,
+                        started,
+                    };
                     if tx.send(out).await.is_err() {
                         break;
                     }
@@ -215,7 +254,16 @@ async fn run<R, W>(
             let correlation_id = request.correlation_id();
             if matches!(api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
                 let (body, close) = sasl_step(&broker, &mut session, request);
-                let out = Outgoing { api_key, version, correlation_id, body: Body::Ready(body), started };
+                if let ResponseKind::SaslHandshake(h) = &body {
+                    session.raw_tokens = version == 0 && h.error_code == 0 && session.sasl.is_some();
+                }
+                let out = Outgoing {
+                    api_key,
+                    version,
+                    correlation_id,
+                    body: Body::Ready(body),
+                    started,
+                };
                 if tx.send(out).await.is_err() || close {
                     break;
                 }
@@ -224,14 +272,23 @@ async fn run<R, W>(
             }
             if let Some(sasl) = &session.sasl {
                 if api_key != ApiKey::ApiVersions && !sasl.is_serving(Instant::now()) {
-                    let reason = if sasl.authenticated.is_some() { "session_expired" } else { "unauthenticated" };
+                    let reason = if sasl.authenticated.is_some() {
+                        "session_expired"
+                    } else {
+                        "unauthenticated"
+                    };
                     warn!(api = ?api_key, reason, "closing connection: request before SASL authentication");
                     metrics::counter!("courier_connections_closed_total", "reason" => reason).increment(1);
                     break;
                 }
             }
             let ctx = RequestContext {
-                client_id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                client_id: request
+                    .header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
                 peer: session.peer,
                 host: session.host.clone(),
                 principal: session.principal.clone(),
@@ -251,7 +308,17 @@ async fn run<R, W>(
                 Reply::Nothing => continue,
                 Reply::Close => break,
             };
-            if tx.send(Outgoing { api_key, version, correlation_id, body, started }).await.is_err() {
+            if tx
+                .send(Outgoing {
+                    api_key,
+                    version,
+                    correlation_id,
+                    body,
+                    started,
+                })
+                .await
+                .is_err()
+            {
                 break;
             }
             enqueued += 1;
@@ -264,21 +331,26 @@ async fn run<R, W>(
 
 /// Serves a SaslHandshake or SaslAuthenticate. Returns the response and
 /// whether the connection closes after it (a failed authentication, or a
-/// SASL request on a listener without SASL).
-fn sasl_step(broker: &Broker, session: &mut Session, request: courier_protocol::request::Request) -> (ResponseKind, bool) {
+/// handshake out of turn).
+fn sasl_step(
+    broker: &Broker,
+    session: &mut Session,
+    request: courier_protocol::request::Request,
+) -> (ResponseKind, bool) {
     use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
     use kafka_protocol::ResponseError;
     let illegal = ResponseError::IllegalSaslState.code();
     let Some(sasl) = session.sasl.as_mut() else {
-        // Not a SASL listener: nothing to authenticate.
+        // Not a SASL listener: nothing to authenticate (Kafka answers so,
+        // and keeps the connection).
         return match request.body {
             RequestKind::SaslHandshake(_) => (
                 ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(illegal)),
-                true,
+                false,
             ),
             _ => (
                 ResponseKind::SaslAuthenticate(SaslAuthenticateResponse::default().with_error_code(illegal)),
-                true,
+                false,
             ),
         };
     };
@@ -297,22 +369,9 @@ fn sasl_step(broker: &Broker, session: &mut Session, request: courier_protocol::
         }
         RequestKind::SaslAuthenticate(req) => {
             let state = broker.security.snapshot();
-            match sasl.authenticate(&req, Instant::now(), &state) {
-                Step::Continue(response) => (ResponseKind::SaslAuthenticate(response), false),
-                Step::Done(response, proven) => {
-                    metrics::counter!("courier_authentications_total", "mechanism" => proven.mechanism.name(), "result" => "ok")
-                        .increment(1);
-                    session.principal = format!("User:{}", proven.user).into();
-                    tracing::info!(principal = %session.principal, mechanism = proven.mechanism.name(), "authenticated");
-                    (ResponseKind::SaslAuthenticate(response), false)
-                }
-                Step::Failed(response, reason) => {
-                    metrics::counter!("courier_authentications_total", "mechanism" => "sasl", "result" => "failed")
-                        .increment(1);
-                    warn!(target: "courier::audit", host = %session.host, %reason, "SASL authentication failed");
-                    (ResponseKind::SaslAuthenticate(response), true)
-                }
-            }
+            let step = sasl.authenticate(&req.auth_bytes, Instant::now(), &state);
+            let (response, close) = settle(session, step);
+            (ResponseKind::SaslAuthenticate(response), close)
         }
         _ => (
             ResponseKind::SaslAuthenticate(SaslAuthenticateResponse::default().with_error_code(illegal)),
@@ -321,18 +380,68 @@ fn sasl_step(broker: &Broker, session: &mut Session, request: courier_protocol::
     }
 }
 
+/// Records what an authentication step did to the session (principal,
+/// metrics, audit log). Returns the response and whether to close.
+fn settle(session: &mut Session, step: Step) -> (kafka_protocol::messages::SaslAuthenticateResponse, bool) {
+    match step {
+        Step::Continue(response) => (response, false),
+        Step::Done(response, proven) => {
+            metrics::counter!("courier_authentications_total", "mechanism" => proven.mechanism.name(), "result" => "ok")
+                .increment(1);
+            session.principal = format!("User:{}", proven.user).into();
+            tracing::info!(principal = %session.principal, mechanism = proven.mechanism.name(), "authenticated");
+            (response, false)
+        }
+        Step::Failed(response, reason) => {
+            metrics::counter!("courier_authentications_total", "mechanism" => "sasl", "result" => "failed")
+                .increment(1);
+            warn!(target: "courier::audit", host = %session.host, %reason, "SASL authentication failed");
+            (response, true)
+        }
+    }
+}
+
+/// A bare SASL token after a v0 handshake: the token to answer with, or
+/// `None` to close (a v0 client learns of a failure by the closed
+/// connection, as with Kafka).
+fn raw_token(broker: &Broker, session: &mut Session, frame: &[u8]) -> Option<bytes::Bytes> {
+    let sasl = session.sasl.as_mut()?;
+    let state = broker.security.snapshot();
+    let step = sasl.authenticate(frame, Instant::now(), &state);
+    let done = matches!(step, Step::Done(..));
+    let (response, close) = settle(session, step);
+    if done {
+        session.raw_tokens = false;
+    }
+    (!close).then_some(response.auth_bytes)
+}
+
 /// The first bytes of a frame, in hex, for logs.
 fn hex_head(frame: &[u8]) -> String {
     const HEAD_BYTES: usize = 128;
     frame.iter().take(HEAD_BYTES).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn write_responses<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Outgoing>, written: watch::Sender<u64>) {
+async fn write_responses<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    written: watch::Sender<u64>,
+) {
     let mut out = BytesMut::new();
     while let Some(next) = rx.recv().await {
         let body = match next.body {
             Body::Ready(body) => body,
             Body::Pending(fut) => fut.await,
+            Body::RawToken(token) => {
+                let mut frame = Vec::with_capacity(4 + token.len());
+                frame.extend_from_slice(&(token.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&token);
+                if writer.write_all(&frame).await.is_err() {
+                    break;
+                }
+                written.send_modify(|w| *w += 1);
+                continue;
+            }
         };
         out.clear();
         if let Err(e) = encode_response(&mut out, next.api_key, next.version, next.correlation_id, &body) {

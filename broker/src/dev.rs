@@ -65,7 +65,9 @@ pub fn multi_cluster_configs(
     }
     let root = base.log_dirs.clone();
     let (ca, nodes) = generate_dev(&root.join("certs"), n)?;
-    let (host, kafka_port) = host_port(&base.listeners)?;
+    let specs = base.listener_specs()?;
+    let (host, _) = host_port(&specs[0].addr)?;
+    let bare = !base.listeners.contains("://");
     let port = |base_port: u16, i: usize| -> Result<u16, DevError> {
         if base_port == 0 {
             free_port(&host)
@@ -85,11 +87,25 @@ pub fn multi_cluster_configs(
     let peers: Vec<String> = (0..n)
         .map(|i| port(peer_port, i).map(|p| format!("{host}:{p}")))
         .collect::<Result<_, _>>()?;
+    // Node i listens on each configured listener's port + i.
+    let listeners = |i: usize| -> Result<String, DevError> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let (h, p) = host_port(&spec.addr)?;
+            let p = port(p, i)?;
+            out.push(if bare {
+                format!("{h}:{p}")
+            } else {
+                format!("{}://{h}:{p}", spec.name)
+            });
+        }
+        Ok(out.join(","))
+    };
     (0..n)
         .map(|i| {
             Ok(BrokerConfig {
                 node_id: i as i32,
-                listeners: format!("{host}:{}", port(kafka_port, i)?),
+                listeners: listeners(i)?,
                 advertised_listeners: None,
                 log_dirs: root.join(format!("node-{i}")),
                 admin_listener: admin(i)?,

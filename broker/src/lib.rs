@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod dev;
+pub mod dev_secure;
 pub mod groups;
 pub mod metrics;
 pub mod replication;

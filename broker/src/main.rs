@@ -143,6 +143,11 @@ struct DevArgs {
     /// Kafka port + 10000.
     #[arg(long)]
     peer_port: Option<u16>,
+    /// Lock the doors: SASL_SSL (SCRAM-SHA-512) on the Kafka port, SSL
+    /// with client certificates on the port + 100, ACLs enforced, two
+    /// organizations with their users; prints how to connect.
+    #[arg(long)]
+    secure: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -243,8 +248,15 @@ fn main() -> ExitCode {
 
 fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
-    if let Some(port) = args.port {
+    if let Some(port) = args.port.filter(|_| !args.secure) {
         overrides.push(format!("listeners=127.0.0.1:{port}"));
+    }
+    let root = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("./courier-data"));
+    if args.secure {
+        overrides.extend(courier::dev_secure::settings(
+            &root.join("certs"),
+            args.port.unwrap_or(9092),
+        ));
     }
     if let Some(dir) = &args.data_dir {
         overrides.push(format!("log.dirs={:?}", dir.display().to_string()));
@@ -260,7 +272,7 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     // As Kafka's shipped development config does: no initial rebalance delay.
     let dev_defaults = ["group.initial.rebalance.delay.ms=0"];
     let config = BrokerConfig::load_layers(&dev_defaults, args.settings.config.as_deref(), &overrides)?;
-    let (_, kafka_port) = courier::config::host_port(&config.listeners)?;
+    let (_, kafka_port) = courier::config::host_port(&config.listen_addr()?)?;
     let peer_port = args.peer_port.unwrap_or(if kafka_port == 0 {
         0
     } else {
@@ -274,10 +286,19 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         Some(n) => n / 4,
         None => 1,
     };
+    if args.secure {
+        courier::dev_secure::prepare(&config.log_dirs)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
+    let secure = args.secure;
     runtime.block_on(async move {
         let data_dir = config.log_dirs.clone();
         let nodes = courier::dev::start_cluster(configs.clone()).await?;
+        if secure {
+            courier::dev_secure::bootstrap(&nodes[0])
+                .await
+                .map_err(|e| anyhow::anyhow!("setting up users and ACLs: {e}"))?;
+        }
         if nodes.len() == 1 {
             println!("Courier dev broker is running (one node, single replica).");
         } else if clusters == 1 {
@@ -294,14 +315,19 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             );
         }
         for (i, n) in nodes.iter().enumerate() {
-            println!("  Kafka:  {} (PLAINTEXT, node {i})", n.kafka_addr);
+            let listeners: Vec<String> = n.listeners.iter().map(|(name, a)| format!("{a} ({name})")).collect();
+            println!("  Kafka:  {}, node {i}", listeners.join(", "));
         }
         if let Some(admin) = nodes[0].admin_addr {
             println!("  Admin:  http://{admin}/metrics  /health  /raft  /global (node i: port + i)");
         }
         println!("  Data:   {}", data_dir.display());
-        println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
-        println!("  kcat -b {} -L", nodes[0].kafka_addr);
+        if secure {
+            print_secure_help(&data_dir, &nodes[0])?;
+        } else {
+            println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
+            println!("  kcat -b {} -L", nodes[0].kafka_addr);
+        }
         if nodes.len() > 1 {
             println!("Type `leader` for the Raft leader, `stop N` / `start N` to stop or restart node N.");
         }
@@ -334,6 +360,61 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// What `courier dev --secure` prints: the users, and settings for kcat
+/// and confluent-kafka to paste.
+fn print_secure_help(data_dir: &std::path::Path, node: &RunningBroker) -> anyhow::Result<()> {
+    let addr = |proto: &str| {
+        node.listeners
+            .iter()
+            .find(|(n, _)| n == proto)
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_default()
+    };
+    let (sasl, ssl) = (addr("SASL_SSL"), addr("SSL"));
+    let certs = data_dir.join("certs");
+    let clients = data_dir.join("clients");
+    courier::dev_secure::write_client_files(&clients, &certs, &sasl, &ssl)?;
+    println!("Secured: SASL_SSL (SCRAM-SHA-512) on {sasl}, SSL with client certificates on {ssl}; ACLs enforced.");
+    println!(
+        "  Users (password = <name>-secret; certificates in {}):",
+        certs.join("users").display()
+    );
+    for u in courier::dev_secure::users() {
+        println!("    {:<11} {}", u.name, u.organization);
+    }
+    println!(
+        "  ACLs: a-producer may write `orders`; b-consumer may read it in groups named org-b*; admin is a super user."
+    );
+    println!(
+        "  Settings for each user and listener: {}/<user>.{{sasl,ssl}}.properties",
+        clients.display()
+    );
+    println!("Org A's producer, over SASL_SSL:");
+    println!(
+        "  echo 'k1:hello' | kcat -F {}/a-producer.sasl.properties -P -t orders -K:",
+        clients.display()
+    );
+    println!("Org B's consumer, over mTLS, committing as a group:");
+    println!(
+        "  kcat -F {}/b-consumer.ssl.properties -X auto.offset.reset=earliest -G org-b-readers orders",
+        clients.display()
+    );
+    println!("confluent-kafka:");
+    println!(
+        "  Producer({{'bootstrap.servers': '{sasl}', 'security.protocol': 'SASL_SSL', 'sasl.mechanisms': 'SCRAM-SHA-512', \
+         'sasl.username': 'a-producer', 'sasl.password': 'a-producer-secret', 'ssl.ca.location': '{}'}})",
+        certs.join("ca.pem").display()
+    );
+    println!(
+        "  Consumer({{'bootstrap.servers': '{ssl}', 'security.protocol': 'SSL', 'ssl.ca.location': '{}', \
+         'ssl.certificate.location': '{}', 'ssl.key.location': '{}', 'group.id': 'org-b-readers'}})",
+        certs.join("ca.pem").display(),
+        certs.join("users/b-consumer.pem").display(),
+        certs.join("users/b-consumer.key").display()
+    );
+    Ok(())
 }
 
 /// One command typed to `courier dev`: `leader`, `stop N`, `start N`.

@@ -93,12 +93,10 @@ impl SecurityStore {
     pub fn snapshot(&self) -> SecuritySnapshot {
         match &self.backend {
             Backend::Raft(r) => SecuritySnapshot::Raft(r.meta.state()),
-            Backend::Local { state, .. } => {
-                SecuritySnapshot::Local(match state.read() {
+            Backend::Local { state, .. } => SecuritySnapshot::Local(match state.read() {
                 Ok(s) => s.clone(),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-            })
-            }
+            }),
         }
     }
 
@@ -119,8 +117,8 @@ impl SecurityStore {
                 let mut next = SecurityState::clone(&self.snapshot());
                 next.apply(&command)
                     .map_err(|e| (ResponseError::InvalidRequest.code(), e.to_string()))?;
-                let bytes = postcard::to_stdvec(&next)
-                    .map_err(|e| (ResponseError::KafkaStorageError.code(), e.to_string()))?;
+                let bytes =
+                    postcard::to_stdvec(&next).map_err(|e| (ResponseError::KafkaStorageError.code(), e.to_string()))?;
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
                     .await

@@ -477,9 +477,30 @@ mod tests {
     fn deny_wins_and_read_implies_describe() {
         use operation::*;
         let s = state(vec![
-            acl(resource::TOPIC, "orders", pattern::LITERAL, "User:a", READ, permission::ALLOW),
-            acl(resource::TOPIC, "ord", pattern::PREFIXED, "User:b", ALL, permission::ALLOW),
-            acl(resource::TOPIC, "orders", pattern::LITERAL, "User:b", WRITE, permission::DENY),
+            acl(
+                resource::TOPIC,
+                "orders",
+                pattern::LITERAL,
+                "User:a",
+                READ,
+                permission::ALLOW,
+            ),
+            acl(
+                resource::TOPIC,
+                "ord",
+                pattern::PREFIXED,
+                "User:b",
+                ALL,
+                permission::ALLOW,
+            ),
+            acl(
+                resource::TOPIC,
+                "orders",
+                pattern::LITERAL,
+                "User:b",
+                WRITE,
+                permission::DENY,
+            ),
         ]);
         let t = resource::TOPIC;
         assert_eq!(s.decide("User:a", "h", READ, t, "orders"), Decision::Allow);
@@ -489,16 +510,29 @@ mod tests {
         assert_eq!(s.decide("User:b", "h", WRITE, t, "orders"), Decision::Denied);
         assert_eq!(s.decide("User:b", "h", WRITE, t, "ordinal"), Decision::Allow);
         assert_eq!(s.decide("User:a", "h", READ, t, "other"), Decision::NoAcl);
-        assert_eq!(s.decide("User:a", "h", READ, resource::GROUP, "orders"), Decision::NoAcl);
+        assert_eq!(
+            s.decide("User:a", "h", READ, resource::GROUP, "orders"),
+            Decision::NoAcl
+        );
     }
 
     #[test]
     fn wildcards_of_name_principal_and_host_apply_and_a_host_binds() {
         use operation::*;
-        let mut on_host = acl(resource::GROUP, "*", pattern::LITERAL, "User:*", READ, permission::ALLOW);
+        let mut on_host = acl(
+            resource::GROUP,
+            "*",
+            pattern::LITERAL,
+            "User:*",
+            READ,
+            permission::ALLOW,
+        );
         on_host.host = "10.0.0.1".into();
         let s = state(vec![on_host]);
-        assert_eq!(s.decide("User:x", "10.0.0.1", READ, resource::GROUP, "g"), Decision::Allow);
+        assert_eq!(
+            s.decide("User:x", "10.0.0.1", READ, resource::GROUP, "g"),
+            Decision::Allow
+        );
         assert_eq!(
             s.decide("User:x", "10.0.0.2", READ, resource::GROUP, "g"),
             Decision::NotAllowed
@@ -508,9 +542,30 @@ mod tests {
     #[test]
     fn filters_select_as_kafka_does() {
         use operation::*;
-        let lit = acl(resource::TOPIC, "orders", pattern::LITERAL, "User:a", READ, permission::ALLOW);
-        let pre = acl(resource::TOPIC, "ord", pattern::PREFIXED, "User:a", READ, permission::ALLOW);
-        let star = acl(resource::TOPIC, "*", pattern::LITERAL, "User:a", READ, permission::ALLOW);
+        let lit = acl(
+            resource::TOPIC,
+            "orders",
+            pattern::LITERAL,
+            "User:a",
+            READ,
+            permission::ALLOW,
+        );
+        let pre = acl(
+            resource::TOPIC,
+            "ord",
+            pattern::PREFIXED,
+            "User:a",
+            READ,
+            permission::ALLOW,
+        );
+        let star = acl(
+            resource::TOPIC,
+            "*",
+            pattern::LITERAL,
+            "User:a",
+            READ,
+            permission::ALLOW,
+        );
         let s = state(vec![lit.clone(), pre.clone(), star.clone()]);
         let f = |pt: i8, name: Option<&str>| AclFilter {
             resource_type: resource::ANY,
@@ -561,7 +616,10 @@ mod tests {
             server_key: vec![0xcd; 32],
         };
         let shown = format!("{c:?}");
-        assert!(!shown.contains("171") && !shown.contains("ab") && !shown.contains("NaCl"), "{shown}");
+        assert!(
+            !shown.contains("171") && !shown.contains("ab") && !shown.contains("NaCl"),
+            "{shown}"
+        );
     }
 
     proptest! {

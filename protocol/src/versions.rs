@@ -45,15 +45,16 @@ pub const SUPPORTED: &[Supported] = &[
     api(ApiKey::DeleteGroups, 0, 2),
     api(ApiKey::IncrementalAlterConfigs, 0, 1),
     api(ApiKey::DescribeCluster, 0, 1),
-    // Security: SASL (v0 of the handshake, without Kafka framing, was
-    // removed in Kafka 4.0), ACLs and SCRAM credentials.
-    api(ApiKey::SaslHandshake, 1, 1),
+    // Security: SASL (handshake v0 is followed by bare tokens, v1 by
+    // SaslAuthenticate; librdkafka looks for v0 to enable SASL at all),
+    // ACLs and SCRAM credentials.
+    api(ApiKey::SaslHandshake, 0, 1),
     api(ApiKey::SaslAuthenticate, 0, 2),
     api(ApiKey::DescribeAcls, 1, 3),
     api(ApiKey::CreateAcls, 1, 3),
     api(ApiKey::DeleteAcls, 1, 3),
-    api(ApiKey::DescribeUserScramCredentials, 0, 0),
     api(ApiKey::AlterUserScramCredentials, 0, 0),
+    api(ApiKey::DescribeUserScramCredentials, 0, 0),
 ];
 
 /// A short, fixed name for logs and metric labels.

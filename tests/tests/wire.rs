@@ -254,6 +254,49 @@ fn sweep_request(api: ApiKey, version: i16) -> RequestKind {
         ApiKey::DescribeCluster => {
             RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
         }
+        // A PLAINTEXT listener: the SASL APIs answer ILLEGAL_SASL_STATE,
+        // the ACL APIs SECURITY_DISABLED (no authorizer), as Kafka's do.
+        ApiKey::SaslHandshake => {
+            RequestKind::SaslHandshake(SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-512")))
+        }
+        ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(SaslAuthenticateRequest::default()),
+        ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+        ApiKey::CreateAcls => RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![
+            create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(s("sweep"))
+                .with_resource_pattern_type(3)
+                .with_principal(s("User:a"))
+                .with_host(s("*"))
+                .with_operation(3)
+                .with_permission_type(3),
+        ])),
+        ApiKey::DeleteAcls => RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+            delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ])),
+        ApiKey::DescribeUserScramCredentials => {
+            RequestKind::DescribeUserScramCredentials(DescribeUserScramCredentialsRequest::default())
+        }
+        ApiKey::AlterUserScramCredentials => {
+            RequestKind::AlterUserScramCredentials(AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                    .with_name(s("sweeper"))
+                    .with_mechanism(2)
+                    .with_iterations(4096)
+                    .with_salt(Bytes::from_static(b"salt"))
+                    .with_salted_password(Bytes::from(vec![7u8; 64])),
+            ]))
+        }
         other => panic!("no sweep request for {other:?}"),
     }
 }
@@ -311,6 +354,24 @@ async fn every_advertised_api_version_answers_a_decodable_response() {
                 }
                 (ApiKey::JoinGroup, ResponseKind::JoinGroup(r)) => {
                     assert_eq!(r.error_code, ResponseError::InvalidSessionTimeout.code())
+                }
+                (ApiKey::SaslHandshake, ResponseKind::SaslHandshake(r)) => {
+                    assert_eq!(r.error_code, ResponseError::IllegalSaslState.code())
+                }
+                (ApiKey::SaslAuthenticate, ResponseKind::SaslAuthenticate(r)) => {
+                    assert_eq!(r.error_code, ResponseError::IllegalSaslState.code())
+                }
+                (ApiKey::CreateAcls, ResponseKind::CreateAcls(r)) => {
+                    assert_eq!(r.results[0].error_code, ResponseError::SecurityDisabled.code())
+                }
+                (ApiKey::DescribeAcls, ResponseKind::DescribeAcls(r)) => {
+                    assert_eq!(r.error_code, ResponseError::SecurityDisabled.code())
+                }
+                (ApiKey::AlterUserScramCredentials, ResponseKind::AlterUserScramCredentials(r)) => {
+                    assert_eq!(r.results[0].error_code, 0, "{:?}", r.results[0].error_message)
+                }
+                (ApiKey::DescribeUserScramCredentials, ResponseKind::DescribeUserScramCredentials(r)) => {
+                    assert_eq!(r.results.len(), 1, "the sweeper's credential")
                 }
                 _ => {}
             }

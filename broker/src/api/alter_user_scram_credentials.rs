@@ -62,7 +62,10 @@ pub async fn handle(
                     ),
                 ));
             }
-            Ok((m, Some(credential_from_salted(m, &u.salted_password, &u.salt, iterations))))
+            Ok((
+                m,
+                Some(credential_from_salted(m, &u.salted_password, &u.salt, iterations)),
+            ))
         });
         changes.entry(u.name.to_string()).or_default().push(change);
     }

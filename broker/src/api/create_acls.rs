@@ -21,12 +21,20 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: CreateAclsR
             .with_error_message(Some(str_bytes(message)))
     };
     if let Some(code) = super::security_disabled(broker) {
-        let results = req.creations.iter().map(|_| failed(code, "no authorizer is configured")).collect();
+        let results = req
+            .creations
+            .iter()
+            .map(|_| failed(code, "no authorizer is configured"))
+            .collect();
         return CreateAclsResponse::default().with_results(results);
     }
     if !broker.access(ctx).cluster(operation::ALTER) {
         let code = ResponseError::ClusterAuthorizationFailed.code();
-        let results = req.creations.iter().map(|_| failed(code, "not authorized to alter ACLs")).collect();
+        let results = req
+            .creations
+            .iter()
+            .map(|_| failed(code, "not authorized to alter ACLs"))
+            .collect();
         return CreateAclsResponse::default().with_results(results);
     }
     let bindings: Vec<Result<Acl, String>> = req

@@ -10,8 +10,8 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, RequestContext};
 use crate::topics::MAX_PARTITIONS;
-use courier_consensus::security::operation;
 use crate::Broker;
+use courier_consensus::security::operation;
 
 pub async fn handle(
     broker: &Arc<Broker>,

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::{str_bytes, topic_name, RequestContext};
 use crate::topics::{new_topic, random_topic_id};
-use courier_consensus::security::operation;
 use crate::Broker;
+use courier_consensus::security::operation;
 
 /// Creates a topic (partitions default to `num.partitions`), persisting it
 /// before it becomes visible. Errors carry a Kafka error code and message.

@@ -21,10 +21,14 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: DeleteAclsR
             .with_error_code(code)
             .with_error_message(Some(str_bytes(message)))
     };
-    let refused = super::security_disabled(broker).map(|c| (c, "no authorizer is configured")).or_else(|| {
-        (!broker.access(ctx).cluster(operation::ALTER))
-            .then_some((ResponseError::ClusterAuthorizationFailed.code(), "not authorized to alter ACLs"))
-    });
+    let refused = super::security_disabled(broker)
+        .map(|c| (c, "no authorizer is configured"))
+        .or_else(|| {
+            (!broker.access(ctx).cluster(operation::ALTER)).then_some((
+                ResponseError::ClusterAuthorizationFailed.code(),
+                "not authorized to alter ACLs",
+            ))
+        });
     if let Some((code, message)) = refused {
         let results = req.filters.iter().map(|_| failed(code, message)).collect();
         return DeleteAclsResponse::default().with_filter_results(results);

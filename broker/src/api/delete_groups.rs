@@ -9,7 +9,11 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(req.groups_names.len());
     for id in req.groups_names {
         let name = id.to_string();

@@ -42,7 +42,9 @@ pub async fn handle(
             .with_topic_id(id);
         // By id, an unauthorized topic is answered as unknown (Kafka does
         // not confirm which ids exist).
-        let target = found.as_ref().map_or(name.clone().unwrap_or_default(), |t| t.name.clone());
+        let target = found
+            .as_ref()
+            .map_or(name.clone().unwrap_or_default(), |t| t.name.clone());
         if !broker.access(ctx).topic(operation::DELETE, &target) {
             let code = if found.is_none() && name.is_none() {
                 ResponseError::UnknownTopicId.code()

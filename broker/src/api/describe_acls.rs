@@ -45,7 +45,10 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: DescribeAclsReque
         return refuse(code, "no authorizer is configured");
     }
     if !broker.access(ctx).cluster(operation::DESCRIBE) {
-        return refuse(ResponseError::ClusterAuthorizationFailed.code(), "not authorized to describe ACLs");
+        return refuse(
+            ResponseError::ClusterAuthorizationFailed.code(),
+            "not authorized to describe ACLs",
+        );
     }
     let f = filter(
         req.resource_type_filter,

@@ -15,9 +15,16 @@ use crate::Broker;
 /// `endpoint_type` 1: brokers (2, controllers, is not served).
 const ENDPOINT_BROKERS: i8 = 1;
 
-pub fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn handle(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let r = DescribeClusterResponse::default().with_endpoint_type(req.endpoint_type);
-    if !broker.access(ctx).cluster(courier_consensus::security::operation::DESCRIBE) {
+    if !broker
+        .access(ctx)
+        .cluster(courier_consensus::security::operation::DESCRIBE)
+    {
         return r
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
             .with_error_message(Some(str_bytes("not authorized to describe the cluster")));

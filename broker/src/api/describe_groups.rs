@@ -15,9 +15,12 @@ pub fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: DescribeGr
         .into_iter()
         .map(|id| {
             let g = DescribedGroup::default().with_group_id(id.clone());
-            if let Some(code) =
-                super::group_denied(broker, ctx, courier_consensus::security::operation::DESCRIBE, id.as_str())
-            {
+            if let Some(code) = super::group_denied(
+                broker,
+                ctx,
+                courier_consensus::security::operation::DESCRIBE,
+                id.as_str(),
+            ) {
                 return g.with_error_code(code).with_authorized_operations(i32::MIN);
             }
             match broker.groups.describe(id.as_str()) {

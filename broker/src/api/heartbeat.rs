@@ -11,10 +11,10 @@ pub fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: HeartbeatR
     let code = super::group_denied(broker, ctx, READ, req.group_id.as_str())
         .or_else(|| super::find_coordinator::not_coordinator(broker, req.group_id.as_str()))
         .unwrap_or_else(|| {
-        broker
-            .groups
-            .heartbeat(req.group_id.as_str(), req.generation_id, req.member_id.as_str())
-    });
+            broker
+                .groups
+                .heartbeat(req.group_id.as_str(), req.generation_id, req.member_id.as_str())
+        });
     super::count_error(courier_protocol::ApiKey::Heartbeat, code);
     HeartbeatResponse::default().with_error_code(code)
 }

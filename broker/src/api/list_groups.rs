@@ -16,7 +16,11 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &super::RequestContext, req: List
     let access = broker.access(ctx);
     // Describe on the cluster lists every group (denials of single groups
     // are not audited: the list is filtered, as Kafka's).
-    let all = access.quietly(DESCRIBE, courier_consensus::security::resource::CLUSTER, courier_consensus::security::CLUSTER_NAME);
+    let all = access.quietly(
+        DESCRIBE,
+        courier_consensus::security::resource::CLUSTER,
+        courier_consensus::security::CLUSTER_NAME,
+    );
     let mut groups: BTreeMap<String, (String, &'static str)> = BTreeMap::new();
     let store = broker.store.clone();
     match tokio::task::spawn_blocking(move || store.groups_with_offsets()).await {

@@ -22,7 +22,12 @@ use super::{str_bytes, topic_name, RequestContext};
 use crate::Broker;
 use courier_consensus::security::{operation::DESCRIBE, resource};
 
-pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let access = broker.access(ctx);
     let me = BrokerId(broker.node.node_id);
     // v0 asks for all topics with an empty list; later versions with null.
@@ -49,7 +54,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: MetadataReq
                     Some(name) => broker.topics.get(name),
                     None => broker.topics.get_by_id(wanted.topic_id.as_bytes()),
                 };
-                let asked = found.as_ref().map(|t| t.name.clone()).or(wanted.name.as_ref().map(|n| n.to_string()));
+                let asked = found
+                    .as_ref()
+                    .map(|t| t.name.clone())
+                    .or(wanted.name.as_ref().map(|n| n.to_string()));
                 if asked.as_ref().is_some_and(|n| !access.topic(DESCRIBE, n)) {
                     topics.push(missing(
                         wanted.name.as_ref().map(|n| n.as_str()),

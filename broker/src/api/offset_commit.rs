@@ -12,9 +12,9 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
 use super::RequestContext;
-use courier_consensus::security::operation;
 use crate::sequencer::Rejected;
 use crate::Broker;
+use courier_consensus::security::operation;
 
 /// Longest metadata string kept with a commit (Kafka's offset.metadata.max.bytes).
 const METADATA_BYTES_MAX: usize = 4096;

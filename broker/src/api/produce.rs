@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::{str_bytes, Reply, RequestContext};
 use crate::sequencer::{Appended, Rejected};
-use courier_consensus::security::{operation, resource};
 use crate::Broker;
+use courier_consensus::security::{operation, resource};
 
 /// A compressed batch may expand at most this many times over
 /// `message.max.bytes` before it is refused as a compression bomb.

@@ -193,7 +193,10 @@ mod tests {
 
     #[test]
     fn default_and_escapes_and_bad_rules() {
-        assert_eq!(PrincipalMapping::parse("DEFAULT").unwrap().apply("CN=a,O=b"), "CN=a,O=b");
+        assert_eq!(
+            PrincipalMapping::parse("DEFAULT").unwrap().apply("CN=a,O=b"),
+            "CN=a,O=b"
+        );
         assert_eq!(PrincipalMapping::parse("").unwrap().apply("CN=a"), "CN=a");
         let m = PrincipalMapping::parse(r"RULE:^CN=([^,]*),O=(.*)$/$2\/$1/U").unwrap();
         assert_eq!(m.apply("CN=alice,O=org-a"), "ORG-A/ALICE");

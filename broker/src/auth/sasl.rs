@@ -10,9 +10,7 @@
 use std::time::{Duration, Instant};
 
 use courier_consensus::security::{ScramMechanism, SecurityState};
-use kafka_protocol::messages::{
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
-};
+use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse};
 use kafka_protocol::ResponseError;
 
 use super::scram::{self, ScramAwaitingFinal, ScramServer};
@@ -125,9 +123,9 @@ impl SaslSession {
         }
     }
 
-    /// SaslAuthenticate: one token of the chosen mechanism.
-    pub fn authenticate(&mut self, req: &SaslAuthenticateRequest, now: Instant, state: &SecurityState) -> Step {
-        let token = &req.auth_bytes[..];
+    /// One token of the chosen mechanism (a SaslAuthenticate's bytes, or
+    /// a raw frame after a v0 handshake).
+    pub fn authenticate(&mut self, token: &[u8], now: Instant, state: &SecurityState) -> Step {
         match std::mem::replace(&mut self.stage, Stage::Handshake) {
             Stage::Handshake => failed("SaslAuthenticate before SaslHandshake"),
             Stage::Token(Mechanism::Plain) => match plain(token, state) {

@@ -51,7 +51,9 @@ fn algorithms(m: ScramMechanism) -> (pbkdf2::Algorithm, hmac::Algorithm, &'stati
 }
 
 fn hmac_of(m: ScramMechanism, key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(algorithms(m).1, key), data).as_ref().to_vec()
+    hmac::sign(&hmac::Key::new(algorithms(m).1, key), data)
+        .as_ref()
+        .to_vec()
 }
 
 /// `Hi(password, salt, i)` of RFC 5802: PBKDF2 with the mechanism's HMAC.
@@ -221,7 +223,11 @@ impl ScramServer {
             .fill(&mut random)
             .map_err(|_| ScramError::Random)?;
         let nonce = format!("{}{}", first.nonce, B64.encode(random));
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&credential.salt), credential.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&credential.salt),
+            credential.iterations
+        );
         let awaiting = ScramAwaitingFinal {
             mechanism: self.mechanism,
             user: first.user,
@@ -285,10 +291,20 @@ impl ScramAwaitingFinal {
         if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
             return Err(ScramError::Malformed("channel binding differs from the GS2 header"));
         }
-        if !constant_time_eq(nonce.as_bytes(), self.nonce.as_bytes()) {
+        // The nonce must end with this exchange's (client + server) nonce.
+        // librdkafka puts its client nonce in front once more; Kafka accepts
+        // that (`endsWith`), and so does Courier: the proof covers the
+        // message as sent, and the fresh server nonce still rules out replay.
+        let tail = nonce
+            .len()
+            .checked_sub(self.nonce.len())
+            .and_then(|start| nonce.get(start..));
+        if !tail.is_some_and(|t| constant_time_eq(t.as_bytes(), self.nonce.as_bytes())) {
             return Err(ScramError::NonceMismatch);
         }
-        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof is not base64"))?;
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Malformed("proof is not base64"))?;
         let m = self.mechanism;
         let auth_message = format!("{}{without_proof}", self.auth_prefix);
         let signature = hmac_of(m, &self.credential.stored_key, auth_message.as_bytes());
@@ -462,8 +478,18 @@ mod tests {
         assert!(unescape_name("a=2").is_err());
         let m = ScramMechanism::Sha256;
         let lookup = |_: &str| None;
-        for bad in ["", "n,,", "p=tls-unique,,n=u,r=x", "n,,n=u", "n,,n=u,r=x,tokenauth=true", "q,,n=u,r=x"] {
-            assert!(ScramServer::new(m).client_first(bad.as_bytes(), lookup).is_err(), "{bad}");
+        for bad in [
+            "",
+            "n,,",
+            "p=tls-unique,,n=u,r=x",
+            "n,,n=u",
+            "n,,n=u,r=x,tokenauth=true",
+            "q,,n=u,r=x",
+        ] {
+            assert!(
+                ScramServer::new(m).client_first(bad.as_bytes(), lookup).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -207,7 +207,9 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(rcgen::DnType::CountryName, "NL");
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "org, a");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "org, a");
         params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();

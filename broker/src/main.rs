@@ -556,18 +556,23 @@ fn certs_dev(
 fn list_receipts(data_dir: &std::path::Path, group: Option<&str>, topic: Option<&str>) -> anyhow::Result<ExitCode> {
     let rows = courier::verify::receipts(data_dir, group, topic)?;
     println!(
-        "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<24} block hash",
-        "topic", "partition", "height", "offset", "group", "principal", "committed at (ms)"
+        "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<12} {:<24} block hash",
+        "topic", "partition", "height", "offset", "group", "principal", "organization", "committed at (ms)"
     );
     for r in &rows {
         println!(
-            "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<24} {}",
+            "{:<24} {:>9} {:>8} {:>10}  {:<16} {:<20} {:<12} {:<24} {}",
             r.topic,
             r.partition,
             r.height,
             r.receipt.offset,
             r.receipt.group_id,
             r.receipt.principal,
+            if r.receipt.organization.is_empty() {
+                "-"
+            } else {
+                &r.receipt.organization
+            },
             r.receipt.timestamp_ms,
             r.block_hash
         );
@@ -793,8 +798,13 @@ fn locate(
         }
         for r in receipts {
             println!(
-                "    delivered to group {}: committed offset {} in block {} ({}) at {} ms",
+                "    delivered to group {} ({} of {}): committed offset {} in block {} ({}) at {} ms",
                 r["group"].as_str().unwrap_or("?"),
+                r["principal"].as_str().unwrap_or("?"),
+                r["organization"]
+                    .as_str()
+                    .filter(|o| !o.is_empty())
+                    .unwrap_or("no organization recorded"),
                 r["committed_offset"],
                 r["height"],
                 r["block_hash"].as_str().map_or("", |h| &h[..h.len().min(16)]),

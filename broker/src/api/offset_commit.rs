@@ -23,6 +23,8 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
     let access = broker.access(ctx);
+    // The receiver's organization, as the receipt records it.
+    let organization = ctx.organization(&broker.security.snapshot()).to_owned();
     let group_error = if group_id.is_empty() {
         ResponseError::InvalidGroupId.code()
     } else if !access.group(operation::READ, &group_id) {
@@ -71,6 +73,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: OffsetCommi
                             group_id: group_id.clone(),
                             member_id: member_id.clone(),
                             principal: ctx.principal.to_string(),
+                            organization: organization.clone(),
                             client_id: ctx.client_id.clone(),
                             offset: p.committed_offset,
                             leader_epoch: p.committed_leader_epoch,

@@ -71,7 +71,7 @@ impl Command {
             Command::Receipt { pk, receipt } => {
                 out.put_u8(RECEIPT);
                 put_pk(&mut out, pk);
-                receipt.encode_into(&mut out);
+                receipt.encode_into(&mut out, courier_consensus::ledger::BLOCK_FORMAT_VERSION);
             }
         }
         out.freeze()
@@ -109,7 +109,8 @@ impl Command {
             RECEIPT => {
                 let pk = pk(&mut b)?;
                 let mut rest: &[u8] = &b;
-                let receipt = Receipt::decode_from(&mut rest).map_err(|_| Malformed)?;
+                let receipt = Receipt::decode_from(&mut rest, courier_consensus::ledger::BLOCK_FORMAT_VERSION)
+                    .map_err(|_| Malformed)?;
                 b.advance(b.len() - rest.len());
                 Command::Receipt { pk, receipt }
             }
@@ -146,6 +147,7 @@ mod tests {
                     group_id: "g".into(),
                     member_id: "m".into(),
                     principal: "User:ANONYMOUS".into(),
+                    organization: "org".into(),
                     client_id: "c".into(),
                     offset: 42,
                     leader_epoch: 0,

@@ -22,6 +22,12 @@
 //! that is what the global ledger keeps (format 3; format 2 hashed head and
 //! batches together).
 //!
+//! Format 4 adds the receiver's organization to each receipt, after its
+//! principal. A block is written in the lowest format that holds it: 4 when
+//! a receipt names an organization, else 3; so every block written before
+//! format 4 keeps its encoding and hash, and a format-4 block without an
+//! organization is not canonical (refused).
+//!
 //! The request records are the contract's results: which replica submitted
 //! each request the block's batch ordered, under which number, and what
 //! became of it. They let any replica (one that installed the block by state
@@ -31,8 +37,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ring::digest;
 
-/// The current block format.
-pub const BLOCK_FORMAT_VERSION: u16 = 3;
+/// The newest block format (see the module notes for when each is used).
+pub const BLOCK_FORMAT_VERSION: u16 = 4;
+/// Blocks whose receipts name no organization.
+pub const BLOCK_FORMAT_NO_ORGANIZATIONS: u16 = 3;
 const MAGIC: &[u8; 4] = b"CRBK";
 const FIXED_BYTES: usize = 4 + 2 + 16 + 4 + 8 + 8 + 32 + 8 + 8 + 8 + 8 + 4;
 
@@ -92,7 +100,10 @@ impl PartitionKey {
 pub struct Receipt {
     pub group_id: String,
     pub member_id: String,
+    /// The authenticated principal that committed (`User:alice`).
     pub principal: String,
+    /// The principal's organization (empty in blocks of format 3).
+    pub organization: String,
     pub client_id: String,
     pub offset: i64,
     pub leader_epoch: i32,
@@ -101,13 +112,17 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The receipt's canonical encoding (as blocks hold it):
-    /// `group | member | principal | client` (u32-prefixed UTF-8),
-    /// `offset i64 | leader_epoch i32 | metadata? (u8, string) | timestamp_ms i64`.
-    pub fn encode_into(&self, out: &mut BytesMut) {
+    /// The receipt's canonical encoding (as blocks of `format` hold it):
+    /// `group | member | principal | organization (format 4) | client`
+    /// (u32-prefixed UTF-8), `offset i64 | leader_epoch i32 | metadata?
+    /// (u8, string) | timestamp_ms i64`.
+    pub fn encode_into(&self, out: &mut BytesMut, format: u16) {
         put_str(out, &self.group_id);
         put_str(out, &self.member_id);
         put_str(out, &self.principal);
+        if format >= 4 {
+            put_str(out, &self.organization);
+        }
         put_str(out, &self.client_id);
         out.put_i64(self.offset);
         out.put_i32(self.leader_epoch);
@@ -121,11 +136,13 @@ impl Receipt {
         out.put_i64(self.timestamp_ms);
     }
 
-    /// Decodes one receipt from the front of `b`, advancing it.
-    pub fn decode_from(b: &mut &[u8]) -> Result<Receipt, BlockError> {
+    /// Decodes one receipt of a block of `format` from the front of `b`,
+    /// advancing it.
+    pub fn decode_from(b: &mut &[u8], format: u16) -> Result<Receipt, BlockError> {
         let group_id = get_str(b)?;
         let member_id = get_str(b)?;
         let principal = get_str(b)?;
+        let organization = if format >= 4 { get_str(b)? } else { String::new() };
         let client_id = get_str(b)?;
         need(b, 13)?;
         let offset = b.get_i64();
@@ -140,6 +157,7 @@ impl Receipt {
             group_id,
             member_id,
             principal,
+            organization,
             client_id,
             offset,
             leader_epoch,
@@ -221,6 +239,8 @@ pub enum BlockError {
     TrailingBytes(usize),
     #[error("the batches do not match the digest in the head")]
     BatchesDigest,
+    #[error("the block is not in its canonical format")]
+    NotCanonical,
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -258,10 +278,20 @@ impl Block {
     /// Everything of the canonical encoding up to and including the
     /// batches' digest: the part stored apart from the record batches, and
     /// what the block hash covers.
+    /// The format this block is written in: the lowest that holds it.
+    pub fn format(&self) -> u16 {
+        if self.receipts.iter().any(|r| !r.organization.is_empty()) {
+            BLOCK_FORMAT_VERSION
+        } else {
+            BLOCK_FORMAT_NO_ORGANIZATIONS
+        }
+    }
+
     pub fn encode_head(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(FIXED_BYTES + 4 + 32 + 128 * self.receipts.len());
+        let format = self.format();
         out.put_slice(MAGIC);
-        out.put_u16(BLOCK_FORMAT_VERSION);
+        out.put_u16(format);
         out.put_slice(&self.partition.topic_id);
         out.put_i32(self.partition.partition);
         out.put_u64(self.height);
@@ -273,7 +303,7 @@ impl Block {
         out.put_u64(self.config_version);
         out.put_u32(self.receipts.len() as u32);
         for r in &self.receipts {
-            r.encode_into(&mut out);
+            r.encode_into(&mut out, format);
         }
         out.put_u32(self.requests.len() as u32);
         for r in &self.requests {
@@ -377,7 +407,7 @@ impl Block {
         }
         b.advance(4);
         let version = b.get_u16();
-        if version != BLOCK_FORMAT_VERSION {
+        if !(BLOCK_FORMAT_NO_ORGANIZATIONS..=BLOCK_FORMAT_VERSION).contains(&version) {
             return Err(BlockError::UnsupportedVersion(version));
         }
         let mut topic_id = [0u8; 16];
@@ -401,7 +431,11 @@ impl Block {
         }
         let mut receipts = Vec::with_capacity(receipt_count);
         for _ in 0..receipt_count {
-            receipts.push(Receipt::decode_from(b)?);
+            receipts.push(Receipt::decode_from(b, version)?);
+        }
+        if version == BLOCK_FORMAT_VERSION && receipts.iter().all(|r| r.organization.is_empty()) {
+            // Written in format 3, such a block would have another hash.
+            return Err(BlockError::NotCanonical);
         }
         need(b, 4)?;
         let request_count = b.get_u32() as usize;
@@ -459,12 +493,14 @@ mod tests {
             any::<i32>(),
             proptest::option::of(".{0,20}"),
             any::<i64>(),
+            "(org-[a-z]{1,4})?",
         )
             .prop_map(
-                |(group_id, member_id, offset, leader_epoch, metadata, timestamp_ms)| Receipt {
+                |(group_id, member_id, offset, leader_epoch, metadata, timestamp_ms, organization)| Receipt {
                     group_id,
                     member_id,
                     principal: "User:ANONYMOUS".into(),
+                    organization,
                     client_id: "c".into(),
                     offset,
                     leader_epoch,
@@ -472,6 +508,43 @@ mod tests {
                     timestamp_ms,
                 },
             )
+    }
+
+    /// Format 3 (no organization in any receipt) is written as before
+    /// format 4 existed; format 4 when an organization is named; a format-4
+    /// encoding of a block format 3 could hold is refused.
+    #[test]
+    fn each_block_is_written_in_the_lowest_format_that_holds_it() {
+        let receipt = |organization: &str| Receipt {
+            group_id: "g".into(),
+            principal: "User:b".into(),
+            organization: organization.into(),
+            ..Default::default()
+        };
+        let mut block = sample_block();
+        block.receipts = vec![receipt("")];
+        let v3 = block.encode();
+        assert_eq!(&v3[4..6], &3u16.to_be_bytes());
+        assert_eq!(Block::decode(&v3).unwrap(), block);
+        block.receipts.push(receipt("org-b"));
+        let v4 = block.encode();
+        assert_eq!(&v4[4..6], &4u16.to_be_bytes());
+        let decoded = Block::decode(&v4).unwrap();
+        assert_eq!(decoded.receipts[1].organization, "org-b");
+        assert_eq!(decoded.encode(), v4);
+        // The format-3 block with its version field rewritten to 4 (and the
+        // organization field it then needs, empty) is not canonical.
+        let mut forged = BytesMut::new();
+        forged.put_slice(&v3[..4]);
+        forged.put_u16(4);
+        let mut rest = &v3[6..];
+        let fixed = FIXED_BYTES - 6;
+        forged.put_slice(&rest[..fixed]);
+        rest = &rest[fixed..];
+        let r = Receipt::decode_from(&mut rest, 3).unwrap();
+        r.encode_into(&mut forged, 4);
+        forged.put_slice(rest);
+        assert_eq!(Block::decode(&forged.freeze()), Err(BlockError::NotCanonical));
     }
 
     prop_compose! {
@@ -530,9 +603,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn trailing_bytes_are_not_canonical() {
-        let block = Block {
+    fn sample_block() -> Block {
+        Block {
             partition: PartitionKey {
                 topic_id: [1; 16],
                 partition: 0,
@@ -547,7 +619,12 @@ mod tests {
             receipts: vec![],
             requests: vec![],
             batches: Bytes::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_not_canonical() {
+        let block = sample_block();
         let mut b = block.encode().to_vec();
         b.push(0);
         assert_eq!(Block::decode(&Bytes::from(b)), Err(BlockError::TrailingBytes(1)));

@@ -673,6 +673,9 @@ pub struct FoundReceipt {
     pub block_hash: String,
     pub group: String,
     pub member: String,
+    /// Who committed, and their organization (empty before block format 4).
+    pub principal: String,
+    pub organization: String,
     pub client: String,
     pub committed_offset: i64,
     pub timestamp_ms: i64,
@@ -809,6 +812,8 @@ fn found(height: u64, hash: &str, r: &Receipt) -> FoundReceipt {
         block_hash: hash.to_owned(),
         group: r.group_id.clone(),
         member: r.member_id.clone(),
+        principal: r.principal.clone(),
+        organization: r.organization.clone(),
         client: r.client_id.clone(),
         committed_offset: r.offset,
         timestamp_ms: r.timestamp_ms,

@@ -435,18 +435,38 @@ impl SecurityState {
         }
     }
 
-    /// Whether any binding allows `principal` `op` on some resource of
-    /// `resource_type` (Kafka's `authorizeByResourceType`, which an
-    /// idempotent producer's IdempotentWrite falls back to: Write on any
-    /// topic). A Deny on the same literal name is not weighed here.
+    /// Whether some binding allows `principal` `op` on some resource of
+    /// `resource_type` without a Deny cancelling it (Kafka's
+    /// `authorizeByResourceType`, which an idempotent producer's
+    /// IdempotentWrite falls back to: Write on any topic). A Deny cancels an
+    /// Allow when it covers the Allow's whole pattern: a literal Deny on the
+    /// same name or on `*`, or a prefixed Deny that the Allow's name starts
+    /// with.
     pub fn allows_any(&self, principal: &str, host: &str, op: i8, resource_type: i8) -> bool {
-        self.acls.iter().any(|a| {
+        let applies = |a: &Acl| {
             a.resource_type == resource_type
-                && a.permission == permission::ALLOW
                 && (a.principal == principal || a.principal == "User:*")
                 && (a.host == WILDCARD || a.host == host)
                 && operation_covers(a.operation, op)
-        })
+        };
+        let denies: Vec<&Acl> = self
+            .acls
+            .iter()
+            .filter(|a| a.permission == permission::DENY && applies(a))
+            .collect();
+        self.acls
+            .iter()
+            .filter(|a| a.permission == permission::ALLOW && applies(a))
+            .any(|allow| {
+                !denies.iter().any(|deny| match deny.pattern_type {
+                    pattern::LITERAL => {
+                        deny.resource_name == WILDCARD
+                            || (allow.pattern_type == pattern::LITERAL && deny.resource_name == allow.resource_name)
+                    }
+                    pattern::PREFIXED => allow.resource_name.starts_with(deny.resource_name.as_str()),
+                    _ => false,
+                })
+            })
     }
 }
 
@@ -537,6 +557,63 @@ mod tests {
             s.decide("User:x", "10.0.0.2", READ, resource::GROUP, "g"),
             Decision::NotAllowed
         );
+    }
+
+    #[test]
+    fn an_allow_on_some_topic_counts_unless_a_deny_covers_it() {
+        use operation::*;
+        let allow = acl(
+            resource::TOPIC,
+            "t-a",
+            pattern::LITERAL,
+            "User:a",
+            ALL,
+            permission::ALLOW,
+        );
+        let s = state(vec![allow.clone()]);
+        assert!(s.allows_any("User:a", "h", WRITE, resource::TOPIC));
+        assert!(!s.allows_any("User:b", "h", WRITE, resource::TOPIC));
+        for deny in [
+            acl(
+                resource::TOPIC,
+                "t-a",
+                pattern::LITERAL,
+                "User:a",
+                WRITE,
+                permission::DENY,
+            ),
+            acl(
+                resource::TOPIC,
+                "t-",
+                pattern::PREFIXED,
+                "User:*",
+                ALL,
+                permission::DENY,
+            ),
+            acl(
+                resource::TOPIC,
+                "*",
+                pattern::LITERAL,
+                "User:a",
+                WRITE,
+                permission::DENY,
+            ),
+        ] {
+            let s = state(vec![allow.clone(), deny.clone()]);
+            assert!(!s.allows_any("User:a", "h", WRITE, resource::TOPIC), "{deny:?}");
+        }
+        let s = state(vec![
+            allow,
+            acl(
+                resource::TOPIC,
+                "other",
+                pattern::LITERAL,
+                "User:a",
+                WRITE,
+                permission::DENY,
+            ),
+        ]);
+        assert!(s.allows_any("User:a", "h", WRITE, resource::TOPIC));
     }
 
     #[test]

@@ -77,16 +77,24 @@ impl TestBroker {
     }
 }
 
-/// A raw Kafka connection speaking whatever the test tells it to.
-pub struct Wire {
-    pub stream: TcpStream,
+/// A raw Kafka connection speaking whatever the test tells it to, over
+/// TCP or anything else that reads and writes (TLS).
+pub struct Wire<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
     correlation: i32,
 }
 
-impl Wire {
+impl Wire<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::over(stream)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Wire<S> {
+    /// A Kafka connection over an established stream.
+    pub fn over(stream: S) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),

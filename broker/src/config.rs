@@ -71,6 +71,11 @@ pub struct BrokerConfig {
     /// 0: never. Default 0 (Kafka's).
     #[serde(rename = "connections.max.reauth.ms")]
     pub connections_max_reauth_ms: u64,
+    /// A failed authentication is answered (and its connection closed)
+    /// this long after it failed, to slow down password guessing. Default
+    /// 100 (Kafka's).
+    #[serde(rename = "connection.failed.authentication.delay.ms")]
+    pub connection_failed_authentication_delay_ms: u64,
     /// Courier: a connection that has not finished its TLS handshake and
     /// SASL exchange this long after it opened is closed. Default 10000.
     #[serde(rename = "authentication.timeout.ms")]
@@ -219,6 +224,7 @@ impl Default for BrokerConfig {
             sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512".into(),
             connections_max_reauth_ms: 0,
             authentication_timeout_ms: 10_000,
+            connection_failed_authentication_delay_ms: 100,
             authorizer_class_name: String::new(),
             super_users: String::new(),
             allow_everyone_if_no_acl_found: false,

@@ -159,6 +159,7 @@ async fn run<R, W>(
         let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         let mut enqueued = 0u64;
+        let failed_auth_delay = Duration::from_millis(broker.config.connection_failed_authentication_delay_ms);
         'conn: loop {
             // Until a SASL session is proven, it has the authentication
             // timeout to get there.
@@ -214,7 +215,10 @@ async fn run<R, W>(
                         enqueued += 1;
                         continue;
                     }
-                    None => break,
+                    None => {
+                        tokio::time::sleep(failed_auth_delay).await;
+                        break;
+                    }
                 }
             }
             let request = match decode_request(frame.clone()) {
@@ -256,6 +260,9 @@ async fn run<R, W>(
                 let (body, close) = sasl_step(&broker, &mut session, request);
                 if let ResponseKind::SaslHandshake(h) = &body {
                     session.raw_tokens = version == 0 && h.error_code == 0 && session.sasl.is_some();
+                }
+                if close {
+                    tokio::time::sleep(failed_auth_delay).await;
                 }
                 let out = Outgoing {
                     api_key,

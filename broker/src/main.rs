@@ -203,8 +203,18 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // What `courier dev` prints for a person is not buried under
+    // dependency logs: warnings only (authorization denials among them)
+    // unless RUST_LOG asks for more; a node logs its own INFO lines, and
+    // only openraft's warnings.
+    let default_filter = match cli.command {
+        Command::Dev(_) => "warn",
+        _ => "info,openraft=warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

@@ -1151,3 +1151,166 @@ async fn librdkafka_produces_over_sasl_ssl_and_consumes_over_mtls() {
     );
     assert_eq!(last.receipt.offset, 11);
 }
+
+/// How long an ACL or credential change made on one node may take to hold
+/// on every other node: the time for the Raft log entry to be committed and
+/// applied there (milliseconds in practice; bounded by the heartbeat and a
+/// loaded 2-core machine).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
+
+/// Waits until `f` holds, at most `bound`; returns how long it took.
+async fn within<F, Fut>(bound: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Whether `user` logs in on node `addr` and may produce to `topic` there
+/// (the topic's partition may be another cluster's: the node forwards).
+async fn may_produce(certs: &Certs, addr: SocketAddr, user: &str, pw: &str, topic: &str) -> bool {
+    let Ok(stream) = tls_connect(addr, tls_config(&certs.dir.join("ca.pem"), None)).await else {
+        return false;
+    };
+    let mut w = Wire::over(stream);
+    if scram_login(&mut w, ScramMechanism::Sha512, user, pw).await.is_err() {
+        return false;
+    }
+    let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 9, &produce(topic)).await else {
+        return false;
+    };
+    r.responses[0].partition_responses[0].error_code == 0
+}
+
+fn sasl_addr(node: &courier::RunningBroker) -> SocketAddr {
+    node.listeners.iter().find(|(n, _)| n == "SASL_SSL").map(|(_, a)| *a).unwrap()
+}
+
+async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
+    let certs = Certs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = certs.settings(&["pbft.view.change.timeout.ms=400", "admin.listener=\"\""]);
+    let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let base = common::config(tmp.path(), &refs);
+    let configs = courier::dev::multi_cluster_configs(&base, nodes, cluster_size, 0).unwrap();
+    let mut running: Vec<Option<courier::RunningBroker>> = courier::dev::start_cluster(configs.clone())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Some)
+        .collect();
+    let node = |r: &[Option<courier::RunningBroker>], i: usize| sasl_addr(r[i].as_ref().unwrap());
+    let credential = courier::auth::scram::new_credential(ScramMechanism::Sha512, &password("admin"), 4096).unwrap();
+    running[0]
+        .as_ref()
+        .unwrap()
+        .broker
+        .security
+        .change(courier_consensus::security::SecurityCommand::SetScram {
+            user: "admin".into(),
+            mechanism: ScramMechanism::Sha512,
+            credential: Some(credential),
+        })
+        .await
+        .unwrap();
+    let stream = tls_connect(node(&running, 0), tls_config(&certs.dir.join("ca.pem"), None)).await.unwrap();
+    let mut admin = Wire::over(stream);
+    scram_login(&mut admin, ScramMechanism::Sha512, "admin", &password("admin")).await.unwrap();
+    // A topic with a partition on every cluster.
+    let req = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(tn("shared"))
+            .with_num_partitions((nodes / 4) as i32)
+            .with_replication_factor(-1),
+    ]));
+    let ResponseKind::CreateTopics(r) = admin.call(ApiKey::CreateTopics, 7, &req).await else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    // A credential and an ACL set on node 0 hold on every node.
+    assert_eq!(set_password(&mut admin, "alice", "alice-pw").await, 0);
+    let req = RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![binding(
+        resource::TOPIC,
+        "shared",
+        pattern::LITERAL,
+        "alice",
+        op::WRITE,
+        permission::ALLOW,
+    )]));
+    admin.call(ApiKey::CreateAcls, 3, &req).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..nodes {
+        let addr = node(&running, i);
+        let took = within(PROPAGATION_BOUND, || may_produce(&certs, addr, "alice", "alice-pw", "shared"))
+            .await
+            .unwrap_or_else(|| panic!("node {i}: alice may not produce {PROPAGATION_BOUND:?} after the change"));
+        slowest = slowest.max(took);
+    }
+    // Removing the ACL through the last node takes effect on node 0.
+    let last = nodes - 1;
+    let stream = tls_connect(node(&running, last), tls_config(&certs.dir.join("ca.pem"), None))
+        .await
+        .unwrap();
+    let mut admin_last = Wire::over(stream);
+    scram_login(&mut admin_last, ScramMechanism::Sha512, "admin", &password("admin")).await.unwrap();
+    let req = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+        delete_acls_request::DeleteAclsFilter::default()
+            .with_resource_type_filter(resource::TOPIC)
+            .with_resource_name_filter(Some(s("shared")))
+            .with_principal_filter(None)
+            .with_host_filter(None)
+            .with_pattern_type_filter(pattern::ANY)
+            .with_operation(op::ANY)
+            .with_permission_type(permission::ANY),
+    ]));
+    let ResponseKind::DeleteAcls(r) = admin_last.call(ApiKey::DeleteAcls, 3, &req).await else {
+        panic!()
+    };
+    assert_eq!(r.filter_results[0].matching_acls.len(), 1);
+    let addr0 = node(&running, 0);
+    let took = within(PROPAGATION_BOUND, || async {
+        !may_produce(&certs, addr0, "alice", "alice-pw", "shared").await
+    })
+    .await
+    .expect("node 0 refuses alice within the bound after the ACL is deleted on another node");
+    slowest = slowest.max(took);
+    eprintln!("{nodes} nodes: slowest change reached a node after {slowest:?}");
+    // A restarted node keeps the credential and the (now absent) ACL.
+    let admin_req = RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![binding(
+        resource::TOPIC,
+        "shared",
+        pattern::LITERAL,
+        "alice",
+        op::WRITE,
+        permission::ALLOW,
+    )]));
+    admin_last.call(ApiKey::CreateAcls, 3, &admin_req).await;
+    let victim = 1;
+    running[victim].take().unwrap().stop().await;
+    running[victim] = Some(courier::start(configs[victim].clone()).await.unwrap());
+    let addr = node(&running, victim);
+    within(Duration::from_secs(30), || may_produce(&certs, addr, "alice", "alice-pw", "shared"))
+        .await
+        .expect("a restarted node keeps credentials and ACLs");
+    for n in running.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_and_credential_changes_reach_all_four_nodes_within_the_bound() {
+    changes_reach_every_node(4, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_and_credential_changes_reach_eight_nodes_in_two_clusters_within_the_bound() {
+    changes_reach_every_node(8, 4).await;
+}

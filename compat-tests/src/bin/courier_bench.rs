@@ -59,6 +59,21 @@ struct Args {
     /// produce, and p50/p99 ms at the paced load (for bench.sh's ratios).
     #[arg(long, value_name = "FILE")]
     results: Option<std::path::PathBuf>,
+    /// A librdkafka setting for every client (repeatable), e.g.
+    /// `-X security.protocol=SASL_SSL`.
+    #[arg(short = 'X', value_name = "NAME=VALUE")]
+    client_settings: Vec<String>,
+}
+
+/// A client configuration: the bootstrap address and every `-X` setting.
+fn client(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &args.bootstrap);
+    for s in &args.client_settings {
+        let (k, v) = s.split_once('=').context("-X takes NAME=VALUE")?;
+        c.set(k, v);
+    }
+    Ok(c)
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc.
@@ -121,8 +136,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn create_topic(bootstrap: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+async fn create_topic(args: &Args, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(args)?.create()?;
     for r in admin
         .create_topics(
             &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
@@ -142,8 +157,7 @@ fn produce(args: &Args, topic: &str, size: usize, rate_bytes_s: Option<f64>) -> 
         latencies_us: Mutex::new(Vec::with_capacity(args.records)),
         failures: Mutex::new(0),
     });
-    let producer: ThreadedProducer<BenchContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let producer: ThreadedProducer<BenchContext> = client(args)?
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("queue.buffering.max.kbytes", "262144")
@@ -219,8 +233,7 @@ fn consume(args: &Args, topic: &str, partitions: i32) -> anyhow::Result<(Duratio
 
 /// One consumer: reads `partitions` from the beginning to their end.
 fn consume_partitions(args: &Args, topic: &str, partitions: &[i32], start: Instant) -> anyhow::Result<(usize, usize)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let consumer: BaseConsumer = client(args)?
         .set("group.id", format!("{topic}-reader"))
         .set("enable.auto.commit", "false")
         .create()?;
@@ -268,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
     for &size in &args.sizes {
         for &partitions in &args.partitions {
             let topic = format!("bench-{size}b-{partitions}p-{run:x}");
-            create_topic(&args.bootstrap, &topic, partitions).await?;
+            create_topic(&args, &topic, partitions).await?;
             let (produced, p_client, p_broker) = measured(args.broker_pid, || produce(&args, &topic, size, None));
             let (produce_time, lat) = produced?;
             let (consumed, c_client, c_broker) = measured(args.broker_pid, || consume(&args, &topic, partitions));
@@ -303,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
             if args.paced_fraction > 0.0 {
                 let rate = r.produce_mb_s * 1e6 * args.paced_fraction;
                 let paced_topic = format!("{topic}-paced");
-                create_topic(&args.bootstrap, &paced_topic, partitions).await?;
+                create_topic(&args, &paced_topic, partitions).await?;
                 let (elapsed, lat) = produce(&args, &paced_topic, size, Some(rate))?;
                 paced = (percentile(&lat, 0.50), percentile(&lat, 0.99));
                 println!(

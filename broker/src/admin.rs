@@ -7,12 +7,18 @@
 //! * `/global/verify`: `courier ledger verify --global` on the running node;
 //! * `/global/locate?topic=T&key=K` or `?topic=T&partition=P&offset=O`:
 //!   `courier message locate` on the running node.
+//!
+//! The endpoint binds loopback by default. Bound to any other address it
+//! needs `admin.token.file`, and a client that is not on this host must
+//! send `Authorization: Bearer <token>`; loopback clients (`courier` on
+//! the node's host, a local Prometheus) need none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -20,8 +26,59 @@ use axum::Router;
 use crate::shutdown::ShutdownSignal;
 use crate::{Broker, StartError};
 
+/// The bearer token remote clients must present, if any.
+#[derive(Clone)]
+struct Token(Option<Arc<str>>);
+
+async fn authorize(
+    State(token): State<Token>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    if peer.ip().is_loopback() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&token.0, presented) {
+        (Some(want), Some(got)) if crate::auth::scram::constant_time_eq(want.as_bytes(), got.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            tracing::warn!(target: "courier::audit", %peer, path = %request.uri().path(), "admin endpoint: refused");
+            (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response()
+        }
+    }
+}
+
 pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<SocketAddr, StartError> {
     let (listener, local) = crate::bind(&broker.config.admin_listener).await?;
+    let token = match &broker.config.admin_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::config::ConfigError::Invalid(format!("admin.token.file {}: {e}", path.display()))
+            })?;
+            let t = text.trim();
+            if t.len() < 16 {
+                return Err(crate::config::ConfigError::Invalid(
+                    "admin.token.file: the token must be at least 16 characters".into(),
+                )
+                .into());
+            }
+            Some(Arc::from(t))
+        }
+        None if !local.ip().is_loopback() => {
+            return Err(crate::config::ConfigError::Invalid(format!(
+                "admin.listener {local} is not loopback: set admin.token.file so that remote clients must authenticate"
+            ))
+            .into())
+        }
+        None => None,
+    };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -29,9 +86,10 @@ pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<
         .route("/global", get(global))
         .route("/global/verify", get(global_verify))
         .route("/global/locate", get(global_locate))
-        .with_state(broker);
+        .with_state(broker)
+        .layer(axum::middleware::from_fn_with_state(Token(token), authorize));
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await;
         if let Err(e) = served {

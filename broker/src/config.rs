@@ -130,9 +130,27 @@ pub struct BrokerConfig {
     /// (also frees what a client stalled mid-frame holds).
     #[serde(rename = "connections.max.idle.ms")]
     pub connections_max_idle_ms: u64,
-    /// Most client connections open at once; more are closed on accept.
+    /// Most client connections open at once, over every listener; more
+    /// are closed on accept.
     #[serde(rename = "max.connections")]
     pub max_connections: usize,
+    /// Most connections open at once from one client address. Default:
+    /// unlimited (Kafka's).
+    #[serde(rename = "max.connections.per.ip")]
+    pub max_connections_per_ip: usize,
+    /// Per-address exceptions, `address:count,…` (Kafka's form).
+    #[serde(rename = "max.connections.per.ip.overrides")]
+    pub max_connections_per_ip_overrides: String,
+    /// Courier: a response the client does not take within this long (it
+    /// stopped reading) closes its connection, so a slow reader holds no
+    /// buffers forever. Default 30000.
+    #[serde(rename = "connections.write.timeout.ms")]
+    pub connections_write_timeout_ms: u64,
+    /// Courier: a file holding the bearer token the admin endpoint asks of
+    /// clients that are not on this host; required when `admin.listener`
+    /// binds anything but loopback.
+    #[serde(rename = "admin.token.file")]
+    pub admin_token_file: Option<PathBuf>,
     /// Largest Fetch response, whatever the client asks for (Kafka's
     /// broker-side `fetch.max.bytes`).
     #[serde(rename = "fetch.max.bytes")]
@@ -244,6 +262,10 @@ impl Default for BrokerConfig {
             connection_requests_inflight_max: 32,
             connections_max_idle_ms: 600_000,
             max_connections: 10_000,
+            max_connections_per_ip: usize::MAX,
+            max_connections_per_ip_overrides: String::new(),
+            connections_write_timeout_ms: 30_000,
+            admin_token_file: None,
             fetch_max_bytes: 57_671_680,
             cluster_replicas: Vec::new(),
             cluster_public_keys: Vec::new(),
@@ -407,6 +429,20 @@ impl BrokerConfig {
                 crate::auth::authorizer::AUTHORIZER_NAMES.join(", ")
             ));
         }
+        self.per_ip_overrides()?;
+        if !self.admin_listener.is_empty() && self.admin_token_file.is_none() {
+            let (host, _) = host_port(&self.admin_listener)?;
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                return bad(format!(
+                    "admin.listener {} is not loopback: set admin.token.file so that remote clients must authenticate",
+                    self.admin_listener
+                ));
+            }
+        }
+        if self.max_connections_per_ip == 0 || self.connections_write_timeout_ms == 0 {
+            return bad("max.connections.per.ip and connections.write.timeout.ms must be positive".into());
+        }
         if self.authentication_timeout_ms == 0 {
             return bad("authentication.timeout.ms must be positive".into());
         }
@@ -423,6 +459,29 @@ impl BrokerConfig {
         crate::auth::mapping::PrincipalMapping::parse(&self.ssl_principal_mapping_rules)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
+    }
+
+    /// `max.connections.per.ip.overrides`, parsed.
+    pub fn per_ip_overrides(&self) -> Result<Vec<(std::net::IpAddr, usize)>, ConfigError> {
+        self.max_connections_per_ip_overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (host, count) = e.rsplit_once(':').ok_or_else(|| {
+                    ConfigError::Invalid(format!("max.connections.per.ip.overrides: {e:?} is not address:count"))
+                })?;
+                let ip = host.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "max.connections.per.ip.overrides: {host:?} is not an IP address"
+                    ))
+                })?;
+                let n = count.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("max.connections.per.ip.overrides: bad count in {e:?}"))
+                })?;
+                Ok((ip, n))
+            })
+            .collect()
     }
 
     /// The Kafka listeners, in the order `listeners` gives them.

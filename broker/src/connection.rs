@@ -153,7 +153,8 @@ async fn run<R, W>(
         let inflight_max = broker.config.connection_requests_inflight_max;
         let (tx, rx) = mpsc::channel::<Outgoing>(inflight_max);
         let (written_tx, mut written) = watch::channel(0u64);
-        let writer = tokio::spawn(write_responses(writer, rx, written_tx).in_current_span());
+        let write_timeout = Duration::from_millis(broker.config.connections_write_timeout_ms);
+        let writer = tokio::spawn(write_responses(writer, rx, written_tx, write_timeout).in_current_span());
         let frame_max = broker.config.socket_request_max_bytes as usize;
         let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
@@ -429,10 +430,14 @@ fn hex_head(frame: &[u8]) -> String {
     frame.iter().take(HEAD_BYTES).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Writes responses in order. A client that takes none for `timeout`
+/// (it stopped reading) loses its connection: its buffers are freed and,
+/// the writer gone, the reader stops too.
 async fn write_responses<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     written: watch::Sender<u64>,
+    timeout: Duration,
 ) {
     let mut out = BytesMut::new();
     while let Some(next) = rx.recv().await {
@@ -443,7 +448,10 @@ async fn write_responses<W: AsyncWrite + Unpin>(
                 let mut frame = Vec::with_capacity(4 + token.len());
                 frame.extend_from_slice(&(token.len() as u32).to_be_bytes());
                 frame.extend_from_slice(&token);
-                if writer.write_all(&frame).await.is_err() {
+                if !matches!(
+                    tokio::time::timeout(timeout, writer.write_all(&frame)).await,
+                    Ok(Ok(()))
+                ) {
                     break;
                 }
                 written.send_modify(|w| *w += 1);
@@ -459,8 +467,14 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         let api = api::api_name(next.api_key);
         metrics::counter!("courier_bytes_out_total").increment(out.len() as u64);
         metrics::histogram!("courier_request_seconds", "api" => api).record(next.started.elapsed().as_secs_f64());
-        if writer.write_all(&out).await.is_err() {
-            break;
+        match tokio::time::timeout(timeout, writer.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                warn!("closing connection: the client took no response for connections.write.timeout.ms");
+                metrics::counter!("courier_connections_closed_total", "reason" => "write_timeout").increment(1);
+                break;
+            }
         }
         written.send_modify(|w| *w += 1);
     }

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod dev;
 pub mod dev_secure;
 pub mod groups;
+pub mod limits;
 pub mod metrics;
 pub mod replication;
 pub mod security;
@@ -91,6 +92,8 @@ pub struct Broker {
     pub security: security::SecurityStore,
     pub authorizer: auth::authorizer::Authorizer,
     pub principal_mapping: auth::mapping::PrincipalMapping,
+    /// Open client connections, in total and per address.
+    pub connection_limits: limits::ConnectionLimits,
 }
 
 impl Broker {
@@ -264,6 +267,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         security,
         authorizer,
         principal_mapping,
+        connection_limits: limits::ConnectionLimits::new(&config)?,
         cluster_id,
         config,
         store,

@@ -673,14 +673,25 @@ fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyho
 }
 
 /// A GET to a node's admin endpoint: the status and the body.
+/// A remote node's endpoint wants a bearer token: the CLI reads it from
+/// the file `COURIER_ADMIN_TOKEN_FILE` names.
 fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let auth = match std::env::var_os("COURIER_ADMIN_TOKEN_FILE") {
+        Some(f) => format!(
+            "Authorization: Bearer {}\r\n",
+            std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("COURIER_ADMIN_TOKEN_FILE: {e}"))?
+                .trim()
+        ),
+        None => String::new(),
+    };
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)
         .map_err(|e| anyhow::anyhow!("cannot reach the admin endpoint at {addr}: {e}"))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

@@ -12,6 +12,7 @@ use crate::auth::sasl::Mechanism;
 use crate::auth::tls::ClientTls;
 use crate::config::SecurityProtocol;
 use crate::connection;
+use crate::limits::Refusal;
 use crate::shutdown::ShutdownSignal;
 use crate::Broker;
 
@@ -40,20 +41,25 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if connections.len() >= broker.config.max_connections {
-                        warn!(%peer, max = broker.config.max_connections, "refusing connection: max.connections reached");
-                        metrics::counter!("courier_connections_closed_total", "reason" => "max_connections").increment(1);
-                        drop(stream);
-                        continue;
-                    }
+                    let admission = match broker.connection_limits.admit(peer.ip()) {
+                        Ok(a) => a,
+                        Err(refusal) => {
+                            let reason = match refusal {
+                                Refusal::Total => "max_connections",
+                                Refusal::PerIp => "max_connections_per_ip",
+                            };
+                            warn!(%peer, reason, "refusing connection");
+                            metrics::counter!("courier_connections_closed_total", "reason" => reason).increment(1);
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     metrics::counter!("courier_connections_total").increment(1);
-                    connections.spawn(connection::serve(
-                        broker.clone(),
-                        kafka_listener.clone(),
-                        stream,
-                        peer,
-                        shutdown.clone(),
-                    ));
+                    let serve = connection::serve(broker.clone(), kafka_listener.clone(), stream, peer, shutdown.clone());
+                    connections.spawn(async move {
+                        serve.await;
+                        drop(admission);
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");

@@ -623,14 +623,12 @@ async fn run_matrix(w: &mut TlsWire, who: &str) -> Vec<Call> {
     let r = call!(
         ApiKey::CreatePartitions,
         3,
-        RequestKind::CreatePartitions(
-            CreatePartitionsRequest::default()
-                .with_timeout_ms(5000)
-                .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default()
+        RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_timeout_ms(5000).with_topics(
+            vec![create_partitions_request::CreatePartitionsTopic::default()
                     .with_name(tn(&t))
                     .with_count(2)
-                    .with_assignments(None),])
-        ),
+                    .with_assignments(None),]
+        )),
         CreatePartitions
     );
     push("CreatePartitions", r.results[0].error_code, TAF);
@@ -1191,7 +1189,11 @@ async fn may_produce(certs: &Certs, addr: SocketAddr, user: &str, pw: &str, topi
 }
 
 fn sasl_addr(node: &courier::RunningBroker) -> SocketAddr {
-    node.listeners.iter().find(|(n, _)| n == "SASL_SSL").map(|(_, a)| *a).unwrap()
+    node.listeners
+        .iter()
+        .find(|(n, _)| n == "SASL_SSL")
+        .map(|(_, a)| *a)
+        .unwrap()
 }
 
 async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
@@ -1221,9 +1223,13 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
         })
         .await
         .unwrap();
-    let stream = tls_connect(node(&running, 0), tls_config(&certs.dir.join("ca.pem"), None)).await.unwrap();
+    let stream = tls_connect(node(&running, 0), tls_config(&certs.dir.join("ca.pem"), None))
+        .await
+        .unwrap();
     let mut admin = Wire::over(stream);
-    scram_login(&mut admin, ScramMechanism::Sha512, "admin", &password("admin")).await.unwrap();
+    scram_login(&mut admin, ScramMechanism::Sha512, "admin", &password("admin"))
+        .await
+        .unwrap();
     // A topic with a partition on every cluster.
     let req = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
         create_topics_request::CreatableTopic::default()
@@ -1249,9 +1255,11 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
     let mut slowest = Duration::ZERO;
     for i in 0..nodes {
         let addr = node(&running, i);
-        let took = within(PROPAGATION_BOUND, || may_produce(&certs, addr, "alice", "alice-pw", "shared"))
-            .await
-            .unwrap_or_else(|| panic!("node {i}: alice may not produce {PROPAGATION_BOUND:?} after the change"));
+        let took = within(PROPAGATION_BOUND, || {
+            may_produce(&certs, addr, "alice", "alice-pw", "shared")
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {i}: alice may not produce {PROPAGATION_BOUND:?} after the change"));
         slowest = slowest.max(took);
     }
     // Removing the ACL through the last node takes effect on node 0.
@@ -1260,7 +1268,9 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
         .await
         .unwrap();
     let mut admin_last = Wire::over(stream);
-    scram_login(&mut admin_last, ScramMechanism::Sha512, "admin", &password("admin")).await.unwrap();
+    scram_login(&mut admin_last, ScramMechanism::Sha512, "admin", &password("admin"))
+        .await
+        .unwrap();
     let req = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
         delete_acls_request::DeleteAclsFilter::default()
             .with_resource_type_filter(resource::TOPIC)
@@ -1295,11 +1305,17 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
     admin_last.call(ApiKey::CreateAcls, 3, &admin_req).await;
     let victim = 1;
     running[victim].take().unwrap().stop().await;
-    running[victim] = Some(courier::start(configs[victim].clone()).await.unwrap());
+    running[victim] = Some(
+        courier::start(configs[victim].clone())
+            .await
+            .unwrap_or_else(|e| panic!("node {victim} restarts: {e:?}")),
+    );
     let addr = node(&running, victim);
-    within(Duration::from_secs(30), || may_produce(&certs, addr, "alice", "alice-pw", "shared"))
-        .await
-        .expect("a restarted node keeps credentials and ACLs");
+    within(Duration::from_secs(30), || {
+        may_produce(&certs, addr, "alice", "alice-pw", "shared")
+    })
+    .await
+    .expect("a restarted node keeps credentials and ACLs");
     for n in running.into_iter().flatten() {
         n.stop().await;
     }
@@ -1313,4 +1329,154 @@ async fn acl_and_credential_changes_reach_all_four_nodes_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_and_credential_changes_reach_eight_nodes_in_two_clusters_within_the_bound() {
     changes_reach_every_node(8, 4).await;
+}
+
+/// `max.connections.per.ip` closes the connection over the limit at once;
+/// an address with an override, and connections freed later, are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_limited_with_overrides() {
+    let broker = TestBroker::start(&[
+        "max.connections.per.ip=2",
+        "max.connections.per.ip.overrides=\"127.0.0.2:3\"",
+    ])
+    .await;
+    let api_versions = RequestKind::ApiVersions(ApiVersionsRequest::default());
+    let mut first = Wire::connect(broker.addr()).await;
+    let mut second = Wire::connect(broker.addr()).await;
+    first.call(ApiKey::ApiVersions, 3, &api_versions).await;
+    second.call(ApiKey::ApiVersions, 3, &api_versions).await;
+    let mut third = Wire::connect(broker.addr()).await;
+    assert!(third.is_closed().await, "a third connection from 127.0.0.1 is refused");
+    // 127.0.0.2 may open three.
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut w = Wire::over(socket.connect(broker.addr()).await.unwrap());
+        w.call(ApiKey::ApiVersions, 3, &api_versions).await;
+        others.push(w);
+    }
+    drop(first);
+    // The freed slot is taken again (the close is seen by the broker shortly).
+    let again = within(Duration::from_secs(5), || async {
+        let mut w = Wire::connect(broker.addr()).await;
+        w.send(ApiKey::ApiVersions, 3, &api_versions).await;
+        w.recv_frame().await.is_some()
+    })
+    .await;
+    assert!(again.is_some(), "a freed slot is given to the next connection");
+}
+
+/// A client that sends requests and never reads the responses loses its
+/// connection after `connections.write.timeout.ms`, and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let broker = TestBroker::start(&["connections.write.timeout.ms=1000"]).await;
+    let mut w = Wire::connect(broker.addr()).await;
+    let req = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(tn("slow-reader"))
+            .with_num_partitions(1)
+            .with_replication_factor(-1),
+    ]));
+    w.call(ApiKey::CreateTopics, 7, &req).await;
+    let big = "x".repeat(900 * 1024);
+    for _ in 0..8 {
+        let req = RequestKind::Produce(
+            ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_name(tn("slow-reader"))
+                    .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(one_record(&big)))])]),
+        );
+        let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 9, &req).await else {
+            panic!()
+        };
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    // 40 fetches of the whole ~7 MiB topic: far more than socket buffers hold.
+    let fetch = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(16 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(tn("slow-reader"))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(16 << 20)])]),
+    );
+    let mut slow = Wire::connect(broker.addr()).await;
+    for _ in 0..40 {
+        slow.send(ApiKey::Fetch, 12, &fetch).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Another client is served meanwhile.
+    let ResponseKind::ApiVersions(_) = w
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        )
+        .await
+    else {
+        panic!()
+    };
+    // Reading now yields what was buffered, then the end: nowhere near all
+    // 40 responses.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut slow.stream, &mut buf),
+        )
+        .await
+        .expect("the connection ends")
+        .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(
+        total < 40 * 7 * 900 * 1024,
+        "read {total} bytes: the broker kept writing"
+    );
+    let metrics = reqwest_metrics(broker.admin_addr()).await;
+    assert!(metrics.contains("reason=\"write_timeout\""), "the close is counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_endpoint_off_loopback_needs_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Err(e) = courier::BrokerConfig::load(None, &["admin.listener=0.0.0.0:9644".into()]) else {
+        panic!("an unauthenticated admin endpoint on 0.0.0.0 must not be configured")
+    };
+    assert!(e.to_string().contains("admin.token.file"), "{e}");
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let dir = tmp.path().join("with-token");
+    let config = common::config(
+        &dir,
+        &[
+            "admin.listener=0.0.0.0:0",
+            &format!("admin.token.file={:?}", token.display().to_string()),
+        ],
+    );
+    let running = courier::start(config).await.unwrap();
+    let port = running.admin_addr.unwrap().port();
+    // From this host (loopback), no token is needed.
+    let metrics = reqwest_metrics(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    assert!(
+        metrics.starts_with("HTTP/1.1 200"),
+        "{}",
+        &metrics[..metrics.len().min(80)]
+    );
+    running.stop().await;
 }

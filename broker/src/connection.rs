@@ -100,7 +100,11 @@ pub async fn serve(
                 run(broker, reader, writer, session, auth_deadline, shutdown).await
             }
             Some(tls) => {
-                let accepted = tokio::time::timeout_at(auth_deadline, tls.acceptor.accept(stream)).await;
+                let mut stop = shutdown.clone();
+                let accepted = tokio::select! {
+                    a = tokio::time::timeout_at(auth_deadline, tls.acceptor.accept(stream)) => a,
+                    _ = stop.wait() => return,
+                };
                 let stream = match accepted {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {

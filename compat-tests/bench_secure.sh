@@ -11,13 +11,19 @@
 # ANONYMOUS over PLAINTEXT), so each request skips the ACL walk; what it
 # measures is the cost of TLS and of authentication.
 #
+# Each round runs the three listeners in a rotated order (the ledger grows
+# as the run goes on, so no listener always comes last); the ratios are of
+# the medians over the rounds.
+#
 # Usage: compat-tests/bench_secure.sh [--short]
-#   COURIER_BENCH_RECORDS=n   records per case (default 200,000; --short: 20,000)
+#   COURIER_BENCH_RECORDS=n   records per case (default 100,000; --short: 20,000)
+#   COURIER_BENCH_ROUNDS=n    rounds (default 3; --short: 1)
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-records=${COURIER_BENCH_RECORDS:-200000}
-if [ "${1:-}" = "--short" ]; then records=20000; shift; fi
+records=${COURIER_BENCH_RECORDS:-100000}
+rounds=${COURIER_BENCH_ROUNDS:-3}
+if [ "${1:-}" = "--short" ]; then records=20000; rounds=1; shift; fi
 data=$(mktemp -d)
 results=$data/results.tsv
 port=${COURIER_BENCH_PORT:-24092}
@@ -39,25 +45,44 @@ bench() {
   "$top/target/release/courier-bench" --bootstrap "$addr" --records "$records" --sizes 1024 --partitions 1,6 \
     --label "$label" --broker-pid "$pid" --results "$results" "$@"
 }
-bench plaintext "127.0.0.1:$((port + 200))"
-bench ssl "127.0.0.1:$((port + 100))" -X security.protocol=SSL -X "ssl.ca.location=$certs/ca.pem" \
-  -X "ssl.certificate.location=$certs/users/admin.pem" -X "ssl.key.location=$certs/users/admin.key"
-bench sasl_ssl "127.0.0.1:$port" -X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-512 \
-  -X sasl.username=admin -X sasl.password=admin-secret -X "ssl.ca.location=$certs/ca.pem"
+plaintext() { bench plaintext "127.0.0.1:$((port + 200))"; }
+ssl() {
+  bench ssl "127.0.0.1:$((port + 100))" -X security.protocol=SSL -X "ssl.ca.location=$certs/ca.pem" \
+    -X "ssl.certificate.location=$certs/users/admin.pem" -X "ssl.key.location=$certs/users/admin.key"
+}
+sasl_ssl() {
+  bench sasl_ssl "127.0.0.1:$port" -X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-512 \
+    -X sasl.username=admin -X sasl.password=admin-secret -X "ssl.ca.location=$certs/ca.pem"
+}
+order=(plaintext ssl sasl_ssl)
+for round in $(seq 1 "$rounds"); do
+  echo "round $round: ${order[*]}"
+  for l in "${order[@]}"; do "$l"; done
+  order=("${order[@]:1}" "${order[0]}")
+done
 kill -INT "$pid"; wait "$pid" || true; pid=
 
+# Medians over the rounds, then the ratios to PLAINTEXT.
 awk -F'\t' '
-  { key = $2 "\t" $3; label[NR] = $1; k[NR] = key
-    prod[$1, key] = $4; cons[$1, key] = $5; cpu[$1, key] = $6 }
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { key = $1 "\t" $2 "\t" $3; if (!(key in prod)) order[++n] = key
+    prod[key] = prod[key] " " $4; cons[key] = cons[key] " " $5; cpu[key] = cpu[key] " " $6 }
   END {
+    printf "\n%-10s %6s %4s %16s %16s %18s   (medians of the rounds: produce MB/s / consume MB/s / broker CPU s/GB)\n", "target", "size", "part", "produce", "consume", "broker CPU/GB"
+    for (i = 1; i <= n; i++) {
+      k = order[i]; split(k, f, "\t")
+      P[k] = median(prod[k]); C[k] = median(cons[k]); U[k] = median(cpu[k])
+      printf "%-10s %6s %4s %16.1f %16.1f %18.1f\n", f[1], f[2], f[3], P[k], C[k], U[k]
+    }
     printf "\n%-20s %6s %4s %12s %12s %18s\n", "ratio", "size", "part", "produce x", "consume x", "broker CPU/GB x"
-    for (i = 1; i <= NR; i++) {
-      l = label[i]; key = k[i]
-      if (l == "plaintext") continue
-      split(key, f, "\t")
-      b = cpu["plaintext", key] + 0
-      c = b > 0 ? sprintf("%.2f", cpu[l, key] / b) : "-"
-      printf "%-20s %6s %4s %12.2f %12.2f %18s\n", l "/plaintext", f[1], f[2],
-        prod[l, key] / prod["plaintext", key], cons[l, key] / cons["plaintext", key], c
+    for (i = 1; i <= n; i++) {
+      k = order[i]; split(k, f, "\t")
+      if (f[1] == "plaintext") continue
+      b = "plaintext\t" f[2] "\t" f[3]
+      printf "%-20s %6s %4s %12.2f %12.2f %18.2f\n", f[1] "/plaintext", f[2], f[3], P[k] / P[b], C[k] / C[b], U[k] / U[b]
     }
   }' "$results"

@@ -39,6 +39,23 @@ fi
 grep -q "Topic authorization failed" "$data/out.err" || { echo "FAIL outsider: $(cat "$data/out.err")"; exit 1; }
 echo "ok   kcat outsider gets Topic authorization failed"
 
+# courier users: a new user's password set through node 1 by the admin, then
+# the user authenticates on node 3 (it has no ACLs: refused, but known).
+echo "carol-pw" | "$courier" users set-password --command-config "$clients/admin.sasl.properties" \
+  --bootstrap "127.0.0.1:$((port + 1))" --user carol >/dev/null
+"$courier" users list --command-config "$clients/admin.sasl.properties" | grep -q "^carol .*SCRAM-SHA-512" \
+  || { echo "FAIL courier users list does not show carol"; exit 1; }
+sed -e 's/sasl.username=.*/sasl.username=carol/' -e 's/sasl.password=.*/sasl.password=carol-pw/' \
+  -e "s/bootstrap.servers=.*/bootstrap.servers=127.0.0.1:$((port + 3))/" "$clients/admin.sasl.properties" >"$data/carol.properties"
+if echo "x" | kcat -F "$data/carol.properties" -P -t orders 2>"$data/carol.err"; then
+  echo "FAIL carol could write without an ACL"; exit 1
+fi
+grep -q "Topic authorization failed" "$data/carol.err" || { echo "FAIL carol: $(cat "$data/carol.err")"; exit 1; }
+if echo "not-a-user" | "$courier" users set-password --command-config "$clients/outsider.sasl.properties" --user x 2>/dev/null; then
+  echo "FAIL the outsider could set a password"; exit 1
+fi
+echo "ok   courier users: the admin sets carol's password on node 1, carol authenticates on node 3; the outsider may not"
+
 "$python" "$here/python/secure_compat.py" "$data/d" "127.0.0.1:$port" "127.0.0.1:$((port + 100))"
 
 kill -INT "$pid"

@@ -10,6 +10,7 @@ pub mod admin;
 mod alloc;
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod dev;

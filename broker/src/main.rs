@@ -33,6 +33,57 @@ enum Command {
     /// Find messages in the global ledger.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Manage SCRAM users through any node (Kafka's AlterUserScramCredentials
+    /// and DescribeUserScramCredentials; the password never leaves this
+    /// machine, only a salted hash of it).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// How `courier users` reaches and authenticates to a node.
+#[derive(Args)]
+struct NodeConnection {
+    /// A node's Kafka listener (default: the first of bootstrap.servers in
+    /// --command-config).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// librdkafka-style settings: security.protocol, sasl.mechanisms,
+    /// sasl.username, sasl.password, ssl.ca.location,
+    /// ssl.certificate.location, ssl.key.location (e.g. a file `courier dev
+    /// --secure` wrote under clients/).
+    #[arg(long, value_name = "FILE")]
+    command_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Set a user's SCRAM password; it is read from standard input (one line).
+    SetPassword {
+        #[command(flatten)]
+        node: NodeConnection,
+        #[arg(long)]
+        user: String,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512.
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations (4096 to 16384).
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+    /// List users and the SCRAM mechanisms they have credentials for.
+    List {
+        #[command(flatten)]
+        node: NodeConnection,
+    },
+    /// Remove a user's credential for one mechanism.
+    Delete {
+        #[command(flatten)]
+        node: NodeConnection,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +297,7 @@ fn main() -> ExitCode {
         Command::Ledger(LedgerCommand::Receipts { data_dir, group, topic }) => {
             list_receipts(&data_dir, group.as_deref(), topic.as_deref())
         }
+        Command::Users(command) => users(command),
     };
     match result {
         Ok(code) => code,
@@ -254,6 +306,129 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `courier users …`: one request to one node.
+fn users(command: UsersCommand) -> anyhow::Result<ExitCode> {
+    use courier::client::{ClientSettings, Connection};
+    use courier_consensus::security::ScramMechanism;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let node = match &command {
+        UsersCommand::SetPassword { node, .. } | UsersCommand::List { node } | UsersCommand::Delete { node, .. } => {
+            node
+        }
+    };
+    let settings = match &node.command_config {
+        Some(f) => ClientSettings::load(f)?,
+        None => ClientSettings::default(),
+    };
+    let bootstrap = node
+        .bootstrap
+        .clone()
+        .or_else(|| {
+            settings
+                .values
+                .get("bootstrap.servers")
+                .and_then(|b| b.split(',').next())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| anyhow::anyhow!("give --bootstrap, or bootstrap.servers in --command-config"))?;
+    let mechanism = |name: &str| {
+        ScramMechanism::from_name(name).ok_or_else(|| anyhow::anyhow!("{name} is not SCRAM-SHA-256 or SCRAM-SHA-512"))
+    };
+    let s = |v: &str| StrBytes::from_string(v.to_owned());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let mut conn = Connection::open(&bootstrap, &settings).await?;
+        let alter = |req: AlterUserScramCredentialsRequest| RequestKind::AlterUserScramCredentials(req);
+        let outcome = match command {
+            UsersCommand::SetPassword {
+                user,
+                mechanism: name,
+                iterations,
+                ..
+            } => {
+                let m = mechanism(&name)?;
+                let mut password = String::new();
+                std::io::stdin().read_line(&mut password)?;
+                let password = password.trim_end_matches(['\r', '\n']);
+                anyhow::ensure!(!password.is_empty(), "no password on standard input");
+                let mut salt = [0u8; courier::auth::scram::SALT_BYTES];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+                    .map_err(|_| anyhow::anyhow!("no randomness for a salt"))?;
+                let salted = courier::auth::scram::salted_password(m, password.as_bytes(), &salt, iterations);
+                let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(s(&user))
+                        .with_mechanism(m.code())
+                        .with_iterations(iterations as i32)
+                        .with_salt(bytes::Bytes::copy_from_slice(&salt))
+                        .with_salted_password(salted.into()),
+                ]);
+                conn.call(ApiKey::AlterUserScramCredentials, 0, alter(req)).await?
+            }
+            UsersCommand::Delete {
+                user, mechanism: name, ..
+            } => {
+                let req = AlterUserScramCredentialsRequest::default().with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(s(&user))
+                        .with_mechanism(mechanism(&name)?.code()),
+                ]);
+                conn.call(ApiKey::AlterUserScramCredentials, 0, alter(req)).await?
+            }
+            UsersCommand::List { .. } => {
+                let req = DescribeUserScramCredentialsRequest::default().with_users(None);
+                conn.call(
+                    ApiKey::DescribeUserScramCredentials,
+                    0,
+                    RequestKind::DescribeUserScramCredentials(req),
+                )
+                .await?
+            }
+        };
+        let error = |code: i16, message: &Option<StrBytes>| {
+            let name = kafka_protocol::error::ParseResponseErrorCode::err(code)
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_else(|| code.to_string());
+            format!("{name}: {}", message.as_ref().map(|m| m.as_str()).unwrap_or(""))
+        };
+        match outcome {
+            ResponseKind::AlterUserScramCredentials(r) => {
+                let mut ok = true;
+                for u in r.results {
+                    if u.error_code == 0 {
+                        println!("{}: done", u.user.as_str());
+                    } else {
+                        ok = false;
+                        println!("{}: {}", u.user.as_str(), error(u.error_code, &u.error_message));
+                    }
+                }
+                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            ResponseKind::DescribeUserScramCredentials(r) if r.error_code != 0 => {
+                eprintln!("courier: {}", error(r.error_code, &r.error_message));
+                Ok(ExitCode::FAILURE)
+            }
+            ResponseKind::DescribeUserScramCredentials(r) => {
+                for u in r.results {
+                    let mechanisms: Vec<String> = u
+                        .credential_infos
+                        .iter()
+                        .map(|c| {
+                            let name = ScramMechanism::from_code(c.mechanism).map_or("?", |m| m.name());
+                            format!("{name} ({} iterations)", c.iterations)
+                        })
+                        .collect();
+                    println!("{:<24} {}", u.user.as_str(), mechanisms.join(", "));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    })
 }
 
 fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {

@@ -158,6 +158,14 @@ enum CertsCommand {
         /// (`cluster.join`): the first ones' settings name only each other.
         #[arg(long, value_name = "ID")]
         join_from: Option<usize>,
+        /// Client certificates too: `name@organization`, comma-separated
+        /// (e.g. `alice@org-a,bob@org-b`). Each organization gets a CA
+        /// (`<org>-ca.pem`, with `O=<org>`), each client
+        /// `users/<name>.pem` and `.key` (`CN=<name>, O=<org>`), and
+        /// `client-cas.pem` lists the CAs (for `ssl.truststore.location`);
+        /// also the listener certificate `listener.keystore.pem`.
+        #[arg(long, value_name = "NAME@ORG,…", value_delimiter = ',')]
+        clients: Vec<String>,
     },
 }
 
@@ -278,7 +286,34 @@ fn main() -> ExitCode {
             port,
             peer_port,
             join_from,
-        }) => certs_dev(&out, nodes, cluster_size, port, peer_port, join_from),
+            clients,
+        }) => clients
+            .iter()
+            .map(|c| {
+                c.split_once('@')
+                    .filter(|(n, o)| !n.is_empty() && !o.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--clients {c:?}: expected name@organization"))
+            })
+            .collect::<anyhow::Result<Vec<(&str, &str)>>>()
+            .and_then(|pairs| Ok((pairs, certs_dev(&out, nodes, cluster_size, port, peer_port, join_from)?)))
+            .and_then(|(pairs, code)| {
+                if pairs.is_empty() {
+                    return Ok(code);
+                }
+                let certs = std::path::absolute(&out)?.join("certs");
+                let cas = courier::dev_secure::issue_client_certs(&certs, &pairs)?;
+                let keystore = courier::dev_secure::issue_listener_cert(&certs)?;
+                println!(
+                    "Client certificates under {}; their CAs in {}",
+                    certs.join("users").display(),
+                    cas.display()
+                );
+                println!(
+                    "Listener certificate and key (ssl.keystore.location): {}",
+                    keystore.display()
+                );
+                Ok(code)
+            }),
         Command::Ledger(LedgerCommand::Verify {
             data_dir,
             global: true,

@@ -175,6 +175,70 @@ impl SaslSession {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state_with(user: &str, password: &str) -> SecurityState {
+        let mut s = SecurityState::default();
+        s.scram.insert(
+            (user.into(), ScramMechanism::Sha256),
+            scram::new_credential(ScramMechanism::Sha256, password, 4096).unwrap(),
+        );
+        s
+    }
+
+    #[test]
+    fn plain_checks_the_password_and_the_authorization_id() {
+        let s = state_with("alice", "pw");
+        assert_eq!(plain(b"\0alice\0pw", &s), Ok("alice".into()));
+        assert_eq!(plain(b"alice\0alice\0pw", &s), Ok("alice".into()));
+        assert!(plain(b"bob\0alice\0pw", &s).is_err(), "acting as another user");
+        assert!(plain(b"\0alice\0wrong", &s).is_err());
+        assert!(plain(b"\0nobody\0pw", &s).is_err());
+        assert!(plain(b"\0alice\0pw\0extra", &s).is_err());
+    }
+
+    #[test]
+    fn a_session_is_served_only_once_proven_and_until_it_expires() {
+        let s = state_with("alice", "pw");
+        let mut session = SaslSession::new(vec![Mechanism::Plain], Some(Duration::from_secs(10)));
+        let now = Instant::now();
+        assert!(!session.is_serving(now));
+        assert!(
+            matches!(session.authenticate(b"\0alice\0pw", now, &s), Step::Failed(..)),
+            "no handshake yet"
+        );
+        let (r, ok) = session.handshake(&SaslHandshakeRequest::default().with_mechanism(str_bytes("SCRAM-SHA-512")));
+        assert!(!ok && r.error_code == ResponseError::UnsupportedSaslMechanism.code());
+        assert!(
+            session
+                .handshake(&SaslHandshakeRequest::default().with_mechanism(str_bytes("PLAIN")))
+                .1
+        );
+        assert!(matches!(session.authenticate(b"\0alice\0pw", now, &s), Step::Done(..)));
+        assert!(session.is_serving(now));
+        assert!(!session.is_serving(now + Duration::from_secs(11)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_plain_or_scram_token_in_any_stage_fails_or_succeeds_without_panic(
+            tokens in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..4),
+            mechanism in 0usize..3,
+        ) {
+            let s = state_with("alice", "pw");
+            let m = [Mechanism::Plain, Mechanism::Scram(ScramMechanism::Sha256), Mechanism::Scram(ScramMechanism::Sha512)][mechanism];
+            let mut session = SaslSession::new(vec![m], None);
+            session.handshake(&SaslHandshakeRequest::default().with_mechanism(str_bytes(m.name())));
+            for t in &tokens {
+                let _ = session.authenticate(t, Instant::now(), &s);
+            }
+        }
+    }
+}
+
 /// SASL/PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`, checked
 /// against the user's SCRAM-SHA-512 credential, else its SCRAM-SHA-256 one.
 fn plain(token: &[u8], state: &SecurityState) -> Result<String, String> {

@@ -175,6 +175,27 @@ impl SaslSession {
     }
 }
 
+/// SASL/PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`, checked
+/// against the user's SCRAM-SHA-512 credential, else its SCRAM-SHA-256 one.
+fn plain(token: &[u8], state: &SecurityState) -> Result<String, String> {
+    let mut parts = token.split(|b| *b == 0);
+    let (Some(authzid), Some(user), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("malformed PLAIN message".into());
+    };
+    let user = std::str::from_utf8(user).map_err(|_| "PLAIN user name is not UTF-8".to_owned())?;
+    if user.is_empty() || !(authzid.is_empty() || authzid == user.as_bytes()) {
+        return Err("PLAIN authorization id differs from the user".into());
+    }
+    let found = [ScramMechanism::Sha512, ScramMechanism::Sha256]
+        .into_iter()
+        .find_map(|m| state.scram.get(&(user.to_owned(), m)).map(|c| (m, c)));
+    match found {
+        Some((m, credential)) if scram::password_matches(m, credential, password) => Ok(user.to_owned()),
+        _ => Err(format!("user {user:?}: wrong password or unknown user")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,26 +257,5 @@ mod tests {
                 let _ = session.authenticate(t, Instant::now(), &s);
             }
         }
-    }
-}
-
-/// SASL/PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`, checked
-/// against the user's SCRAM-SHA-512 credential, else its SCRAM-SHA-256 one.
-fn plain(token: &[u8], state: &SecurityState) -> Result<String, String> {
-    let mut parts = token.split(|b| *b == 0);
-    let (Some(authzid), Some(user), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("malformed PLAIN message".into());
-    };
-    let user = std::str::from_utf8(user).map_err(|_| "PLAIN user name is not UTF-8".to_owned())?;
-    if user.is_empty() || !(authzid.is_empty() || authzid == user.as_bytes()) {
-        return Err("PLAIN authorization id differs from the user".into());
-    }
-    let found = [ScramMechanism::Sha512, ScramMechanism::Sha256]
-        .into_iter()
-        .find_map(|m| state.scram.get(&(user.to_owned(), m)).map(|c| (m, c)));
-    match found {
-        Some((m, credential)) if scram::password_matches(m, credential, password) => Ok(user.to_owned()),
-        _ => Err(format!("user {user:?}: wrong password or unknown user")),
     }
 }

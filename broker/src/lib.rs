@@ -41,6 +41,8 @@ use topics::Topics;
 
 /// How long shutdown waits for the sequencer to drain.
 const SEQUENCER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long shutdown waits for the last readers of the ledger.
+const LEDGER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// File name of the ledger database inside `log.dirs`.
 pub const LEDGER_FILE: &str = "ledger.redb";
@@ -131,7 +133,8 @@ pub struct RunningBroker {
 
 impl RunningBroker {
     /// Stops accepting, lets connections finish their current request,
-    /// drains the sequencer, and returns once the ledger is closed.
+    /// drains the sequencer, and returns once the ledger is closed (or,
+    /// should a reader hold it past `LEDGER_CLOSE_GRACE`, says so).
     pub async fn stop(mut self) {
         self.shutdown.trigger();
         for server in std::mem::take(&mut self.servers) {
@@ -142,6 +145,7 @@ impl RunningBroker {
             r.stop().await;
         }
         let threads = std::mem::take(&mut self.ledger_threads);
+        let store = self.broker.store.clone();
         drop(self.broker);
         // The sequencer ends once the last broker handle is gone and its
         // rounds are durable. A handle still held elsewhere (an admin HTTP
@@ -153,6 +157,16 @@ impl RunningBroker {
             if joined.is_err() {
                 tracing::warn!("ledger thread still running at shutdown; unacknowledged writes may be lost");
             }
+        }
+        // Reads in flight (a peer's block read, a group's offsets) hold the
+        // ledger in blocking tasks a moment longer: the ledger is closed
+        // only once they are done, so a restart can open it again.
+        let deadline = tokio::time::Instant::now() + LEDGER_CLOSE_GRACE;
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("the ledger is still in use at shutdown; it closes when its last reader ends");
         }
     }
 }

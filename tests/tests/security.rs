@@ -779,15 +779,11 @@ async fn secure_broker(certs: &Certs, extra: &[&str]) -> TestBroker {
     TestBroker::start(&refs).await
 }
 
-/// Gives `admin` its password directly (the first credential of a new
-/// deployment has nobody to set it over the wire).
-async fn bootstrap_admin(broker: &TestBroker) {
+/// Gives `admin` its password directly through `node` (the first
+/// credential of a new deployment has nobody to set it over the wire).
+async fn bootstrap_admin(node: &courier::RunningBroker) {
     let credential = courier::auth::scram::new_credential(ScramMechanism::Sha512, &password("admin"), 4096).unwrap();
-    broker
-        .running
-        .as_ref()
-        .unwrap()
-        .broker
+    node.broker
         .security
         .change(courier_consensus::security::SecurityCommand::SetScram {
             user: "admin".into(),
@@ -798,11 +794,23 @@ async fn bootstrap_admin(broker: &TestBroker) {
         .unwrap();
 }
 
+/// The super user, logged in over SASL_SSL at `addr`.
+async fn admin_at(certs: &Certs, addr: SocketAddr) -> TlsWire {
+    let stream = tls_connect(addr, tls_config(&certs.dir.join("ca.pem"), None))
+        .await
+        .unwrap();
+    let mut admin = Wire::over(stream);
+    scram_login(&mut admin, ScramMechanism::Sha512, "admin", &password("admin"))
+        .await
+        .unwrap();
+    admin
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_allows_exactly_what_the_acls_grant_over_sasl_ssl_and_mtls() {
     let certs = Certs::new();
     let broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(&broker).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
     let mut admin = connect_as(&broker, &certs, "admin", true).await;
     set_up_matrix(&mut admin).await;
     let mut failures = Vec::new();
@@ -845,7 +853,7 @@ async fn every_api_allows_exactly_what_the_acls_grant_over_sasl_ssl_and_mtls() {
 async fn bad_credentials_certificates_and_stalled_handshakes_are_refused_while_others_are_served() {
     let certs = Certs::new();
     let broker = secure_broker(&certs, &["authentication.timeout.ms=1500"]).await;
-    bootstrap_admin(&broker).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
     let ca = certs.dir.join("ca.pem");
     let sasl_addr = addr_of(&broker, "SASL_SSL");
     let ssl_addr = addr_of(&broker, "SSL");
@@ -1034,7 +1042,7 @@ async fn reqwest_metrics(addr: SocketAddr) -> String {
 async fn acls_and_credentials_survive_a_restart() {
     let certs = Certs::new();
     let mut broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(&broker).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
     let mut admin = connect_as(&broker, &certs, "admin", true).await;
     set_up_matrix(&mut admin).await;
     drop(admin);
@@ -1059,7 +1067,7 @@ async fn acls_and_credentials_survive_a_restart() {
 async fn a_session_must_authenticate_again_before_it_expires() {
     let certs = Certs::new();
     let broker = secure_broker(&certs, &["connections.max.reauth.ms=1500"]).await;
-    bootstrap_admin(&broker).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
     let mut w = connect_as(&broker, &certs, "admin", true).await;
     let meta = RequestKind::Metadata(MetadataRequest::default());
     w.call(ApiKey::Metadata, 12, &meta).await;
@@ -1088,7 +1096,7 @@ async fn librdkafka_produces_over_sasl_ssl_and_consumes_over_mtls() {
 
     let certs = Certs::new();
     let broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(&broker).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
     let mut admin = connect_as(&broker, &certs, "admin", true).await;
     set_up_matrix(&mut admin).await;
     let ca = certs.dir.join("ca.pem").display().to_string();
@@ -1210,26 +1218,8 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
         .map(Some)
         .collect();
     let node = |r: &[Option<courier::RunningBroker>], i: usize| sasl_addr(r[i].as_ref().unwrap());
-    let credential = courier::auth::scram::new_credential(ScramMechanism::Sha512, &password("admin"), 4096).unwrap();
-    running[0]
-        .as_ref()
-        .unwrap()
-        .broker
-        .security
-        .change(courier_consensus::security::SecurityCommand::SetScram {
-            user: "admin".into(),
-            mechanism: ScramMechanism::Sha512,
-            credential: Some(credential),
-        })
-        .await
-        .unwrap();
-    let stream = tls_connect(node(&running, 0), tls_config(&certs.dir.join("ca.pem"), None))
-        .await
-        .unwrap();
-    let mut admin = Wire::over(stream);
-    scram_login(&mut admin, ScramMechanism::Sha512, "admin", &password("admin"))
-        .await
-        .unwrap();
+    bootstrap_admin(running[0].as_ref().unwrap()).await;
+    let mut admin = admin_at(&certs, node(&running, 0)).await;
     // A topic with a partition on every cluster.
     let req = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![
         create_topics_request::CreatableTopic::default()
@@ -1264,13 +1254,7 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
     }
     // Removing the ACL through the last node takes effect on node 0.
     let last = nodes - 1;
-    let stream = tls_connect(node(&running, last), tls_config(&certs.dir.join("ca.pem"), None))
-        .await
-        .unwrap();
-    let mut admin_last = Wire::over(stream);
-    scram_login(&mut admin_last, ScramMechanism::Sha512, "admin", &password("admin"))
-        .await
-        .unwrap();
+    let mut admin_last = admin_at(&certs, node(&running, last)).await;
     let req = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
         delete_acls_request::DeleteAclsFilter::default()
             .with_resource_type_filter(resource::TOPIC)

@@ -1464,3 +1464,125 @@ async fn an_admin_endpoint_off_loopback_needs_a_token() {
     );
     running.stop().await;
 }
+
+/// An administrator records a principal's organization with Kafka's
+/// IncrementalAlterConfigs on the broker resource
+/// (`courier.organization.<principal>`); it needs AlterConfigs on the
+/// cluster, and other broker settings stay static.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_records_a_principals_organization() {
+    let certs = Certs::new();
+    let broker = secure_broker(&certs, &[]).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
+    let mut admin = connect_as(&broker, &certs, "admin", true).await;
+    set_up_matrix(&mut admin).await;
+    let alter = |name: &str, op: i8, value: Option<&str>| {
+        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(s(""))
+                .with_configs(vec![incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(s(name))
+                    .with_config_operation(op)
+                    .with_value(value.map(s))]),
+        ]))
+    };
+    let code = |r: ResponseKind| match r {
+        ResponseKind::IncrementalAlterConfigs(r) => r.responses[0].error_code,
+        other => panic!("{other:?}"),
+    };
+    let organizations = || {
+        broker
+            .running
+            .as_ref()
+            .unwrap()
+            .broker
+            .security
+            .snapshot()
+            .organizations
+            .clone()
+    };
+    let key = "courier.organization.User:allowed";
+    assert_eq!(
+        code(
+            admin
+                .call(ApiKey::IncrementalAlterConfigs, 1, &alter(key, 0, Some("org-z")))
+                .await
+        ),
+        0
+    );
+    assert_eq!(organizations().get("User:allowed").map(String::as_str), Some("org-z"));
+    let mut nobody = connect_as(&broker, &certs, "nobody", true).await;
+    assert_eq!(
+        code(
+            nobody
+                .call(ApiKey::IncrementalAlterConfigs, 1, &alter(key, 0, Some("org-n")))
+                .await
+        ),
+        CAF
+    );
+    assert_eq!(
+        code(
+            admin
+                .call(
+                    ApiKey::IncrementalAlterConfigs,
+                    1,
+                    &alter("num.partitions", 0, Some("3"))
+                )
+                .await
+        ),
+        42,
+        "static broker settings are refused (INVALID_REQUEST)"
+    );
+    assert_eq!(
+        code(
+            admin
+                .call(
+                    ApiKey::IncrementalAlterConfigs,
+                    1,
+                    &alter("courier.organization.nobody", 0, Some("x"))
+                )
+                .await
+        ),
+        40,
+        "not a principal (INVALID_CONFIG)"
+    );
+    assert_eq!(organizations().get("User:allowed").map(String::as_str), Some("org-z"));
+    // The receipt of a commit made now names the recorded organization.
+    let mut allowed = connect_as(&broker, &certs, "allowed", false).await;
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s("g-allowed")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(tn("t-allowed"))
+            .with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(1),
+            ])]);
+    let ResponseKind::OffsetCommit(r) = allowed
+        .call(ApiKey::OffsetCommit, 8, &RequestKind::OffsetCommit(commit))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        code(
+            admin
+                .call(ApiKey::IncrementalAlterConfigs, 1, &alter(key, 1, None))
+                .await
+        ),
+        0
+    );
+    assert!(!organizations().contains_key("User:allowed"));
+    let dir = broker.dir.clone();
+    let mut broker = broker;
+    broker.stop().await;
+    let receipts = courier::verify::receipts(&dir, Some("g-allowed"), None).unwrap();
+    let last = receipts.last().expect("a receipt");
+    assert_eq!(
+        (last.receipt.principal.as_str(), last.receipt.organization.as_str()),
+        ("User:allowed", "org-z")
+    );
+}

@@ -1,6 +1,7 @@
 //! IncrementalAlterConfigs for topics: SET and DELETE, validated as a whole
 //! and persisted before the answer. Broker settings are static (file and
-//! command line) and refused here.
+//! command line) and refused here, but for the principals' organizations
+//! (`courier.organization.<principal>`, see [`ORGANIZATION_PREFIX`]).
 
 use std::sync::Arc;
 
@@ -39,10 +40,10 @@ pub async fn handle(
                 drop(access);
                 alter_topic(broker, &res, req.validate_only).await
             }
-            RESOURCE_BROKER => Err((
-                ResponseError::InvalidRequest.code(),
-                "broker settings are static: use the config file".to_owned(),
-            )),
+            RESOURCE_BROKER => {
+                drop(access);
+                alter_organizations(broker, &res, req.validate_only).await
+            }
             other => Err((
                 ResponseError::InvalidRequest.code(),
                 format!("resource type {other} is not supported"),
@@ -60,6 +61,61 @@ pub async fn handle(
         });
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The one cluster-wide setting family that changes at run time:
+/// `courier.organization.<principal>` (say `courier.organization.User:alice
+/// = org-a`, DELETE to forget it), the organization an administrator
+/// records for a principal, ordered through Raft like every security
+/// change (for any broker resource name: it is cluster-wide). Every other
+/// broker setting is static and refused.
+pub const ORGANIZATION_PREFIX: &str = "courier.organization.";
+
+async fn alter_organizations(
+    broker: &Arc<Broker>,
+    res: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    use courier_consensus::security::{is_principal, SecurityCommand};
+    let mut commands = Vec::with_capacity(res.configs.len());
+    for c in &res.configs {
+        let Some(principal) = c.name.as_str().strip_prefix(ORGANIZATION_PREFIX) else {
+            return Err((
+                ResponseError::InvalidRequest.code(),
+                format!(
+                    "broker setting {} is static (use the config file); only {ORGANIZATION_PREFIX}<principal> changes at run time",
+                    c.name.as_str()
+                ),
+            ));
+        };
+        let organization = match (c.config_operation, &c.value) {
+            (OP_SET, Some(v)) if !v.is_empty() => Some(v.to_string()),
+            (OP_DELETE, _) => None,
+            _ => {
+                return Err((
+                    ResponseError::InvalidConfig.code(),
+                    format!("{}: SET an organization name, or DELETE", c.name.as_str()),
+                ))
+            }
+        };
+        if !is_principal(principal) {
+            return Err((
+                ResponseError::InvalidConfig.code(),
+                format!("{principal:?} is not a principal (Type:name)"),
+            ));
+        }
+        commands.push(SecurityCommand::SetOrganization {
+            principal: principal.to_owned(),
+            organization,
+        });
+    }
+    if validate_only {
+        return Ok(());
+    }
+    for command in commands {
+        broker.security.change(command).await?;
+    }
+    Ok(())
 }
 
 async fn alter_topic(

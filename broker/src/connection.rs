@@ -206,18 +206,16 @@ async fn run<R, W>(
             if session.raw_tokens {
                 match raw_token(&broker, &mut session, &frame) {
                     Some(token) => {
-                        let body = Body::RawToken(token);
                         let out = Outgoing {
                             api_key: ApiKey::SaslAuthenticate,
                             version: 0,
                             correlation_id: 0,
-                            body,
+                            body: Body::RawToken(token),
                             started,
                         };
-                        if tx.send(out).await.is_err() {
+                        if !queue(&tx, out, &mut enqueued).await {
                             break;
                         }
-                        enqueued += 1;
                         continue;
                     }
                     None => {
@@ -234,18 +232,16 @@ async fn run<R, W>(
                     ..
                 }) => {
                     // KIP-511: answer in v0 with our table so the client can pick.
-                    let body = Body::Ready(api::api_versions::unsupported_version());
                     let out = Outgoing {
                         api_key: ApiKey::ApiVersions,
                         version: 0,
                         correlation_id,
-                        body,
+                        body: Body::Ready(api::api_versions::unsupported_version()),
                         started,
                     };
-                    if tx.send(out).await.is_err() {
+                    if !queue(&tx, out, &mut enqueued).await {
                         break;
                     }
-                    enqueued += 1;
                     continue;
                 }
                 Err(e) => {
@@ -276,10 +272,9 @@ async fn run<R, W>(
                     body: Body::Ready(body),
                     started,
                 };
-                if tx.send(out).await.is_err() || close {
+                if !queue(&tx, out, &mut enqueued).await || close {
                     break;
                 }
-                enqueued += 1;
                 continue;
             }
             if let Some(sasl) = &session.sasl {
@@ -390,6 +385,13 @@ fn sasl_step(
             true,
         ),
     }
+}
+
+/// Hands a response to the writer; `false` once the writer is gone.
+async fn queue(tx: &mpsc::Sender<Outgoing>, out: Outgoing, enqueued: &mut u64) -> bool {
+    let sent = tx.send(out).await.is_ok();
+    *enqueued += u64::from(sent);
+    sent
 }
 
 /// Records what an authentication step did to the session (principal,

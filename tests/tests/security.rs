@@ -794,6 +794,17 @@ async fn bootstrap_admin(node: &courier::RunningBroker) {
         .unwrap();
 }
 
+/// A secured broker with the matrix's topics, users and ACLs, and its
+/// super user logged in.
+async fn matrix_broker() -> (Certs, TestBroker, TlsWire) {
+    let certs = Certs::new();
+    let broker = secure_broker(&certs, &[]).await;
+    bootstrap_admin(broker.running.as_ref().unwrap()).await;
+    let mut admin = connect_as(&broker, &certs, "admin", true).await;
+    set_up_matrix(&mut admin).await;
+    (certs, broker, admin)
+}
+
 /// The super user, logged in over SASL_SSL at `addr`.
 async fn admin_at(certs: &Certs, addr: SocketAddr) -> TlsWire {
     let stream = tls_connect(addr, tls_config(&certs.dir.join("ca.pem"), None))
@@ -808,11 +819,7 @@ async fn admin_at(certs: &Certs, addr: SocketAddr) -> TlsWire {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_allows_exactly_what_the_acls_grant_over_sasl_ssl_and_mtls() {
-    let certs = Certs::new();
-    let broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(broker.running.as_ref().unwrap()).await;
-    let mut admin = connect_as(&broker, &certs, "admin", true).await;
-    set_up_matrix(&mut admin).await;
+    let (certs, broker, mut admin) = matrix_broker().await;
     let mut failures = Vec::new();
     let mut checked = 0;
     for sasl in [true, false] {
@@ -1094,11 +1101,7 @@ async fn librdkafka_produces_over_sasl_ssl_and_consumes_over_mtls() {
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let certs = Certs::new();
-    let broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(broker.running.as_ref().unwrap()).await;
-    let mut admin = connect_as(&broker, &certs, "admin", true).await;
-    set_up_matrix(&mut admin).await;
+    let (certs, broker, _admin) = matrix_broker().await;
     let ca = certs.dir.join("ca.pem").display().to_string();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", addr_of(&broker, "SASL_SSL").to_string())
@@ -1146,9 +1149,8 @@ async fn librdkafka_produces_over_sasl_ssl_and_consumes_over_mtls() {
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
     drop(consumer);
     let dir = broker.dir.clone();
-    let running = broker;
-    let mut running = running;
-    running.stop().await;
+    let mut broker = broker;
+    broker.stop().await;
     let receipts = courier::verify::receipts(&dir, Some("g-allowed"), None).unwrap();
     let last = receipts.last().expect("a receipt on the ledger");
     assert_eq!(
@@ -1471,11 +1473,7 @@ async fn an_admin_endpoint_off_loopback_needs_a_token() {
 /// cluster, and other broker settings stay static.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrator_records_a_principals_organization() {
-    let certs = Certs::new();
-    let broker = secure_broker(&certs, &[]).await;
-    bootstrap_admin(broker.running.as_ref().unwrap()).await;
-    let mut admin = connect_as(&broker, &certs, "admin", true).await;
-    set_up_matrix(&mut admin).await;
+    let (certs, broker, mut admin) = matrix_broker().await;
     let alter = |name: &str, op: i8, value: Option<&str>| {
         RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
             incremental_alter_configs_request::AlterConfigsResource::default()

@@ -146,6 +146,22 @@ pub struct BrokerConfig {
     /// buffers forever. Default 30000.
     #[serde(rename = "connections.write.timeout.ms")]
     pub connections_write_timeout_ms: u64,
+    /// Bytes of requests held at once, over every connection, from when a
+    /// frame's header arrives until its response is ready; past it,
+    /// connections stop reading (each keeps a fair share, see
+    /// `memory.rs`). -1: unbounded (Kafka's default). Courier default:
+    /// 536870912 (512 MiB); at least `socket.request.max.bytes`.
+    #[serde(rename = "queued.max.request.bytes")]
+    pub queued_max_request_bytes: i64,
+    /// Courier: a request whose first bytes have arrived must arrive whole
+    /// within this long, or its connection closes (a client trickling a
+    /// frame holds no memory for long). Default 30000.
+    #[serde(rename = "connections.read.timeout.ms")]
+    pub connections_read_timeout_ms: u64,
+    /// Largest frame a SASL listener reads before the client has
+    /// authenticated. Default 524288 (Kafka's).
+    #[serde(rename = "sasl.server.max.receive.size")]
+    pub sasl_server_max_receive_size: i32,
     /// Courier: a file holding the bearer token the admin endpoint asks of
     /// clients that are not on this host; required when `admin.listener`
     /// binds anything but loopback.
@@ -265,6 +281,9 @@ impl Default for BrokerConfig {
             max_connections_per_ip: usize::MAX,
             max_connections_per_ip_overrides: String::new(),
             connections_write_timeout_ms: 30_000,
+            queued_max_request_bytes: 536_870_912,
+            connections_read_timeout_ms: 30_000,
+            sasl_server_max_receive_size: 524_288,
             admin_token_file: None,
             fetch_max_bytes: 57_671_680,
             cluster_replicas: Vec::new(),
@@ -384,6 +403,16 @@ impl BrokerConfig {
         if self.max_connections == 0 || self.connections_max_idle_ms == 0 || self.fetch_max_bytes < 1024 {
             return bad(
                 "max.connections and connections.max.idle.ms must be positive, fetch.max.bytes at least 1024".into(),
+            );
+        }
+        if self.queued_max_request_bytes != -1
+            && self.queued_max_request_bytes < i64::from(self.socket_request_max_bytes)
+        {
+            return bad("queued.max.request.bytes must be -1 (unbounded) or at least socket.request.max.bytes".into());
+        }
+        if self.connections_read_timeout_ms == 0 || self.sasl_server_max_receive_size < 1024 {
+            return bad(
+                "connections.read.timeout.ms must be positive, sasl.server.max.receive.size at least 1024".into(),
             );
         }
         if self.connection_requests_inflight_max == 0 {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use courier_protocol::frame::decode_frame;
+use courier_protocol::frame::{decode_frame, frame_length, LENGTH_PREFIX_BYTES};
 use courier_protocol::request::{decode_request, RequestError};
 use courier_protocol::response::encode_response;
 use courier_protocol::{ApiKey, RequestKind, ResponseKind};
@@ -27,6 +27,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::api::{self, Reply, RequestContext, ResponseFuture};
 use crate::auth::sasl::{SaslSession, Step};
 use crate::auth::ANONYMOUS;
+use crate::memory::Reservation;
 use crate::server::Listener;
 use crate::shutdown::ShutdownSignal;
 use crate::Broker;
@@ -50,6 +51,9 @@ struct Outgoing {
     correlation_id: i32,
     body: Body,
     started: Instant,
+    /// The request's bytes in `queued.max.request.bytes`, returned once
+    /// the body is ready.
+    reservation: Option<Reservation>,
 }
 
 /// Who the connection acts as, and how it authenticates.
@@ -160,6 +164,13 @@ async fn run<R, W>(
         let write_timeout = Duration::from_millis(broker.config.connections_write_timeout_ms);
         let writer = tokio::spawn(write_responses(writer, rx, written_tx, write_timeout).in_current_span());
         let frame_max = broker.config.socket_request_max_bytes as usize;
+        let sasl_frame_max = broker.config.sasl_server_max_receive_size as usize;
+        let read_timeout = Duration::from_millis(broker.config.connections_read_timeout_ms);
+        let memory = broker.request_memory.connection();
+        // The reservation for the frame at the front of `buf`, and when the
+        // rest of it must have arrived.
+        let mut reserved: Option<Reservation> = None;
+        let mut frame_deadline: Option<tokio::time::Instant> = None;
         let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -169,14 +180,32 @@ async fn run<R, W>(
             // Until a SASL session is proven, it has the authentication
             // timeout to get there.
             let authenticating = session.sasl.as_ref().is_some_and(|s| s.authenticated.is_none());
-            let deadline = if authenticating {
-                idle_deadline.min(auth_deadline)
+            let (deadline, frame_limit) = if authenticating {
+                (idle_deadline.min(auth_deadline), frame_max.min(sasl_frame_max))
             } else {
-                idle_deadline
+                (idle_deadline, frame_max)
             };
-            let frame = loop {
-                match decode_frame(&mut buf, frame_max) {
-                    Ok(Some(frame)) => break frame,
+            let (frame, reservation) = loop {
+                // Memory first: the body is read only once it is reserved.
+                if reserved.is_none() {
+                    if let Some(length) = frame_length(&buf).and_then(|l| usize::try_from(l).ok()) {
+                        if length <= frame_limit {
+                            let reservation = tokio::select! {
+                                r = memory.reserve(length as u64) => r,
+                                _ = shutdown.wait() => break 'conn,
+                            };
+                            reserved = Some(reservation);
+                            if buf.len() < LENGTH_PREFIX_BYTES + length {
+                                frame_deadline = Some(tokio::time::Instant::now() + read_timeout);
+                            }
+                        }
+                    }
+                }
+                match decode_frame(&mut buf, frame_limit) {
+                    Ok(Some(frame)) => {
+                        frame_deadline = None;
+                        break (frame, reserved.take());
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         warn!(error = %e, "closing connection: bad frame");
@@ -185,13 +214,21 @@ async fn run<R, W>(
                     }
                 }
                 buf.reserve(READ_CHUNK_BYTES);
+                let read_deadline = frame_deadline.map_or(deadline, |f| f.min(deadline));
                 tokio::select! {
                     read = reader.read_buf(&mut buf) => match read {
                         Ok(0) | Err(_) => break 'conn,
                         Ok(_) => {}
                     },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let reason = if authenticating && deadline == auth_deadline { "auth_timeout" } else { "idle" };
+                    _ = tokio::time::sleep_until(read_deadline) => {
+                        let reason = if frame_deadline == Some(read_deadline) {
+                            warn!("closing connection: a request did not arrive whole within connections.read.timeout.ms");
+                            "read_timeout"
+                        } else if authenticating && deadline == auth_deadline {
+                            "auth_timeout"
+                        } else {
+                            "idle"
+                        };
                         debug!(reason, "closing connection");
                         metrics::counter!("courier_connections_closed_total", "reason" => reason).increment(1);
                         break 'conn;
@@ -212,6 +249,7 @@ async fn run<R, W>(
                             correlation_id: 0,
                             body: Body::RawToken(token),
                             started,
+                            reservation,
                         };
                         if !queue(&tx, out, &mut enqueued).await {
                             break;
@@ -238,6 +276,7 @@ async fn run<R, W>(
                         correlation_id,
                         body: Body::Ready(api::api_versions::unsupported_version()),
                         started,
+                        reservation,
                     };
                     if !queue(&tx, out, &mut enqueued).await {
                         break;
@@ -271,6 +310,7 @@ async fn run<R, W>(
                     correlation_id,
                     body: Body::Ready(body),
                     started,
+                    reservation,
                 };
                 if !queue(&tx, out, &mut enqueued).await || close {
                     break;
@@ -322,6 +362,7 @@ async fn run<R, W>(
                     correlation_id,
                     body,
                     started,
+                    reservation,
                 })
                 .await
                 .is_err()
@@ -464,6 +505,9 @@ async fn write_responses<W: AsyncWrite + Unpin>(
                 continue;
             }
         };
+        // The request is done with; its bytes go back to the pool before
+        // the response waits on a slow socket.
+        drop(next.reservation);
         out.clear();
         if let Err(e) = encode_response(&mut out, next.api_key, next.version, next.correlation_id, &body) {
             // Our own bug; the client cannot be answered in this version.

@@ -17,6 +17,7 @@ pub mod dev;
 pub mod dev_secure;
 pub mod groups;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod replication;
 pub mod security;
@@ -97,6 +98,8 @@ pub struct Broker {
     pub principal_mapping: auth::mapping::PrincipalMapping,
     /// Open client connections, in total and per address.
     pub connection_limits: limits::ConnectionLimits,
+    /// Bytes of requests held, over every connection (`queued.max.request.bytes`).
+    pub request_memory: Arc<memory::RequestMemory>,
 }
 
 impl Broker {
@@ -283,6 +286,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         authorizer,
         principal_mapping,
         connection_limits: limits::ConnectionLimits::new(&config)?,
+        request_memory: memory::RequestMemory::new(config.queued_max_request_bytes),
         cluster_id,
         config,
         store,

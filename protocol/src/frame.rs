@@ -17,6 +17,13 @@ pub enum FrameError {
     TooLarge { length: usize, max: usize },
 }
 
+/// The length a frame at the front of `buf` announces, once its prefix has
+/// arrived (unchecked: [`decode_frame`] refuses what is out of bounds).
+pub fn frame_length(buf: &[u8]) -> Option<i32> {
+    let prefix: [u8; LENGTH_PREFIX_BYTES] = buf.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
+    Some(i32::from_be_bytes(prefix))
+}
+
 /// Takes one whole frame (without its prefix) off the front of `buf`, or
 /// returns `Ok(None)` when more bytes are needed.
 pub fn decode_frame(buf: &mut BytesMut, frame_bytes_max: usize) -> Result<Option<BytesMut>, FrameError> {

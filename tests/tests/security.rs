@@ -21,7 +21,7 @@ use courier::auth::scram::{client::ScramClient, salted_password};
 use courier_consensus::security::{operation as op, pattern, permission, resource, ScramMechanism};
 use courier_protocol::records::{encode_batch, NewRecord, ProducerIds};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -1436,6 +1436,216 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
     let metrics = reqwest_metrics(broker.admin_addr()).await;
     assert!(metrics.contains("reason=\"write_timeout\""), "the close is counted");
+}
+
+fn produce_value(topic: &str, value: &str) -> RequestKind {
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(tn(topic))
+                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(one_record(value)))])]),
+    )
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Clients that announce a frame and stall hold `queued.max.request.bytes`
+/// for at most `connections.read.timeout.ms`: while they hold all of it
+/// others wait (the bound holds), then the stalled connections close and
+/// the others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_hold_request_memory_only_until_the_read_timeout() {
+    let broker = TestBroker::start(&[
+        "socket.request.max.bytes=1048576",
+        "message.max.bytes=1048576",
+        "queued.max.request.bytes=2097152",
+        "connections.read.timeout.ms=1500",
+    ])
+    .await;
+    let memory = broker.running.as_ref().unwrap().broker.request_memory.clone();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(broker.addr()).await.unwrap();
+        let mut head = (MIB as i32).to_be_bytes().to_vec();
+        head.extend_from_slice(&[0u8; 100]);
+        tokio::io::AsyncWriteExt::write_all(&mut s, &head).await.unwrap();
+        stalled.push(Wire::over(s));
+    }
+    let full = within(Duration::from_secs(5), || async { memory.used() == 2 * MIB }).await;
+    assert!(
+        full.is_some(),
+        "the two announced frames are reserved ({} bytes)",
+        memory.used()
+    );
+    let started = Instant::now();
+    let mut other = Wire::connect(broker.addr()).await;
+    let api_versions = RequestKind::ApiVersions(ApiVersionsRequest::default());
+    other.send(ApiKey::ApiVersions, 3, &api_versions).await;
+    // The pool is full: nothing past it is read, not even a small request.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), other.recv_frame())
+            .await
+            .is_err(),
+        "a request past the bound waits"
+    );
+    assert!(other.recv(ApiKey::ApiVersions, 3).await.is_some(), "then it is served");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "served {waited:?} after the stalls began, past the 1.5 s read timeout"
+    );
+    for mut s in stalled {
+        assert!(s.is_closed().await, "a stalled frame closes its connection");
+    }
+    let freed = within(Duration::from_secs(5), || async { memory.used() == 0 }).await;
+    assert!(freed.is_some(), "{} bytes still reserved", memory.used());
+    let metrics = reqwest_metrics(broker.admin_addr()).await;
+    assert!(metrics.contains("reason=\"read_timeout\""), "the closes are counted");
+}
+
+/// A client that pipelines big produce requests as fast as it can takes no
+/// more than the pool, and another client's requests are served while it
+/// is still at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_client_does_not_starve_another_or_pass_the_bound() {
+    const LIMIT: u64 = 3 * MIB;
+    const GREEDY: usize = 30;
+    let broker = TestBroker::start(&[
+        "socket.request.max.bytes=1048576",
+        "message.max.bytes=1048576",
+        "queued.max.request.bytes=3145728",
+    ])
+    .await;
+    let memory = broker.running.as_ref().unwrap().broker.request_memory.clone();
+    let mut admin = Wire::connect(broker.addr()).await;
+    let create = RequestKind::CreateTopics(
+        CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(
+            ["greedy", "modest"]
+                .map(|t| {
+                    create_topics_request::CreatableTopic::default()
+                        .with_name(tn(t))
+                        .with_num_partitions(1)
+                        .with_replication_factor(-1)
+                })
+                .to_vec(),
+        ),
+    );
+    admin.call(ApiKey::CreateTopics, 7, &create).await;
+
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (memory, peak, watching) = (memory.clone(), peak.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(memory.used(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let big = "g".repeat(900 * 1024);
+    // The greedy client writes its requests from one task and reads the
+    // answers in another, so it never waits for the broker between them.
+    let (mut reader, mut writer) = TcpStream::connect(broker.addr()).await.unwrap().into_split();
+    let request = produce_value("greedy", &big);
+    let sender = tokio::spawn(async move {
+        for id in 0..GREEDY {
+            let frame = common::request_frame(ApiKey::Produce, 9, id as i32, &request);
+            tokio::io::AsyncWriteExt::write_all(&mut writer, &frame).await.unwrap();
+        }
+        writer
+    });
+    let greedy_done = tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        for _ in 0..GREEDY {
+            let frame = loop {
+                if let Some(f) = courier_protocol::frame::decode_frame(&mut buf, 1 << 30).unwrap() {
+                    break f;
+                }
+                let n = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::io::AsyncReadExt::read_buf(&mut reader, &mut buf),
+                )
+                .await
+                .expect("greedy answered")
+                .unwrap();
+                assert!(n > 0, "the greedy connection closed");
+            };
+            let mut b = frame.freeze();
+            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+            let ResponseKind::Produce(p) = common::decode_response(ApiKey::Produce, &mut b, 9) else {
+                panic!()
+            };
+            assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
+        }
+        Instant::now()
+    });
+    // Let the greedy client fill its pipe first.
+    let _ = within(Duration::from_secs(5), || async { memory.used() > 0 }).await;
+    let mut modest = Wire::connect(broker.addr()).await;
+    for i in 0..3 {
+        let ResponseKind::Produce(p) = modest.call(ApiKey::Produce, 9, &produce_value("modest", "m")).await else {
+            panic!()
+        };
+        assert_eq!(
+            p.responses[0].partition_responses[0].error_code, 0,
+            "modest request {i}"
+        );
+    }
+    let modest_done = Instant::now();
+    let _writer = sender.await.unwrap();
+    let greedy_done = greedy_done.await.unwrap();
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert!(
+        modest_done < greedy_done,
+        "the modest client was served only after the greedy one was done"
+    );
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak <= LIMIT, "{peak} bytes reserved, past the {LIMIT}-byte bound");
+    assert!(
+        peak > MIB,
+        "the greedy client had several requests in flight ({peak} bytes)"
+    );
+    assert_eq!(memory.used(), 0);
+}
+
+/// Before a client has authenticated, a SASL listener reads frames of at
+/// most `sasl.server.max.receive.size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_client_may_not_send_big_frames() {
+    let certs = Certs::new();
+    let broker = secure_broker(&certs, &["sasl.server.max.receive.size=65536"]).await;
+    let connect = || async {
+        let stream = tls_connect(
+            addr_of(&broker, "SASL_SSL"),
+            tls_config(&certs.dir.join("ca.pem"), None),
+        )
+        .await
+        .unwrap();
+        Wire::over(stream)
+    };
+    let mut small = connect().await;
+    let ResponseKind::ApiVersions(_) = small
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        )
+        .await
+    else {
+        panic!()
+    };
+    let mut big = connect().await;
+    big.send_raw_frame(&vec![0u8; 70_000]).await;
+    assert!(
+        big.is_closed().await,
+        "a 70000-byte frame before authentication closes the connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,11 +143,6 @@ impl Authorizer {
         self.decide(state, ctx, op, rt, name)
     }
 
-    /// On the cluster resource.
-    pub fn allowed_on_cluster(&self, state: &SecurityState, ctx: &RequestContext, op: i8) -> bool {
-        self.allowed(state, ctx, op, resource::CLUSTER, CLUSTER_NAME)
-    }
-
     /// Kafka's `authorizeByResourceType`: some binding allows `op` on some
     /// resource of type `rt` (an idempotent producer with Write on any
     /// topic needs no IdempotentWrite on the cluster).

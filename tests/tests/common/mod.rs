@@ -105,17 +105,8 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Wire<S> {
     /// Encodes and sends one request; returns its correlation id.
     pub async fn send(&mut self, api: ApiKey, version: i16, body: &RequestKind) -> i32 {
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("courier-wire-test")));
-        let mut frame = BytesMut::new();
-        header
-            .encode(&mut frame, api.request_header_version(version))
-            .expect("header encodes");
-        body.encode(&mut frame, version).expect("body encodes");
-        self.send_raw_frame(&frame).await;
+        let frame = request_frame(api, version, self.correlation, body);
+        self.stream.write_all(&frame).await.expect("write");
         self.correlation
     }
 
@@ -174,6 +165,23 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Wire<S> {
             Ok(Ok(0)) | Ok(Err(_))
         )
     }
+}
+
+/// One request, encoded with its length prefix.
+pub fn request_frame(api: ApiKey, version: i16, correlation_id: i32, body: &RequestKind) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("courier-wire-test")));
+    let mut frame = BytesMut::from(&[0u8; 4][..]);
+    header
+        .encode(&mut frame, api.request_header_version(version))
+        .expect("header encodes");
+    body.encode(&mut frame, version).expect("body encodes");
+    let length = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    frame.to_vec()
 }
 
 pub fn decode_response(api: ApiKey, b: &mut bytes::Bytes, version: i16) -> ResponseKind {

@@ -1017,6 +1017,16 @@ fn locate(
             m["producer_id"],
             m["origin_node"]
         );
+        match m["sender_principal"].as_str() {
+            Some(p) => println!(
+                "    sent by      {p} of {}",
+                m["sender_organization"]
+                    .as_str()
+                    .filter(|o| !o.is_empty())
+                    .unwrap_or("no organization recorded")
+            ),
+            None => println!("    sent by      (not recorded: block before format 5)"),
+        }
         println!("    block hash   {}", m["block_hash"].as_str().unwrap_or(""));
         println!("    key sha256   {}", m["key_sha256"].as_str().unwrap_or("(no key)"));
         println!(

@@ -30,8 +30,8 @@ use std::time::Instant;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::contract::{append_request, BatchRun, ProducerTable, Verdict};
 use courier_consensus::ledger::{
-    Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt, RequestRecord,
-    SealedBlock, StoreError, WriteSet,
+    senders_within, Block, CommittedOffset, LedgerStore, PartitionKey, PartitionState, ProducerEntry, Receipt,
+    RequestRecord, SealedBlock, StoreError, WriteSet,
 };
 use courier_protocol::records::{Batch, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -86,6 +86,7 @@ enum Submission {
     Produce {
         pk: PartitionKey,
         leader_epoch: i32,
+        sent_by: SentBy,
         batches: Vec<Batch>,
         reply: oneshot::Sender<Result<Appended, Rejected>>,
     },
@@ -144,6 +145,14 @@ fn topic_changes(state: &MetaState, record: TopicRecord, create: bool) -> Option
     })
 }
 
+/// Who sent a produce: the principal its connection authenticated, and the
+/// principal's organization. The block records them as the records' sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentBy {
+    pub principal: Arc<str>,
+    pub organization: Arc<str>,
+}
+
 /// How partitions are ordered: by this node alone, or by a replica cluster.
 #[derive(Clone)]
 pub enum Sequencer {
@@ -170,12 +179,19 @@ impl Sequencer {
         &self,
         pk: PartitionKey,
         leader_epoch: i32,
+        sent_by: SentBy,
         batches: Vec<Batch>,
     ) -> oneshot::Receiver<Result<Appended, Rejected>> {
         match self {
-            Sequencer::Local(l) => l.enqueue_produce(pk, leader_epoch, batches).await,
+            Sequencer::Local(l) => l.enqueue_produce(pk, leader_epoch, sent_by, batches).await,
             Sequencer::Replicated(r) => {
-                let payload = encode_produce(&pk, leader_epoch, batches.iter().map(|b| &b.bytes[..]));
+                let payload = encode_produce(
+                    &pk,
+                    leader_epoch,
+                    &sent_by.principal,
+                    &sent_by.organization,
+                    batches.iter().map(|b| &b.bytes[..]),
+                );
                 let outcome = r.submit_encoded(pk, payload).await;
                 relay(outcome, |rec| Appended {
                     base_offset: rec.base_offset,
@@ -348,9 +364,10 @@ impl LocalSequencer {
         &self,
         pk: PartitionKey,
         leader_epoch: i32,
+        sent_by: SentBy,
         batches: Vec<Batch>,
     ) -> Result<Appended, Rejected> {
-        let rx = self.enqueue_produce(pk, leader_epoch, batches).await;
+        let rx = self.enqueue_produce(pk, leader_epoch, sent_by, batches).await;
         rx.await.unwrap_or(Err(Rejected::ShuttingDown))
     }
 
@@ -374,6 +391,7 @@ impl LocalSequencer {
         &self,
         pk: PartitionKey,
         leader_epoch: i32,
+        sent_by: SentBy,
         batches: Vec<Batch>,
     ) -> oneshot::Receiver<Result<Appended, Rejected>> {
         let (reply, rx) = oneshot::channel();
@@ -383,6 +401,7 @@ impl LocalSequencer {
             .send(Submission::Produce {
                 pk,
                 leader_epoch,
+                sent_by,
                 batches,
                 reply,
             })
@@ -536,10 +555,11 @@ impl Worker {
                 Submission::Produce {
                     pk,
                     leader_epoch,
+                    sent_by,
                     batches,
                     reply,
                 } => {
-                    let outcome = self.execute_produce(pk, leader_epoch, &batches, &mut drafts, &mut touched);
+                    let outcome = self.execute_produce(pk, leader_epoch, &sent_by, &batches, &mut drafts, &mut touched);
                     replies.push(Reply::Produce(reply, outcome));
                 }
                 Submission::Receipt { pk, receipt, reply } => match self.working(pk) {
@@ -588,6 +608,7 @@ impl Worker {
         &mut self,
         pk: PartitionKey,
         leader_epoch: i32,
+        sent_by: &SentBy,
         batches: &[Batch],
         drafts: &mut BTreeMap<PartitionKey, Draft>,
         touched: &mut HashMap<(PartitionKey, i64), ()>,
@@ -603,6 +624,7 @@ impl Worker {
             .entry(pk)
             .or_insert_with(|| Draft::empty(working.state.next_offset));
         let mut producers = Vec::new();
+        let from = draft.run.next_offset;
         let outcome = append_request(
             &mut working.producers,
             &mut draft.run,
@@ -610,6 +632,9 @@ impl Worker {
             leader_epoch,
             &mut producers,
         );
+        if outcome.is_ok() {
+            draft.run.attribute(from, &sent_by.principal, &sent_by.organization);
+        }
         for producer_id in producers {
             touched.insert((pk, producer_id), ());
         }
@@ -793,6 +818,7 @@ impl Committer {
 /// Receipts go into the last block.
 fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<SealedBlock> {
     let batches = draft.run.bytes.freeze();
+    let senders = draft.run.senders;
     let mut out = Vec::with_capacity(batches.len() / BLOCK_BYTES_MAX + 1);
     let mut height = state.next_height;
     let mut prev_hash = state.last_hash;
@@ -818,6 +844,7 @@ fn cut_blocks(pk: PartitionKey, state: &PartitionState, draft: Draft) -> Vec<Sea
                 max_timestamp,
                 config_version: 0,
                 requests: vec![],
+                senders: senders_within(&senders, base_offset, next_offset),
                 receipts: if last {
                     std::mem::take(&mut receipts)
                 } else {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::ledger::Sender;
 use bytes::BytesMut;
 use courier_protocol::records::{assign_offset, Batch, BatchHeader};
 
@@ -126,6 +127,8 @@ pub struct BatchRun {
     pub bytes: BytesMut,
     pub next_offset: i64,
     pub max_timestamp: i64,
+    /// Who sent the records, run by run ([`crate::ledger::Block::senders`]).
+    pub senders: Vec<Sender>,
 }
 
 impl BatchRun {
@@ -134,7 +137,27 @@ impl BatchRun {
             bytes: BytesMut::new(),
             next_offset,
             max_timestamp: -1,
+            senders: Vec::new(),
         }
+    }
+
+    /// Records that the records appended from offset `from` on were sent by
+    /// `principal` of `organization` (nothing when none were appended; a
+    /// run continues while the sender stays the same).
+    pub fn attribute(&mut self, from: i64, principal: &str, organization: &str) {
+        if from >= self.next_offset {
+            return;
+        }
+        if let Some(last) = self.senders.last() {
+            if last.principal == principal && last.organization == organization {
+                return;
+            }
+        }
+        self.senders.push(Sender {
+            first_offset: from,
+            principal: principal.to_owned(),
+            organization: organization.to_owned(),
+        });
     }
 }
 

@@ -1,12 +1,13 @@
 //! Model-based test of the sequencer and ledger store: random produces
 //! (plain and idempotent), retries, sequence gaps, receipts and restarts,
-//! checked against a plain in-memory model of what must be on the ledger.
+//! checked against a plain in-memory model of what must be on the ledger
+//! (each record's value, and who sent it).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier::sequencer::{LocalSequencer, Rejected};
+use courier::sequencer::{LocalSequencer, Rejected, SentBy};
 use courier::topics::Topics;
 use courier_consensus::catalog::TopicRecord;
 use courier_consensus::ledger::{verify_partition, Durability, LedgerStore, Receipt};
@@ -29,6 +30,7 @@ enum Op {
         partition: i32,
         records: usize,
         idempotent: bool,
+        sender: u8,
     },
     /// Resend the n-th idempotent batch sent so far (a retry).
     Retry {
@@ -47,7 +49,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..PARTITIONS, 1usize..5, any::<bool>()).prop_map(|(partition, records, idempotent)| Op::Produce { partition, records, idempotent }),
+        6 => (0..PARTITIONS, 1usize..5, any::<bool>(), 0u8..3).prop_map(|(partition, records, idempotent, sender)| Op::Produce { partition, records, idempotent, sender }),
         2 => any::<usize>().prop_map(|nth| Op::Retry { nth }),
         1 => (0..PARTITIONS).prop_map(|partition| Op::Gap { partition }),
         2 => (0..PARTITIONS, 0i64..50).prop_map(|(partition, offset)| Op::Receipt { partition, offset }),
@@ -83,16 +85,27 @@ impl Node {
 }
 
 /// Every (offset, value) on a partition's ledger, in order.
-fn read_back(store: &LedgerStore, topic: &TopicRecord, partition: i32) -> Vec<(i64, Vec<u8>)> {
+/// Producer `n`'s identity.
+fn sender(n: u8) -> SentBy {
+    SentBy {
+        principal: format!("User:p{n}").into(),
+        organization: format!("org-{n}").into(),
+    }
+}
+
+/// Every record of a partition: offset, value, and the sender its block names.
+fn read_back(store: &LedgerStore, topic: &TopicRecord, partition: i32) -> Vec<(i64, Vec<u8>, String)> {
     let mut out = Vec::new();
     for block in store.read_from(&topic.partition_key(partition), 0, usize::MAX).unwrap() {
         for batch in validate_record_set(&block.batches, &LIMITS).unwrap() {
             let h: BatchHeader = batch.header;
             for_each_record(&h, &batch.bytes[BATCH_HEADER_BYTES..], 1 << 22, |r| {
-                out.push((
-                    h.base_offset + r.offset_delta as i64,
-                    r.value.unwrap_or_default().to_vec(),
-                ));
+                let offset = h.base_offset + r.offset_delta as i64;
+                let sent_by = block
+                    .sender_of(offset)
+                    .map(|s| format!("{}/{}", s.principal, s.organization))
+                    .unwrap_or_default();
+                out.push((offset, r.value.unwrap_or_default().to_vec(), sent_by));
                 Ok(())
             })
             .unwrap();
@@ -122,7 +135,7 @@ fn run(ops: Vec<Op>) {
 
     // The model: what each partition must hold, the next idempotent sequence
     // per partition, batches sent with their first offset, last receipt.
-    let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PARTITIONS as usize];
+    let mut model: Vec<Vec<(Vec<u8>, String)>> = vec![Vec::new(); PARTITIONS as usize];
     let mut next_seq = [0i32; PARTITIONS as usize];
     let mut sent: Vec<(i32, Bytes, i64)> = Vec::new();
     let mut receipts: BTreeMap<i32, i64> = BTreeMap::new();
@@ -136,6 +149,7 @@ fn run(ops: Vec<Op>) {
                 partition,
                 records,
                 idempotent,
+                sender: who,
             } => {
                 let values: Vec<Vec<u8>> = (0..records)
                     .map(|_| {
@@ -162,11 +176,12 @@ fn run(ops: Vec<Op>) {
                 let bytes = encode_batch(1_000, ids, &recs);
                 let batches = validate_record_set(&bytes, &LIMITS).unwrap();
                 let appended = rt
-                    .block_on(seq.produce(topic.partition_key(partition), 0, batches))
+                    .block_on(seq.produce(topic.partition_key(partition), 0, sender(who), batches))
                     .unwrap();
                 let expected = model[partition as usize].len() as i64;
                 assert_eq!(appended.base_offset, expected, "acknowledged offsets are contiguous");
-                model[partition as usize].extend(values);
+                let sent_by = format!("User:p{who}/org-{who}");
+                model[partition as usize].extend(values.into_iter().map(|v| (v, sent_by.clone())));
                 if idempotent {
                     next_seq[partition as usize] += records as i32;
                     sent.push((partition, bytes, expected));
@@ -178,7 +193,7 @@ fn run(ops: Vec<Op>) {
                 }
                 let (partition, bytes, first_offset) = sent[nth % sent.len()].clone();
                 let batches = validate_record_set(&bytes, &LIMITS).unwrap();
-                let outcome = rt.block_on(seq.produce(topic.partition_key(partition), 0, batches));
+                let outcome = rt.block_on(seq.produce(topic.partition_key(partition), 0, sender(0), batches));
                 // The last five batches per producer and partition are recognised;
                 // an older one is out of order. Either way nothing is written.
                 match outcome {
@@ -201,7 +216,7 @@ fn run(ops: Vec<Op>) {
                     }],
                 );
                 let batches = validate_record_set(&bytes, &LIMITS).unwrap();
-                let outcome = rt.block_on(seq.produce(topic.partition_key(partition), 0, batches));
+                let outcome = rt.block_on(seq.produce(topic.partition_key(partition), 0, sender(0), batches));
                 assert_eq!(outcome.unwrap_err(), Rejected::OutOfOrderSequence);
             }
             Op::Receipt { partition, offset } => {
@@ -225,13 +240,16 @@ fn run(ops: Vec<Op>) {
     node.close();
     for p in 0..PARTITIONS {
         let got = read_back(&store, &topic, p);
-        let want: Vec<(i64, Vec<u8>)> = model[p as usize]
+        let want: Vec<(i64, Vec<u8>, String)> = model[p as usize]
             .iter()
             .cloned()
             .enumerate()
-            .map(|(i, v)| (i as i64, v))
+            .map(|(i, (v, sent_by))| (i as i64, v, sent_by))
             .collect();
-        assert_eq!(got, want, "partition {p} holds exactly what was acknowledged, in order");
+        assert_eq!(
+            got, want,
+            "partition {p} holds exactly what was acknowledged, in order, each record with its sender"
+        );
         verify_partition(&store, &topic.partition_key(p), |_| {}).unwrap();
     }
     let committed: BTreeMap<i32, i64> = store

@@ -1148,6 +1148,28 @@ async fn librdkafka_produces_over_sasl_ssl_and_consumes_over_mtls() {
     assert!(seen[1..].iter().enumerate().all(|(i, v)| v == &format!("m{i}")));
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
     drop(consumer);
+    // Each record's block names its sender: the SASL principal, and the
+    // organization the node gives it (none was recorded for it).
+    let node = &broker.running.as_ref().unwrap().broker;
+    let pk = node.topics.get("t-allowed").unwrap().partition_key(0);
+    let senders: Vec<(i64, String, String)> = node
+        .store
+        .read_from(&pk, 0, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            (b.base_offset..b.next_offset).map(move |o| {
+                let s = b.sender_of(o).expect("every record has a sender");
+                (o, s.principal.clone(), s.organization.clone())
+            })
+        })
+        .collect();
+    let org = node.config.organization.clone();
+    assert_eq!(senders.len(), 11);
+    assert!(
+        senders[1..].iter().all(|(_, p, o)| p == "User:allowed" && o == &org),
+        "{senders:?}"
+    );
     let dir = broker.dir.clone();
     let mut broker = broker;
     broker.stop().await;
@@ -1302,6 +1324,22 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
     })
     .await
     .expect("a restarted node keeps credentials and ACLs");
+    // The partition's blocks, ordered by the replica cluster, name alice
+    // as the sender of every record.
+    let node0 = &running[0].as_ref().unwrap().broker;
+    let pk = node0.topics.get("shared").unwrap().partition_key(0);
+    let blocks = node0.store.read_from(&pk, 0, usize::MAX).unwrap();
+    let records: i64 = blocks.iter().map(|b| b.next_offset - b.base_offset).sum();
+    assert!(records > 0);
+    for b in &blocks {
+        for o in b.base_offset..b.next_offset {
+            assert_eq!(
+                b.sender_of(o).map(|s| s.principal.as_str()),
+                Some("User:alice"),
+                "offset {o}"
+            );
+        }
+    }
     for n in running.into_iter().flatten() {
         n.stop().await;
     }

@@ -88,6 +88,18 @@ impl RequestContext {
             .get(&*self.principal)
             .map_or(&*self.default_organization, |o| o.as_str())
     }
+
+    /// Who sends what this request produces, as its blocks record it.
+    pub fn sent_by(&self, state: &courier_consensus::security::SecurityState) -> crate::sequencer::SentBy {
+        let organization = match state.organizations.get(&*self.principal) {
+            Some(o) => Arc::from(o.as_str()),
+            None => self.default_organization.clone(),
+        };
+        crate::sequencer::SentBy {
+            principal: self.principal.clone(),
+            organization,
+        }
+    }
 }
 
 pub fn str_bytes(s: &str) -> StrBytes {

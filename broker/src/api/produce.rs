@@ -34,6 +34,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequ
         .transactional_id
         .as_ref()
         .is_some_and(|id| !access.allows(operation::WRITE, resource::TRANSACTIONAL_ID, id.as_str()));
+    let sent_by = ctx.sent_by(&broker.security.snapshot());
     let mut pending: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Pending)>)> = Vec::new();
     for topic in req.topic_data {
         // Kafka checks authorization before existence: a denied client
@@ -74,7 +75,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequ
                             Ok(batches) => Pending::Queued(
                                 broker
                                     .sequencer
-                                    .enqueue_produce(t.partition_key(p.index), t.epoch, batches)
+                                    .enqueue_produce(t.partition_key(p.index), t.epoch, sent_by.clone(), batches)
                                     .await,
                             ),
                             Err((code, message)) => Pending::Failed(code, message),

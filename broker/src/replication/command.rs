@@ -6,12 +6,15 @@
 //! record batches of a produce are validated again at execution.
 //!
 //! ```text
-//! 1 Produce     | topic_id [16] | partition i32 | leader_epoch i32 | records…
+//! 5 Produce     | topic_id [16] | partition i32 | leader_epoch i32 | principal | organization | records…
 //! 2 Receipt     | topic_id [16] | partition i32 | receipt fields (strings u32-prefixed)
 //! ```
 //!
-//! (Tags 3 and 4 were topic commands on the PBFT metadata ledger; topics
-//! are Raft commands now, and the tags stay unused.)
+//! A produce names who sent it: the principal its node authenticated and
+//! that principal's organization (strings u32-prefixed), which the block
+//! records as the records' sender. Tag 1 is a produce from before senders
+//! were recorded (no sender); tags 3 and 4 were topic commands on the PBFT
+//! metadata ledger (topics are Raft commands now) and stay unused.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use courier_consensus::ledger::{PartitionKey, Receipt};
@@ -23,6 +26,10 @@ pub enum Command {
     Produce {
         pk: PartitionKey,
         leader_epoch: i32,
+        /// The authenticated principal and its organization (empty in a
+        /// tag-1 produce).
+        principal: String,
+        organization: String,
         records: Bytes,
     },
     /// A consumer group's committed offset: a delivery receipt.
@@ -33,8 +40,14 @@ pub enum Command {
 #[error("malformed command")]
 pub struct Malformed;
 
-const PRODUCE: u8 = 1;
+const PRODUCE_WITHOUT_SENDER: u8 = 1;
 const RECEIPT: u8 = 2;
+const PRODUCE: u8 = 5;
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
 
 fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
     out.put_slice(&pk.topic_id);
@@ -46,13 +59,17 @@ fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
 pub fn encode_produce<'a>(
     pk: &PartitionKey,
     leader_epoch: i32,
+    principal: &str,
+    organization: &str,
     batches: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Bytes {
     let len: usize = batches.clone().map(<[u8]>::len).sum();
-    let mut out = BytesMut::with_capacity(25 + len);
+    let mut out = BytesMut::with_capacity(33 + principal.len() + organization.len() + len);
     out.put_u8(PRODUCE);
     put_pk(&mut out, pk);
     out.put_i32(leader_epoch);
+    put_str(&mut out, principal);
+    put_str(&mut out, organization);
     for b in batches {
         out.put_slice(b);
     }
@@ -66,8 +83,18 @@ impl Command {
             Command::Produce {
                 pk,
                 leader_epoch,
+                principal,
+                organization,
                 records,
-            } => return encode_produce(pk, *leader_epoch, std::iter::once(&records[..])),
+            } => {
+                return encode_produce(
+                    pk,
+                    *leader_epoch,
+                    principal,
+                    organization,
+                    std::iter::once(&records[..]),
+                )
+            }
             Command::Receipt { pk, receipt } => {
                 out.put_u8(RECEIPT);
                 put_pk(&mut out, pk);
@@ -94,15 +121,30 @@ impl Command {
                 partition: b.get_i32(),
             })
         }
+        fn string(b: &mut Bytes) -> Result<String, Malformed> {
+            need(b, 4)?;
+            let n = b.get_u32() as usize;
+            need(b, n)?;
+            let s = std::str::from_utf8(&b[..n]).map_err(|_| Malformed)?.to_owned();
+            b.advance(n);
+            Ok(s)
+        }
         need(&b, 1)?;
         let cmd = match b.get_u8() {
-            PRODUCE => {
+            tag @ (PRODUCE | PRODUCE_WITHOUT_SENDER) => {
                 let pk = pk(&mut b)?;
                 need(&b, 4)?;
                 let leader_epoch = b.get_i32();
+                let (principal, organization) = if tag == PRODUCE {
+                    (string(&mut b)?, string(&mut b)?)
+                } else {
+                    Default::default()
+                };
                 return Ok(Command::Produce {
                     pk,
                     leader_epoch,
+                    principal,
+                    organization,
                     records: b,
                 });
             }
@@ -139,6 +181,8 @@ mod tests {
             Command::Produce {
                 pk: PK,
                 leader_epoch: 2,
+                principal: "User:a-producer".into(),
+                organization: "org-a".into(),
                 records: Bytes::from_static(b"batches"),
             },
             Command::Receipt {
@@ -159,6 +203,25 @@ mod tests {
         for c in commands {
             assert_eq!(Command::decode(c.encode()), Ok(c));
         }
+    }
+
+    #[test]
+    fn a_produce_from_before_senders_decodes_without_one() {
+        let mut old = vec![PRODUCE_WITHOUT_SENDER];
+        old.extend_from_slice(&PK.topic_id);
+        old.extend_from_slice(&PK.partition.to_be_bytes());
+        old.extend_from_slice(&7i32.to_be_bytes());
+        old.extend_from_slice(b"batches");
+        assert_eq!(
+            Command::decode(Bytes::from(old)),
+            Ok(Command::Produce {
+                pk: PK,
+                leader_epoch: 7,
+                principal: String::new(),
+                organization: String::new(),
+                records: Bytes::from_static(b"batches"),
+            })
+        );
     }
 
     proptest! {

@@ -352,6 +352,7 @@ impl Executor {
             config_version: 0,
             receipts: std::mem::take(&mut draft.receipts),
             requests: records.clone(),
+            senders: std::mem::take(&mut draft.run.senders),
             batches: std::mem::take(&mut draft.run.bytes).freeze(),
         }
         .seal();
@@ -594,6 +595,8 @@ fn apply_partition_command(
         Command::Produce {
             pk: target,
             leader_epoch,
+            principal,
+            organization,
             records,
         } if target == pk => {
             let limits = RecordLimits {
@@ -607,6 +610,7 @@ fn apply_partition_command(
             {
                 return Err(ResponseError::InvalidRecord.code());
             }
+            let from = draft.run.next_offset;
             match append_request(
                 &mut w.producers,
                 &mut draft.run,
@@ -614,7 +618,12 @@ fn apply_partition_command(
                 leader_epoch,
                 &mut draft.producers_touched,
             ) {
-                Ok(first) => Ok(first.unwrap_or(draft.run.next_offset)),
+                Ok(first) => {
+                    if !principal.is_empty() {
+                        draft.run.attribute(from, &principal, &organization);
+                    }
+                    Ok(first.unwrap_or(draft.run.next_offset))
+                }
                 Err(Verdict::InvalidProducerEpoch) => Err(ResponseError::InvalidProducerEpoch.code()),
                 Err(_) => Err(ResponseError::OutOfOrderSequenceNumber.code()),
             }

@@ -28,6 +28,12 @@
 //! format 4 keeps its encoding and hash, and a format-4 block without an
 //! organization is not canonical (refused).
 //!
+//! Format 5 adds the senders: for each run of the block's records, the
+//! authenticated principal of the produce requests that wrote them and its
+//! organization, `sender_count u32 | (first_offset i64 | principal |
+//! organization)…` after the request records. It is used when the block
+//! names a sender, and a format-5 block without one is not canonical.
+//!
 //! The request records are the contract's results: which replica submitted
 //! each request the block's batch ordered, under which number, and what
 //! became of it. They let any replica (one that installed the block by state
@@ -38,8 +44,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ring::digest;
 
 /// The newest block format (see the module notes for when each is used).
-pub const BLOCK_FORMAT_VERSION: u16 = 4;
-/// Blocks whose receipts name no organization.
+pub const BLOCK_FORMAT_VERSION: u16 = 5;
+/// Blocks that name no sender, with receipts that name organizations.
+pub const BLOCK_FORMAT_NO_SENDERS: u16 = 4;
+/// Blocks whose receipts name no organization, and that name no sender.
 pub const BLOCK_FORMAT_NO_ORGANIZATIONS: u16 = 3;
 const MAGIC: &[u8; 4] = b"CRBK";
 const FIXED_BYTES: usize = 4 + 2 + 16 + 4 + 8 + 8 + 32 + 8 + 8 + 8 + 8 + 4;
@@ -167,6 +175,32 @@ impl Receipt {
     }
 }
 
+/// Who sent a run of a block's records: the records from `first_offset` up
+/// to the next sender's (or the block's end) were written by produce
+/// requests that this principal, of this organization, authenticated.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Sender {
+    pub first_offset: i64,
+    pub principal: String,
+    pub organization: String,
+}
+
+/// The senders of the records `[from, to)`, out of `runs` (in offset
+/// order, as [`Block::senders`] holds them): the run covering `from`
+/// starts at `from`, and runs that begin at or past `to` are left out.
+pub fn senders_within(runs: &[Sender], from: i64, to: i64) -> Vec<Sender> {
+    let first = runs.partition_point(|s| s.first_offset <= from).saturating_sub(1);
+    runs.get(first..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.first_offset < to)
+        .map(|s| Sender {
+            first_offset: s.first_offset.max(from),
+            ..s.clone()
+        })
+        .collect()
+}
+
 /// What the contract made of one ordered request.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct RequestRecord {
@@ -198,6 +232,9 @@ pub struct Block {
     pub config_version: u64,
     pub receipts: Vec<Receipt>,
     pub requests: Vec<RequestRecord>,
+    /// Who sent the records, run by run, first offsets increasing (empty:
+    /// not recorded, as in blocks before format 5).
+    pub senders: Vec<Sender>,
     /// Kafka v2 record batches, offsets assigned, back to back.
     pub batches: Bytes,
 }
@@ -280,11 +317,22 @@ impl Block {
     /// what the block hash covers.
     /// The format this block is written in: the lowest that holds it.
     pub fn format(&self) -> u16 {
-        if self.receipts.iter().any(|r| !r.organization.is_empty()) {
+        if !self.senders.is_empty() {
             BLOCK_FORMAT_VERSION
+        } else if self.receipts.iter().any(|r| !r.organization.is_empty()) {
+            BLOCK_FORMAT_NO_SENDERS
         } else {
             BLOCK_FORMAT_NO_ORGANIZATIONS
         }
+    }
+
+    /// Who sent the record at `offset`, when the block says.
+    pub fn sender_of(&self, offset: i64) -> Option<&Sender> {
+        if offset < self.base_offset || offset >= self.next_offset {
+            return None;
+        }
+        let i = self.senders.partition_point(|s| s.first_offset <= offset);
+        i.checked_sub(1).map(|i| &self.senders[i])
     }
 
     pub fn encode_head(&self) -> BytesMut {
@@ -311,6 +359,14 @@ impl Block {
             out.put_u64(r.number);
             out.put_i16(r.error_code);
             out.put_i64(r.base_offset);
+        }
+        if format >= BLOCK_FORMAT_VERSION {
+            out.put_u32(self.senders.len() as u32);
+            for s in &self.senders {
+                out.put_i64(s.first_offset);
+                put_str(&mut out, &s.principal);
+                put_str(&mut out, &s.organization);
+            }
         }
         out.put_u32(self.batches.len() as u32);
         out.put_slice(&BlockHash::of(&self.batches).0);
@@ -433,7 +489,7 @@ impl Block {
         for _ in 0..receipt_count {
             receipts.push(Receipt::decode_from(b, version)?);
         }
-        if version == BLOCK_FORMAT_VERSION && receipts.iter().all(|r| r.organization.is_empty()) {
+        if version == BLOCK_FORMAT_NO_SENDERS && receipts.iter().all(|r| r.organization.is_empty()) {
             // Written in format 3, such a block would have another hash.
             return Err(BlockError::NotCanonical);
         }
@@ -450,6 +506,34 @@ impl Block {
                 base_offset: b.get_i64(),
             })
             .collect();
+        let mut senders = Vec::new();
+        if version >= BLOCK_FORMAT_VERSION {
+            need(b, 4)?;
+            let count = b.get_u32() as usize;
+            // Each sender takes at least 16 bytes: bound the allocation by the input.
+            if count == 0 || count > b.len() / 16 {
+                return Err(if count == 0 {
+                    BlockError::NotCanonical
+                } else {
+                    BlockError::Truncated
+                });
+            }
+            senders.reserve(count);
+            for _ in 0..count {
+                need(b, 8)?;
+                let first_offset = b.get_i64();
+                let principal = get_str(b)?;
+                let organization = get_str(b)?;
+                senders.push(Sender {
+                    first_offset,
+                    principal,
+                    organization,
+                });
+            }
+            if senders.windows(2).any(|w| w[0].first_offset >= w[1].first_offset) {
+                return Err(BlockError::NotCanonical);
+            }
+        }
         need(b, 4 + 32)?;
         let batches_len = b.get_u32() as usize;
         let mut digest = [0u8; 32];
@@ -465,6 +549,7 @@ impl Block {
             config_version,
             receipts,
             requests,
+            senders,
             batches: Bytes::new(),
         };
         Ok((block, batches_len, BlockHash(digest)))
@@ -547,18 +632,83 @@ mod tests {
         assert_eq!(Block::decode(&forged.freeze()), Err(BlockError::NotCanonical));
     }
 
+    /// A block naming its senders is written in format 5 and names them
+    /// back; without senders it keeps format 3 or 4; a format-5 encoding
+    /// with no sender, or with senders out of order, is refused.
+    #[test]
+    fn senders_take_format_5_and_say_who_sent_each_record() {
+        let mut block = sample_block();
+        block.base_offset = 10;
+        block.next_offset = 20;
+        assert_eq!(block.format(), 3);
+        let a = Sender {
+            first_offset: 10,
+            principal: "User:a-producer".into(),
+            organization: "org-a".into(),
+        };
+        let c = Sender {
+            first_offset: 15,
+            principal: "User:c".into(),
+            organization: "org-c".into(),
+        };
+        block.senders = vec![a.clone(), c.clone()];
+        let v5 = block.encode();
+        assert_eq!(&v5[4..6], &5u16.to_be_bytes());
+        let back = Block::decode(&v5).unwrap();
+        assert_eq!(back, block);
+        assert_eq!(back.sender_of(9), None);
+        assert_eq!(back.sender_of(10), Some(&a));
+        assert_eq!(back.sender_of(14), Some(&a));
+        assert_eq!(back.sender_of(15), Some(&c));
+        assert_eq!(back.sender_of(20), None);
+
+        // Out of order: not canonical (the reader could not tell runs apart).
+        block.senders = vec![c.clone(), a.clone()];
+        assert_eq!(Block::decode(&block.encode()), Err(BlockError::NotCanonical));
+        // Format 5 with no sender: the same block in format 3 has another hash.
+        block.senders.clear();
+        let v3 = block.encode();
+        let head_end = v3.len() - block.batches.len() - 36;
+        let mut forged = BytesMut::new();
+        forged.put_slice(&v3[..4]);
+        forged.put_u16(5);
+        forged.put_slice(&v3[6..head_end]);
+        forged.put_u32(0);
+        forged.put_slice(&v3[head_end..]);
+        assert_eq!(Block::decode(&forged.freeze()), Err(BlockError::NotCanonical));
+    }
+
+    #[test]
+    fn senders_within_a_range_start_at_its_first_offset() {
+        let s = |first_offset: i64, p: &str| Sender {
+            first_offset,
+            principal: p.into(),
+            organization: String::new(),
+        };
+        let runs = vec![s(0, "a"), s(5, "b"), s(9, "c")];
+        assert_eq!(senders_within(&runs, 0, 5), vec![s(0, "a")]);
+        assert_eq!(senders_within(&runs, 3, 9), vec![s(3, "a"), s(5, "b")]);
+        assert_eq!(senders_within(&runs, 7, 12), vec![s(7, "b"), s(9, "c")]);
+        assert_eq!(senders_within(&runs, 12, 15), vec![s(12, "c")]);
+        assert_eq!(senders_within(&[], 0, 5), vec![]);
+    }
+
     prop_compose! {
         fn arb_block()(topic_id in any::<[u8; 16]>(), partition in any::<i32>(), height in any::<u64>(),
                        view in any::<u64>(), prev in any::<[u8; 32]>(), base_offset in any::<i64>(),
                        next_offset in any::<i64>(), max_timestamp in any::<i64>(), config_version in any::<u64>(),
                        receipts in proptest::collection::vec(arb_receipt(), 0..4),
                        requests in proptest::collection::vec((any::<u8>(), any::<u64>(), any::<i16>(), any::<i64>()), 0..4),
+                       senders in proptest::collection::btree_map(any::<i64>(), ("User:.{0,8}", ".{0,6}"), 0..3),
                        batches in proptest::collection::vec(any::<u8>(), 0..200)) -> Block {
             let requests = requests.into_iter()
                 .map(|(origin, number, error_code, base_offset)| RequestRecord { origin, number, error_code, base_offset })
                 .collect();
+            let senders = senders.into_iter()
+                .map(|(first_offset, (principal, organization))| Sender { first_offset, principal, organization })
+                .collect();
             Block { partition: PartitionKey { topic_id, partition }, height, view, prev_hash: BlockHash(prev),
-                    base_offset, next_offset, max_timestamp, config_version, receipts, requests,
+                    base_offset, next_offset, max_timestamp, config_version, receipts, requests, senders,
                     batches: Bytes::from(batches) }
         }
     }
@@ -618,6 +768,7 @@ mod tests {
             config_version: 0,
             receipts: vec![],
             requests: vec![],
+            senders: vec![],
             batches: Bytes::new(),
         }
     }

@@ -7,7 +7,8 @@ mod store;
 mod verify;
 
 pub use block::{
-    Block, BlockError, BlockHash, Head, PartitionKey, Receipt, RequestRecord, SealedBlock, BLOCK_FORMAT_VERSION,
+    senders_within, Block, BlockError, BlockHash, Head, PartitionKey, Receipt, RequestRecord, SealedBlock, Sender,
+    BLOCK_FORMAT_VERSION,
 };
 pub use store::{
     CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet, CATALOG_VERSION,
@@ -57,6 +58,7 @@ mod tests {
                 max_timestamp: 1000 + offset - 1,
                 config_version: 0,
                 requests: vec![],
+                senders: vec![],
                 receipts: vec![],
                 batches: batches.freeze(),
             };
@@ -156,6 +158,7 @@ mod tests {
             max_timestamp: 0,
             config_version: 0,
             requests: vec![],
+            senders: vec![],
             receipts: vec![],
             batches: Bytes::new(),
         };

@@ -699,6 +699,10 @@ pub struct Located {
     pub size: u32,
     pub producer_id: i64,
     pub origin_node: Option<NodeId>,
+    /// The sender: the principal that produced it and its organization, as
+    /// the certified block head records them (`None` before block format 5).
+    pub sender_principal: Option<String>,
+    pub sender_organization: Option<String>,
     /// Per consumer group, the first receipt (committed offset past this
     /// message) recorded at or after the message's block.
     pub receipts: Vec<FoundReceipt>,
@@ -761,6 +765,12 @@ pub fn locate(
             continue;
         };
         let receipts = receipts_for(&reader, &pk, head, height, offset)?;
+        let block = Block::from_head(&entry.head).map_err(|e| GlobalReadError::Corrupt {
+            partition: pk.partition,
+            height,
+            reason: e.to_string(),
+        })?;
+        let sender = block.sender_of(offset);
         out.push(Located {
             topic: topic.to_owned(),
             partition: pk.partition,
@@ -775,6 +785,8 @@ pub fn locate(
             size: m.size,
             producer_id: m.producer_id,
             origin_node: m.origin,
+            sender_principal: sender.map(|s| s.principal.clone()),
+            sender_organization: sender.map(|s| s.organization.clone()),
             receipts,
         });
     }
@@ -1056,6 +1068,11 @@ mod tests {
                     error_code: 0,
                     base_offset: base,
                 }],
+                senders: vec![crate::ledger::Sender {
+                    first_offset: base,
+                    principal: "User:a-producer".into(),
+                    organization: "org-a".into(),
+                }],
                 batches: Bytes::from(batch),
             };
             let hash = block.hash();
@@ -1225,6 +1242,8 @@ mod tests {
         assert_eq!(offsets, vec![2, 8], "key-1 is in blocks 1 and 4");
         let first = &found[0];
         assert_eq!((first.height, first.size, first.origin_node), (1, 7, Some(2)));
+        assert_eq!(first.sender_principal.as_deref(), Some("User:a-producer"));
+        assert_eq!(first.sender_organization.as_deref(), Some("org-a"));
         // Block 1 holds a receipt for offset 2: it does not cover the
         // record at 2; block 3's (offset 6) does.
         assert_eq!(first.receipts.len(), 1);

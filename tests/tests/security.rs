@@ -1324,13 +1324,19 @@ async fn changes_reach_every_node(nodes: usize, cluster_size: usize) {
     })
     .await
     .expect("a restarted node keeps credentials and ACLs");
-    // The partition's blocks, ordered by the replica cluster, name alice
-    // as the sender of every record.
-    let node0 = &running[0].as_ref().unwrap().broker;
-    let pk = node0.topics.get("shared").unwrap().partition_key(0);
-    let blocks = node0.store.read_from(&pk, 0, usize::MAX).unwrap();
+    // The partition's blocks, ordered by its replica cluster (with 8 nodes,
+    // one of the two), name alice as the sender of every record.
+    let blocks = running
+        .iter()
+        .flatten()
+        .map(|n| {
+            let pk = n.broker.topics.get("shared").unwrap().partition_key(0);
+            n.broker.store.read_from(&pk, 0, usize::MAX).unwrap()
+        })
+        .max_by_key(|blocks| blocks.len())
+        .unwrap();
     let records: i64 = blocks.iter().map(|b| b.next_offset - b.base_offset).sum();
-    assert!(records > 0);
+    assert!(records > 0, "a member of the partition's cluster holds its records");
     for b in &blocks {
         for o in b.base_offset..b.next_offset {
             assert_eq!(

@@ -8,35 +8,167 @@
 //! * `/global/locate?topic=T&key=K` or `?topic=T&partition=P&offset=O`:
 //!   `courier message locate` on the running node.
 //!
-//! The endpoint binds loopback by default. Bound to any other address it
-//! needs `admin.token.file`, and a client that is not on this host must
-//! send `Authorization: Bearer <token>`; loopback clients (`courier` on
-//! the node's host, a local Prometheus) need none.
+//! The endpoint binds loopback by default, and there it answers anyone on
+//! this host (`courier` on the node's host, a local Prometheus). With
+//! `admin.ssl.enabled` it speaks TLS (required to bind anything else), and
+//! every client authenticates: with a client certificate from a CA of
+//! `ssl.truststore.location` whose principal (through
+//! `ssl.principal.mapping.rules`) is one of `super.users`, or with
+//! `Authorization: Bearer <token>` from `admin.token.file`. Only
+//! `/metrics` stays open to loopback clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
+use crate::auth::tls::{ClientAuth, ClientTls, TlsSettings};
 use crate::shutdown::ShutdownSignal;
 use crate::{Broker, StartError};
 
-/// The bearer token remote clients must present, if any.
+/// Who is asking, as the connection tells it.
+#[derive(Clone, Debug)]
+struct AdminPeer {
+    addr: SocketAddr,
+    tls: bool,
+    /// The principal of a verified client certificate that is one of
+    /// `super.users`.
+    administrator: Option<String>,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for AdminPeer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        AdminPeer {
+            addr: *stream.remote_addr(),
+            tls: false,
+            administrator: None,
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for AdminPeer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// TLS connections whose handshakes are done: a task accepts and shakes
+/// hands (each connection on its own, bounded by
+/// `authentication.timeout.ms`), so a stalled client holds up no other.
+struct TlsListener {
+    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, AdminPeer)>,
+    local: SocketAddr,
+}
+
+/// Completed handshakes waiting for the server to take them.
+const HANDSHAKES_READY_MAX: usize = 64;
+
+impl TlsListener {
+    fn start(listener: TcpListener, tls: ClientTls, broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = mpsc::channel(HANDSHAKES_READY_MAX);
+        let tls = Arc::new(tls);
+        let timeout = Duration::from_millis(broker.config.authentication_timeout_ms);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "admin endpoint: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.wait() => return,
+                };
+                let (tls, broker, tx) = (tls.clone(), broker.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(timeout, tls.acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::warn!(target: "courier::audit", peer = %addr, error = %e, "admin endpoint: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(target: "courier::audit", peer = %addr, "admin endpoint: TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let administrator = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| tls.identify(chain))
+                        .map(|(subject, _)| format!("User:{}", broker.principal_mapping.apply(&subject)))
+                        .filter(|p| broker.authorizer.super_users.contains(p));
+                    let peer = AdminPeer {
+                        addr,
+                        tls: true,
+                        administrator,
+                    };
+                    let _ = tx.send((stream, peer)).await;
+                });
+            }
+        });
+        Self { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = AdminPeer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(ready) => ready,
+            // The accepting task stopped (shutdown): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(AdminPeer {
+            addr: self.local,
+            tls: true,
+            administrator: None,
+        })
+    }
+}
+
+/// The bearer token clients may present, if any.
 #[derive(Clone)]
 struct Token(Option<Arc<str>>);
 
 async fn authorize(
     State(token): State<Token>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<AdminPeer>,
     request: Request,
     next: Next,
 ) -> axum::response::Response {
-    if peer.ip().is_loopback() {
+    let loopback = peer.addr.ip().is_loopback();
+    let open = if peer.tls {
+        loopback && request.uri().path() == "/metrics"
+    } else {
+        loopback
+    };
+    if open {
+        return next.run(request).await;
+    }
+    if let Some(principal) = &peer.administrator {
+        tracing::debug!(target: "courier::audit", peer = %peer.addr, %principal, path = %request.uri().path(), "admin endpoint: administrator");
         return next.run(request).await;
     }
     let presented = request
@@ -49,35 +181,56 @@ async fn authorize(
             next.run(request).await
         }
         _ => {
-            tracing::warn!(target: "courier::audit", %peer, path = %request.uri().path(), "admin endpoint: refused");
-            (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response()
+            tracing::warn!(target: "courier::audit", peer = %peer.addr, path = %request.uri().path(), "admin endpoint: refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                "an administrator's client certificate or a bearer token is required\n",
+            )
+                .into_response()
         }
     }
 }
 
+fn read_token(broker: &Broker) -> Result<Option<Arc<str>>, StartError> {
+    let Some(path) = &broker.config.admin_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::config::ConfigError::Invalid(format!("admin.token.file {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.len() < 16 {
+        return Err(crate::config::ConfigError::Invalid(
+            "admin.token.file: the token must be at least 16 characters".into(),
+        )
+        .into());
+    }
+    Ok(Some(Arc::from(t)))
+}
+
 pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<SocketAddr, StartError> {
     let (listener, local) = crate::bind(&broker.config.admin_listener).await?;
-    let token = match &broker.config.admin_token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                crate::config::ConfigError::Invalid(format!("admin.token.file {}: {e}", path.display()))
-            })?;
-            let t = text.trim();
-            if t.len() < 16 {
-                return Err(crate::config::ConfigError::Invalid(
-                    "admin.token.file: the token must be at least 16 characters".into(),
-                )
-                .into());
-            }
-            Some(Arc::from(t))
-        }
-        None if !local.ip().is_loopback() => {
-            return Err(crate::config::ConfigError::Invalid(format!(
-                "admin.listener {local} is not loopback: set admin.token.file so that remote clients must authenticate"
-            ))
-            .into())
-        }
-        None => None,
+    if !local.ip().is_loopback() && !broker.config.admin_ssl_enabled {
+        // The configuration refuses this; a name that resolved elsewhere must too.
+        return Err(crate::config::ConfigError::Invalid(format!(
+            "admin.listener {local} is not loopback: set admin.ssl.enabled"
+        ))
+        .into());
+    }
+    let token = read_token(&broker)?;
+    let tls = if broker.config.admin_ssl_enabled {
+        let truststore = broker.config.ssl_truststore_location.as_deref();
+        Some(ClientTls::new(&TlsSettings {
+            listener: "admin",
+            keystore: broker.config.ssl_keystore_location.as_deref(),
+            truststore,
+            client_auth: if truststore.is_some() {
+                ClientAuth::Requested
+            } else {
+                ClientAuth::None
+            },
+        })?)
+    } else {
+        None
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -86,13 +239,27 @@ pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<
         .route("/global", get(global))
         .route("/global/verify", get(global_verify))
         .route("/global/locate", get(global_locate))
-        .with_state(broker)
+        .with_state(broker.clone())
         .layer(axum::middleware::from_fn_with_state(Token(token), authorize));
+    let service = app.into_make_service_with_connect_info::<AdminPeer>();
+    let stop = shutdown.clone();
+    let served = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { shutdown.wait().await })
+                .await
+        }),
+        Some(tls) => {
+            let listener = TlsListener::start(listener, tls, broker, stop);
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(async move { shutdown.wait().await })
+                    .await
+            })
+        }
+    };
     tokio::spawn(async move {
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-        if let Err(e) = served {
+        if let Ok(Err(e)) = served.await {
             tracing::warn!(error = %e, "admin endpoint stopped");
         }
     });

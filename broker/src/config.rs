@@ -162,11 +162,18 @@ pub struct BrokerConfig {
     /// authenticated. Default 524288 (Kafka's).
     #[serde(rename = "sasl.server.max.receive.size")]
     pub sasl_server_max_receive_size: i32,
-    /// Courier: a file holding the bearer token the admin endpoint asks of
-    /// clients that are not on this host; required when `admin.listener`
-    /// binds anything but loopback.
+    /// Courier: a file holding a bearer token the admin endpoint accepts
+    /// in place of an administrator's client certificate.
     #[serde(rename = "admin.token.file")]
     pub admin_token_file: Option<PathBuf>,
+    /// Courier: serve the admin endpoint over TLS (the listener certificate
+    /// of `ssl.keystore.location`). Every client then authenticates, with a
+    /// client certificate from a CA of `ssl.truststore.location` whose
+    /// principal is one of `super.users`, or with the bearer token;
+    /// `/metrics` stays open to loopback. Required when `admin.listener`
+    /// binds anything but loopback. Default false.
+    #[serde(rename = "admin.ssl.enabled")]
+    pub admin_ssl_enabled: bool,
     /// Largest Fetch response, whatever the client asks for (Kafka's
     /// broker-side `fetch.max.bytes`).
     #[serde(rename = "fetch.max.bytes")]
@@ -285,6 +292,7 @@ impl Default for BrokerConfig {
             connections_read_timeout_ms: 30_000,
             sasl_server_max_receive_size: 524_288,
             admin_token_file: None,
+            admin_ssl_enabled: false,
             fetch_max_bytes: 57_671_680,
             cluster_replicas: Vec::new(),
             cluster_public_keys: Vec::new(),
@@ -459,14 +467,25 @@ impl BrokerConfig {
             ));
         }
         self.per_ip_overrides()?;
-        if !self.admin_listener.is_empty() && self.admin_token_file.is_none() {
+        if !self.admin_listener.is_empty() {
             let (host, _) = host_port(&self.admin_listener)?;
             let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
+            if !loopback && !self.admin_ssl_enabled {
                 return bad(format!(
-                    "admin.listener {} is not loopback: set admin.token.file so that remote clients must authenticate",
+                    "admin.listener {} is not loopback: set admin.ssl.enabled (TLS, with administrators' client certificates or admin.token.file)",
                     self.admin_listener
                 ));
+            }
+        }
+        if self.admin_ssl_enabled {
+            if self.ssl_keystore_location.is_none() {
+                return bad("admin.ssl.enabled needs ssl.keystore.location (the endpoint's certificate)".into());
+            }
+            if self.ssl_truststore_location.is_none() && self.admin_token_file.is_none() {
+                return bad(
+                    "admin.ssl.enabled needs ssl.truststore.location (administrators' certificates) or admin.token.file"
+                        .into(),
+                );
             }
         }
         if self.max_connections_per_ip == 0 || self.connections_write_timeout_ms == 0 {

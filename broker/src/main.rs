@@ -116,8 +116,8 @@ struct GlobalSource {
     /// A stopped node's data directory (the broker's log.dirs).
     #[arg(long, value_name = "DIR", default_value = "./courier-data")]
     data_dir: PathBuf,
-    /// A running node's admin endpoint (host:port), instead of a data
-    /// directory.
+    /// A running node's admin endpoint (host:port, or https://host:port),
+    /// instead of a data directory.
     #[arg(long, value_name = "HOST:PORT")]
     admin: Option<String>,
 }
@@ -231,7 +231,8 @@ enum LedgerCommand {
         /// the same on every node holding the same global ledger.
         #[arg(long)]
         global: bool,
-        /// With --global: ask a running node's admin endpoint (host:port).
+        /// With --global: ask a running node's admin endpoint (host:port, or
+        /// https://host:port).
         #[arg(long, value_name = "HOST:PORT", requires = "global")]
         admin: Option<String>,
     },
@@ -716,9 +717,16 @@ fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         } else {
             println!("Courier node {id} is running (single replica).");
         }
-        println!("  Kafka:  {} (PLAINTEXT)", running.kafka_addr);
+        for (name, addr) in &running.listeners {
+            println!("  Kafka:  {addr} ({name})");
+        }
         if let Some(admin) = running.admin_addr {
-            println!("  Admin:  http://{admin}/metrics  http://{admin}/health");
+            let scheme = if running.broker.config.admin_ssl_enabled {
+                "https"
+            } else {
+                "http"
+            };
+            println!("  Admin:  {scheme}://{admin}/metrics  {scheme}://{admin}/health");
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -882,9 +890,13 @@ fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyho
     }
 }
 
-/// A GET to a node's admin endpoint: the status and the body.
-/// A remote node's endpoint wants a bearer token: the CLI reads it from
-/// the file `COURIER_ADMIN_TOKEN_FILE` names.
+/// A GET to a node's admin endpoint (`host:port`, or `https://host:port`
+/// for one with `admin.ssl.enabled`): the status and the body. The CLI
+/// authenticates with the bearer token in the file
+/// `COURIER_ADMIN_TOKEN_FILE` names, and over TLS with the client
+/// certificate and key in the PEM file `COURIER_ADMIN_KEYSTORE` names; it
+/// trusts the endpoint's certificate when a CA in `COURIER_ADMIN_CA`
+/// signed it.
 fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
     let auth = match std::env::var_os("COURIER_ADMIN_TOKEN_FILE") {
         Some(f) => format!(
@@ -896,15 +908,30 @@ fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)>
         None => String::new(),
     };
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)
+    let (tls, addr) = match addr.strip_prefix("https://") {
+        Some(a) => (true, a),
+        None => (false, addr.strip_prefix("http://").unwrap_or(addr)),
+    };
+    let tcp = std::net::TcpStream::connect(addr)
         .map_err(|e| anyhow::anyhow!("cannot reach the admin endpoint at {addr}: {e}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    if tls {
+        let mut stream = admin_tls(addr, tcp)?;
+        stream.write_all(request.as_bytes())?;
+        match stream.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A server that closes without close_notify: what came is whole
+            // (HTTP/1.0, the body ends with the connection).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => return Err(anyhow::anyhow!("admin endpoint at {addr}: {e}")),
+        }
+    } else {
+        let mut stream = tcp;
+        stream.write_all(request.as_bytes())?;
+        stream.read_to_end(&mut raw)?;
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -914,8 +941,52 @@ fn admin_get(addr: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)>
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("{addr} sent no HTTP status"))?;
-    let body = serde_json::from_str(body).map_err(|e| anyhow::anyhow!("{addr} answered {status} without JSON: {e}"))?;
+    let body = match serde_json::from_str(body) {
+        Ok(b) => b,
+        Err(_) if status != 200 => anyhow::bail!("{addr} answered {status}: {}", body.trim()),
+        Err(e) => anyhow::bail!("{addr} answered {status} without JSON: {e}"),
+    };
     Ok((status, body))
+}
+
+/// A TLS connection to an admin endpoint (see [`admin_get`]).
+fn admin_tls(
+    addr: &str,
+    tcp: std::net::TcpStream,
+) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::env::var_os(var) {
+            None => Ok(None),
+            Some(f) => Ok(Some(std::fs::read(&f).map_err(|e| anyhow::anyhow!("{var}: {e}"))?)),
+        }
+    };
+    let ca = read("COURIER_ADMIN_CA")?
+        .ok_or_else(|| anyhow::anyhow!("set COURIER_ADMIN_CA to the PEM file of the CA that signed the endpoint"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.map_err(|e| anyhow::anyhow!("COURIER_ADMIN_CA: {e}"))?)?;
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+    let config = match read("COURIER_ADMIN_KEYSTORE")? {
+        Some(pem) => {
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("COURIER_ADMIN_KEYSTORE: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| anyhow::anyhow!("COURIER_ADMIN_KEYSTORE: {e}"))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 fn verify_global(source: &GlobalSource) -> anyhow::Result<ExitCode> {

@@ -1692,33 +1692,80 @@ async fn an_unauthenticated_client_may_not_send_big_frames() {
     );
 }
 
+/// One GET over TLS to the admin endpoint: the status line's code.
+async fn admin_tls_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tls_connect(addr, config).await.expect("TLS handshake");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Off loopback the admin endpoint must speak TLS; then every client
+/// authenticates, with an administrator's client certificate or the bearer
+/// token, and only `/metrics` stays open to loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_endpoint_off_loopback_needs_a_token() {
-    let tmp = tempfile::tempdir().unwrap();
+async fn an_admin_endpoint_over_tls_needs_an_administrators_certificate_or_the_token() {
     let Err(e) = courier::BrokerConfig::load(None, &["admin.listener=0.0.0.0:9644".into()]) else {
-        panic!("an unauthenticated admin endpoint on 0.0.0.0 must not be configured")
+        panic!("an admin endpoint on 0.0.0.0 without TLS must not be configured")
     };
-    assert!(e.to_string().contains("admin.token.file"), "{e}");
-    let token = tmp.path().join("token");
+    assert!(e.to_string().contains("admin.ssl.enabled"), "{e}");
+    let Err(e) = courier::BrokerConfig::load(None, &["admin.ssl.enabled=true".into()]) else {
+        panic!("an admin endpoint over TLS needs a certificate")
+    };
+    assert!(e.to_string().contains("ssl.keystore.location"), "{e}");
+
+    let certs = Certs::new();
+    let token = certs.dir.join("admin.token");
     std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
-    let dir = tmp.path().join("with-token");
-    let config = common::config(
-        &dir,
+    let broker = secure_broker(
+        &certs,
         &[
-            "admin.listener=0.0.0.0:0",
+            "admin.ssl.enabled=true",
             &format!("admin.token.file={:?}", token.display().to_string()),
         ],
+    )
+    .await;
+    let addr = broker.admin_addr();
+    let ca = certs.dir.join("ca.pem");
+    let anonymous = tls_config(&ca, None);
+    let as_user = |who: &str| {
+        let (cert, key) = certs.user(who);
+        tls_config(&ca, Some((&cert, &key)))
+    };
+    // Plain HTTP gets no answer.
+    let plain = reqwest_metrics(addr).await;
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert_eq!(admin_tls_get(addr, anonymous.clone(), "/health", None).await, 401);
+    assert_eq!(
+        admin_tls_get(addr, anonymous.clone(), "/metrics", None).await,
+        200,
+        "loopback metrics"
     );
-    let running = courier::start(config).await.unwrap();
-    let port = running.admin_addr.unwrap().port();
-    // From this host (loopback), no token is needed.
-    let metrics = reqwest_metrics(SocketAddr::from(([127, 0, 0, 1], port))).await;
-    assert!(
-        metrics.starts_with("HTTP/1.1 200"),
-        "{}",
-        &metrics[..metrics.len().min(80)]
+    assert_eq!(
+        admin_tls_get(addr, anonymous.clone(), "/health", Some("0123456789abcdef0123")).await,
+        200
     );
-    running.stop().await;
+    assert_eq!(
+        admin_tls_get(addr, anonymous.clone(), "/health", Some("0123456789abcdef0124")).await,
+        401
+    );
+    assert_eq!(
+        admin_tls_get(addr, as_user("admin"), "/health", None).await,
+        200,
+        "a super user's certificate"
+    );
+    assert_eq!(admin_tls_get(addr, as_user("admin"), "/raft", None).await, 200);
+    assert_eq!(
+        admin_tls_get(addr, as_user("allowed"), "/health", None).await,
+        401,
+        "a valid certificate that is no administrator's"
+    );
 }
 
 /// An administrator records a principal's organization with Kafka's

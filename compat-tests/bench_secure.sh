@@ -13,7 +13,11 @@
 #
 # Each round runs the three listeners in a rotated order (the ledger grows
 # as the run goes on, so no listener always comes last); the ratios are of
-# the medians over the rounds.
+# the medians over the rounds. Every case starts on the same cluster: its
+# topics are deleted once it is measured, and before it the run waits (at
+# most 60 s) until the broker uses under 15% of a core, so that no case
+# pays for work an earlier one left behind (the global-ledger task
+# catching up, the ledger and idle partitions of earlier cases).
 #
 # Usage: compat-tests/bench_secure.sh [--short]
 #   COURIER_BENCH_RECORDS=n   records per case (default 100,000; --short: 20,000)
@@ -43,7 +47,7 @@ certs=$d/certs
 bench() {
   local label=$1 addr=$2; shift 2
   "$top/target/release/courier-bench" --bootstrap "$addr" --records "$records" --sizes 1024 --partitions 1,6 \
-    --label "$label" --broker-pid "$pid" --results "$results" "$@"
+    --label "$label" --broker-pid "$pid" --results "$results" --settle-below 15 --delete-topics "$@"
 }
 plaintext() { bench plaintext "127.0.0.1:$((port + 200))"; }
 ssl() {

@@ -355,7 +355,8 @@ impl Engine {
                         pbft::Message::Request(_) => {
                             metrics::counter!("courier_pbft_requests_relayed_total").increment(1)
                         }
-                        pbft::Message::ViewChange { .. } => {
+                        pbft::Message::ViewChange { new_view, .. } => {
+                            tracing::info!(partition = pk.partition, new_view, "asking for a view change");
                             metrics::counter!("courier_pbft_view_changes_sent_total").increment(1)
                         }
                         pbft::Message::PrePrepare { .. } => {

@@ -54,6 +54,15 @@ struct Args {
     /// measured peak and report the latencies at that load (0 skips it).
     #[arg(long, default_value_t = 0.5)]
     paced_fraction: f64,
+    /// Before each case, wait (at most 60 s) until the broker (--broker-pid)
+    /// uses less than this percentage of a core, so that no case pays for
+    /// work an earlier one left behind (0: do not wait).
+    #[arg(long, default_value_t = 0.0)]
+    settle_below: f64,
+    /// Delete each case's topics once it is measured, so every case starts
+    /// on the same cluster (no ledger or idle partitions left by earlier ones).
+    #[arg(long)]
+    delete_topics: bool,
     /// Also append one tab-separated line per case to this file: label,
     /// size, partitions, produce MB/s, consume MB/s, broker CPU s/GB for
     /// produce, and p50/p99 ms at the paced load (for bench.sh's ratios).
@@ -88,6 +97,31 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// Waits until the broker uses less than `percent` of a core over a second,
+/// at most a minute; says so when it does not.
+fn settle(broker: Option<u32>, percent: f64) {
+    let Some(pid) = broker.filter(|_| percent > 0.0) else {
+        return;
+    };
+    for _ in 0..60 {
+        let Some(before) = cpu_seconds(Some(pid)) else { return };
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(after) = cpu_seconds(Some(pid)) else { return };
+        if (after - before) * 100.0 < percent {
+            return;
+        }
+    }
+    println!("(the broker still used {percent}% of a core or more after 60 s)");
+}
+
+async fn delete_topics(args: &Args, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(args)?.create()?;
+    for r in admin.delete_topics(names, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// CPU seconds of (client, broker) spent while `f` runs.
@@ -281,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     for &size in &args.sizes {
         for &partitions in &args.partitions {
             let topic = format!("bench-{size}b-{partitions}p-{run:x}");
+            settle(args.broker_pid, args.settle_below);
             create_topic(&args, &topic, partitions).await?;
             let (produced, p_client, p_broker) = measured(args.broker_pid, || produce(&args, &topic, size, None));
             let (produce_time, lat) = produced?;
@@ -316,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
             if args.paced_fraction > 0.0 {
                 let rate = r.produce_mb_s * 1e6 * args.paced_fraction;
                 let paced_topic = format!("{topic}-paced");
+                settle(args.broker_pid, args.settle_below);
                 create_topic(&args, &paced_topic, partitions).await?;
                 let (elapsed, lat) = produce(&args, &paced_topic, size, Some(rate))?;
                 paced = (percentile(&lat, 0.50), percentile(&lat, 0.99));
@@ -344,6 +380,14 @@ async fn main() -> anyhow::Result<()> {
                     paced.0,
                     paced.1
                 )?;
+            }
+            if args.delete_topics {
+                let paced_topic = format!("{topic}-paced");
+                let mut names = vec![topic.as_str()];
+                if args.paced_fraction > 0.0 {
+                    names.push(&paced_topic);
+                }
+                delete_topics(&args, &names).await?;
             }
         }
     }

@@ -333,16 +333,35 @@ fn one_record(value: &str) -> Bytes {
 }
 
 fn produce(topic: &str) -> RequestKind {
+    produce_value(topic, "v")
+}
+
+/// A produce (acks=all) of one record holding `value` to partition 0.
+fn produce_value(topic: &str, value: &str) -> RequestKind {
     RequestKind::Produce(
         ProduceRequest::default()
             .with_acks(-1)
-            .with_timeout_ms(5000)
+            .with_timeout_ms(10_000)
             .with_topic_data(vec![produce_request::TopicProduceData::default()
                 .with_name(tn(topic))
                 .with_partition_data(vec![produce_request::PartitionProduceData::default()
                     .with_index(0)
-                    .with_records(Some(one_record("v")))])]),
+                    .with_records(Some(one_record(value)))])]),
     )
+}
+
+/// An ApiVersions call that must be answered.
+async fn api_versions<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(w: &mut Wire<S>) {
+    let ResponseKind::ApiVersions(_) = w
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        )
+        .await
+    else {
+        panic!("ApiVersions answered with another response")
+    };
 }
 
 /// Creates the matrix's topics (one record each) and ACLs, and the
@@ -1412,16 +1431,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
     w.call(ApiKey::CreateTopics, 7, &req).await;
     let big = "x".repeat(900 * 1024);
     for _ in 0..8 {
-        let req = RequestKind::Produce(
-            ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(5000)
-                .with_topic_data(vec![produce_request::TopicProduceData::default()
-                    .with_name(tn("slow-reader"))
-                    .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(one_record(&big)))])]),
-        );
+        let req = produce_value("slow-reader", &big);
         let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 9, &req).await else {
             panic!()
         };
@@ -1447,16 +1457,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Another client is served meanwhile.
-    let ResponseKind::ApiVersions(_) = w
-        .call(
-            ApiKey::ApiVersions,
-            3,
-            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
-        )
-        .await
-    else {
-        panic!()
-    };
+    api_versions(&mut w).await;
     // Reading now yields what was buffered, then the end: nowhere near all
     // 40 responses.
     let mut total = 0usize;
@@ -1480,19 +1481,6 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
     let metrics = reqwest_metrics(broker.admin_addr()).await;
     assert!(metrics.contains("reason=\"write_timeout\""), "the close is counted");
-}
-
-fn produce_value(topic: &str, value: &str) -> RequestKind {
-    RequestKind::Produce(
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![produce_request::TopicProduceData::default()
-                .with_name(tn(topic))
-                .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(one_record(value)))])]),
-    )
 }
 
 const MIB: u64 = 1 << 20;
@@ -1674,16 +1662,7 @@ async fn an_unauthenticated_client_may_not_send_big_frames() {
         Wire::over(stream)
     };
     let mut small = connect().await;
-    let ResponseKind::ApiVersions(_) = small
-        .call(
-            ApiKey::ApiVersions,
-            3,
-            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
-        )
-        .await
-    else {
-        panic!()
-    };
+    api_versions(&mut small).await;
     let mut big = connect().await;
     big.send_raw_frame(&vec![0u8; 70_000]).await;
     assert!(

@@ -84,7 +84,10 @@ pub struct Connection {
     correlation: i32,
 }
 
-fn tls_config(s: &ClientSettings) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+/// A TLS client configuration from librdkafka's settings: `ssl.ca.location`,
+/// and for a client certificate `ssl.certificate.location` and
+/// `ssl.key.location` (PEM; they may name the same file).
+pub fn tls_config(s: &ClientSettings) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let read = |p: &str| std::fs::read(p).map_err(|source| ClientError::Read { path: p.into(), source });
     let ca = s
         .get("ssl.ca.location")

@@ -954,38 +954,22 @@ fn admin_tls(
     addr: &str,
     tcp: std::net::TcpStream,
 ) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
-        match std::env::var_os(var) {
-            None => Ok(None),
-            Some(f) => Ok(Some(std::fs::read(&f).map_err(|e| anyhow::anyhow!("{var}: {e}"))?)),
-        }
-    };
-    let ca = read("COURIER_ADMIN_CA")?
-        .ok_or_else(|| anyhow::anyhow!("set COURIER_ADMIN_CA to the PEM file of the CA that signed the endpoint"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.map_err(|e| anyhow::anyhow!("COURIER_ADMIN_CA: {e}"))?)?;
+    // The same TLS set-up as `courier users`, by librdkafka's names; the
+    // keystore is one PEM file holding both the certificate and its key.
+    let mut settings = courier::client::ClientSettings::default();
+    let ca = std::env::var("COURIER_ADMIN_CA")
+        .map_err(|_| anyhow::anyhow!("set COURIER_ADMIN_CA to the PEM file of the CA that signed the endpoint"))?;
+    settings.values.insert("ssl.ca.location".into(), ca);
+    if let Ok(keystore) = std::env::var("COURIER_ADMIN_KEYSTORE") {
+        settings
+            .values
+            .insert("ssl.certificate.location".into(), keystore.clone());
+        settings.values.insert("ssl.key.location".into(), keystore);
     }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
-    let config = match read("COURIER_ADMIN_KEYSTORE")? {
-        Some(pem) => {
-            let chain = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!("COURIER_ADMIN_KEYSTORE: {e}"))?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&pem).map_err(|e| anyhow::anyhow!("COURIER_ADMIN_KEYSTORE: {e}"))?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-        None => builder.with_no_client_auth(),
-    };
+    let config = courier::client::tls_config(&settings)?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| anyhow::anyhow!("{host}: {e}"))?;
+    let conn = rustls::ClientConnection::new(config, name)?;
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 

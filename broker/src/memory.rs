@@ -162,7 +162,8 @@ impl ConnectionMemory {
     }
 
     /// Bytes this connection holds now.
-    pub fn held(&self) -> u64 {
+    #[cfg(test)]
+    fn held(&self) -> u64 {
         self.account.state.lock().unwrap_or_else(|p| p.into_inner()).held
     }
 }

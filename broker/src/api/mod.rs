@@ -91,9 +91,9 @@ impl RequestContext {
 
     /// Who sends what this request produces, as its blocks record it.
     pub fn sent_by(&self, state: &courier_consensus::security::SecurityState) -> crate::sequencer::SentBy {
-        let organization = match state.organizations.get(&*self.principal) {
-            Some(o) => Arc::from(o.as_str()),
-            None => self.default_organization.clone(),
+        let organization = match self.organization(state) {
+            o if o == &*self.default_organization => self.default_organization.clone(),
+            o => Arc::from(o),
         };
         crate::sequencer::SentBy {
             principal: self.principal.clone(),

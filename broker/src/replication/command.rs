@@ -17,7 +17,7 @@
 //! metadata ledger (topics are Raft commands now) and stay unused.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use courier_consensus::ledger::{PartitionKey, Receipt};
+use courier_consensus::ledger::{get_str, put_str, PartitionKey, Receipt};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -43,11 +43,6 @@ pub struct Malformed;
 const PRODUCE_WITHOUT_SENDER: u8 = 1;
 const RECEIPT: u8 = 2;
 const PRODUCE: u8 = 5;
-
-fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u32(s.len() as u32);
-    out.put_slice(s.as_bytes());
-}
 
 fn put_pk(out: &mut BytesMut, pk: &PartitionKey) {
     out.put_slice(&pk.topic_id);
@@ -122,11 +117,9 @@ impl Command {
             })
         }
         fn string(b: &mut Bytes) -> Result<String, Malformed> {
-            need(b, 4)?;
-            let n = b.get_u32() as usize;
-            need(b, n)?;
-            let s = std::str::from_utf8(&b[..n]).map_err(|_| Malformed)?.to_owned();
-            b.advance(n);
+            let mut rest: &[u8] = b;
+            let s = get_str(&mut rest).map_err(|_| Malformed)?;
+            b.advance(b.len() - rest.len());
             Ok(s)
         }
         need(&b, 1)?;

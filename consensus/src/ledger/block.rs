@@ -280,12 +280,14 @@ pub enum BlockError {
     NotCanonical,
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+/// Writes a string as the ledger's encodings do: u32 length, then UTF-8.
+pub fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u32(s.len() as u32);
     out.put_slice(s.as_bytes());
 }
 
-fn get_str(b: &mut &[u8]) -> Result<String, BlockError> {
+/// Reads a string written by [`put_str`] from the front of `b`, advancing it.
+pub fn get_str(b: &mut &[u8]) -> Result<String, BlockError> {
     need(b, 4)?;
     let n = b.get_u32() as usize;
     need(b, n)?;

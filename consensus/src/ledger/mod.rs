@@ -7,8 +7,8 @@ mod store;
 mod verify;
 
 pub use block::{
-    senders_within, Block, BlockError, BlockHash, Head, PartitionKey, Receipt, RequestRecord, SealedBlock, Sender,
-    BLOCK_FORMAT_VERSION,
+    get_str, put_str, senders_within, Block, BlockError, BlockHash, Head, PartitionKey, Receipt, RequestRecord,
+    SealedBlock, Sender, BLOCK_FORMAT_VERSION,
 };
 pub use store::{
     CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet, CATALOG_VERSION,

@@ -43,7 +43,8 @@ echo "ok   kcat outsider gets Topic authorization failed"
 # the user authenticates on node 3 (it has no ACLs: refused, but known).
 echo "carol-pw" | "$courier" users set-password --command-config "$clients/admin.sasl.properties" \
   --bootstrap "127.0.0.1:$((port + 1))" --user carol >/dev/null
-"$courier" users list --command-config "$clients/admin.sasl.properties" | grep -q "^carol .*SCRAM-SHA-512" \
+# Captured before grep -q reads it (pipefail and the writer's SIGPIPE).
+grep -q "^carol .*SCRAM-SHA-512" <<<"$("$courier" users list --command-config "$clients/admin.sasl.properties")" \
   || { echo "FAIL courier users list does not show carol"; exit 1; }
 sed -e 's/sasl.username=.*/sasl.username=carol/' -e 's/sasl.password=.*/sasl.password=carol-pw/' \
   -e "s/bootstrap.servers=.*/bootstrap.servers=127.0.0.1:$((port + 3))/" "$clients/admin.sasl.properties" >"$data/carol.properties"
@@ -62,7 +63,7 @@ kill -INT "$pid"
 wait "$pid" || true
 pid=
 row=$("$courier" ledger receipts --data-dir "$data/d/node-0" --group org-b-kcat | grep '^orders' | tail -1)
-echo "$row" | grep -q "User:b-consumer *org-b " \
+grep -q "User:b-consumer *org-b " <<<"$row" \
   || { echo "FAIL the receipt does not name User:b-consumer of org-b: $row"; exit 1; }
 echo "ok   the ledger's receipt names the receiver: $(echo "$row" | awk '{print $6, $7}')"
 grep -q "authorization denied" "$log" || { echo "FAIL no audit line for the denials"; exit 1; }

@@ -144,23 +144,32 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest, denied: &[bool]) ->
         let result = tokio::task::spawn_blocking(move || read_partitions(&store, &jobs, response_max)).await;
         metrics::histogram!("courier_fetch_ledger_read_seconds").record(read_started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(records)) => {
-                for ((ti, pi, _), bytes) in reads.iter().zip(records) {
-                    total += bytes.len();
+            Ok(records) => {
+                for ((ti, pi, _), read) in reads.iter().zip(records) {
                     let part = &mut topics[*ti].partitions[*pi];
-                    part.records = Some(bytes);
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "ledger read failed");
-                errors = true;
-                for (ti, pi, _) in &reads {
-                    topics[*ti].partitions[*pi].error_code = ResponseError::KafkaStorageError.code();
+                    match read {
+                        Ok(bytes) => {
+                            total += bytes.len();
+                            part.records = Some(bytes);
+                        }
+                        Err(e) => {
+                            // A damaged block (being repaired) or a failed
+                            // read: this partition only, and retriable.
+                            if !matches!(e, StoreError::Damaged(_)) {
+                                tracing::error!(error = %e, "ledger read failed");
+                            }
+                            errors = true;
+                            part.error_code = ResponseError::KafkaStorageError.code();
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "ledger read task failed");
                 errors = true;
+                for (ti, pi, _) in &reads {
+                    topics[*ti].partitions[*pi].error_code = ResponseError::KafkaStorageError.code();
+                }
             }
         }
     }
@@ -184,22 +193,27 @@ pub fn epoch_error(client_epoch: i32, epoch: i32) -> Option<i16> {
     }
 }
 
-fn read_partitions(store: &LedgerStore, reads: &[Read], response_max: usize) -> Result<Vec<Bytes>, StoreError> {
+/// Each partition's records, or why it has none: a failed read is that
+/// partition's alone.
+fn read_partitions(store: &LedgerStore, reads: &[Read], response_max: usize) -> Vec<Result<Bytes, StoreError>> {
     let mut out = Vec::with_capacity(reads.len());
     let mut total = 0usize;
     for r in reads {
         let budget = r.max_bytes.min(response_max.saturating_sub(total));
         let must_return_one = total == 0;
         if budget == 0 && !must_return_one {
-            out.push(Bytes::new());
+            out.push(Ok(Bytes::new()));
             continue;
         }
-        let blocks = store.read_from(&r.pk, r.offset, budget.max(1))?;
-        let records = gather(&blocks, r.offset, r.end, budget, must_return_one);
-        total += records.len();
+        let records = store
+            .read_from(&r.pk, r.offset, budget.max(1))
+            .map(|blocks| gather(&blocks, r.offset, r.end, budget, must_return_one));
+        if let Ok(records) = &records {
+            total += records.len();
+        }
         out.push(records);
     }
-    Ok(out)
+    out
 }
 
 /// Whole batches holding `offset` and after, below `end`, up to `limit`

@@ -62,6 +62,13 @@ pub enum Job {
         from_height: u64,
         blocks: Vec<(Bytes, Option<Bytes>)>,
     },
+    /// Blocks a peer served to replace the damaged block at `height` (the
+    /// first of them), with their certificates: see [`Executor::repair`].
+    Repair {
+        pk: PartitionKey,
+        height: u64,
+        blocks: Vec<(Bytes, Option<Bytes>)>,
+    },
     /// The topics as the Raft group has them at `version`, and the
     /// partitions this node orders with their clusters.
     Catalog {
@@ -178,6 +185,7 @@ impl Executor {
                     from_height,
                     blocks,
                 } => self.install(pk, from_height, blocks, &mut round)?,
+                Job::Repair { pk, height, blocks } => self.repair(pk, height, &blocks),
                 Job::Catalog {
                     topics,
                     served,
@@ -414,6 +422,87 @@ impl Executor {
             round.visible.push((pk, state));
         }
         Ok(())
+    }
+
+    /// Replaces the damaged block at `height` with the first of `blocks`
+    /// (served by a peer) once it is proven: each served block decodes
+    /// canonically (its batches match the digest in its head), the blocks
+    /// follow each other in the chain, and a certificate of 2f + 1 of the
+    /// cluster's members covers one of them, so the hash chain down from it
+    /// names the replacement. Nothing else of the node's state changes: the
+    /// block is the one it executed. A proof that fails is logged and the
+    /// repair task asks another peer.
+    fn repair(&mut self, pk: PartitionKey, height: u64, blocks: &[(Bytes, Option<Bytes>)]) {
+        let Some(view) = self.views.get(&pk).cloned() else {
+            return;
+        };
+        let (cluster, members, quorum) = (view.instance(&pk), &view.keys, view.quorum());
+        let mut chain: Vec<SealedBlock> = Vec::with_capacity(blocks.len());
+        let mut proven = false;
+        for (i, (raw, cert)) in blocks.iter().enumerate() {
+            let Ok(sealed) = Block::decode_sealed(raw) else {
+                warn!(?pk, height, "repair: a served block does not decode; refused");
+                return;
+            };
+            let in_place = sealed.block.partition == pk
+                && sealed.block.height == height + i as u64
+                && chain.last().is_none_or(|prev| sealed.block.prev_hash == prev.hash);
+            if !in_place {
+                warn!(
+                    ?pk,
+                    height, "repair: served blocks do not form the chain above the damaged one; refused"
+                );
+                return;
+            }
+            let certified = cert.as_ref().is_some_and(|c| {
+                wire::decode_cert(c.clone()).is_ok_and(|c| {
+                    c.seq == sealed.block.height + 1
+                        && c.state == sealed.hash.0
+                        && c.verify(cluster, members, quorum).is_ok()
+                })
+            });
+            chain.push(sealed);
+            if certified {
+                proven = true;
+                break;
+            }
+        }
+        let Some(replacement) = chain.first().filter(|_| proven) else {
+            warn!(
+                ?pk,
+                height, "repair: no valid certificate covers the served blocks; refused"
+            );
+            metrics::counter!("courier_ledger_repair_refused_total").increment(1);
+            return;
+        };
+        let Some(what) = self
+            .store
+            .damaged()
+            .into_iter()
+            .find(|d| d.pk == pk && d.height == height)
+            .map(|d| d.kind.as_str())
+        else {
+            // Repaired already (an earlier answer).
+            return;
+        };
+        match self.store.repair_block(replacement) {
+            Ok(()) => {
+                let topic = self
+                    .topics
+                    .get_by_id(&pk.topic_id)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    topic,
+                    partition = pk.partition,
+                    height,
+                    what,
+                    "stored block repaired from a peer's certified copy"
+                );
+                metrics::counter!("courier_ledger_repairs_total", "what" => what).increment(1);
+            }
+            Err(e) => error!(?pk, height, error = %e, "repair: cannot write the repaired block"),
+        }
     }
 
     /// Checks fetched blocks against our chain and the last one's

@@ -27,6 +27,7 @@ pub mod forward;
 pub mod global;
 pub mod identity;
 pub mod raft_link;
+pub mod repair;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -762,6 +763,16 @@ pub async fn start(
         store.clone(),
     ));
     let global_task = tokio::spawn(global.clone().run(shutdown.clone()));
+    tokio::spawn(
+        repair::RepairTask {
+            me: identity.id,
+            store: store.clone(),
+            topics: topics.clone(),
+            forward: forwarder.clone(),
+            executor: jobs_tx.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let engine = engine::Engine::new(
         membership.clone(),
         pbft_config,
@@ -824,14 +835,29 @@ fn certified_states(
             out.push((pk, state));
             continue;
         }
-        let Some(raw) = store.block(&pk, height)? else { continue };
-        let (block, hash) = courier_consensus::ledger::Block::decode_hashed(&raw)
-            .map_err(|e| courier_consensus::ledger::StoreError::Corrupt(format!("block {height}: {e}")))?;
+        // The head alone: a damaged payload is repaired while the node
+        // runs, and must not keep it from starting.
+        let (next_offset, hash) = match store.block_head(&pk, height) {
+            Ok(Some((block, hash))) => (block.next_offset, hash),
+            Ok(None) => continue,
+            Err(courier_consensus::ledger::StoreError::Damaged(d)) => {
+                // The block after it (stored, not yet certified) links to
+                // its hash and starts where it ended.
+                match store.block_head(&pk, height + 1) {
+                    Ok(Some((next, _))) => (next.base_offset, next.prev_hash),
+                    _ => {
+                        warn!(error = %d, "a certified block's head is damaged; its partition is visible again from its next certificate");
+                        continue;
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
         out.push((
             pk,
             courier_consensus::ledger::PartitionState {
                 next_height: height + 1,
-                next_offset: block.next_offset,
+                next_offset,
                 last_hash: hash,
                 log_start_offset: state.log_start_offset,
                 max_timestamp: state.max_timestamp,

@@ -11,7 +11,8 @@ pub use block::{
     SealedBlock, Sender, BLOCK_FORMAT_VERSION,
 };
 pub use store::{
-    CommittedOffset, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet, CATALOG_VERSION,
+    CommittedOffset, Damage, DamageKind, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet,
+    CATALOG_VERSION,
 };
 pub use verify::{verify_ledger, verify_partition, CertCheck, VerifyError, VerifyOptions, VerifyReport};
 
@@ -196,5 +197,86 @@ mod tests {
             verify_partition(&store, &PK, |_| {}),
             Err(VerifyError::BadBlock { height: 2, .. })
         ));
+    }
+
+    /// Flips one byte of a file in place.
+    fn flip(path: &std::path::Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x04], at).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_payload_is_never_served_and_a_proven_copy_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+        append(&store, 4, 3);
+        let good = Block::decode_sealed(&store.block(&PK, 2).unwrap().unwrap()).unwrap();
+        // Block 2's payload is the third in the log: flip a byte in its middle
+        // while the store is open (what a running node's disk can do).
+        let per_block = store.block(&PK, 0).unwrap().unwrap().len() - Block::head_len(&good.head).unwrap();
+        flip(
+            &path.with_extension("payloads"),
+            2 * per_block as u64 + per_block as u64 / 2,
+        );
+        // Offsets 6..9 live in block 2: a read from before it stops short of
+        // it, a read starting in it fails, and nothing damaged is returned.
+        let before = store.read_from(&PK, 3, 1 << 20).unwrap();
+        assert_eq!(before.iter().map(|b| b.height).collect::<Vec<_>>(), vec![1]);
+        match store.read_from(&PK, 6, 1 << 20) {
+            Err(StoreError::Damaged(d)) => {
+                assert_eq!((d.height, d.kind), (2, DamageKind::Payload));
+            }
+            other => panic!("a damaged block was read: {other:?}"),
+        }
+        assert!(matches!(store.block(&PK, 2), Err(StoreError::Damaged(_))));
+        assert_eq!(store.damaged().iter().map(|d| d.height).collect::<Vec<_>>(), vec![2]);
+        // Blocks after it are still served.
+        assert_eq!(store.read_from(&PK, 9, 1 << 20).unwrap()[0].height, 3);
+        // A block that is not the one the chain holds there is refused.
+        let mut other = good.block.clone();
+        other.max_timestamp += 1;
+        assert!(store.repair_block(&other.seal()).is_err());
+        store.repair_block(&good).unwrap();
+        assert!(store.damaged().is_empty());
+        assert_eq!(store.block(&PK, 2).unwrap().unwrap(), good.block.encode());
+        drop(store);
+        let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+        assert_eq!(verify_partition(&store, &PK, |_| {}).unwrap().records, 12);
+    }
+
+    #[test]
+    fn a_damaged_head_is_caught_and_repaired_even_when_its_recorded_hash_is_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+        append(&store, 3, 2);
+        let good = Block::decode_sealed(&store.block(&PK, 1).unwrap().unwrap()).unwrap();
+        drop(store);
+        // Change the head's bytes wherever redb keeps them (its file holds
+        // the record; older page copies may hold it too).
+        let mut db = std::fs::read(&path).unwrap();
+        let mut hits = 0;
+        let mut at = 0;
+        while let Some(i) = db[at..].windows(good.head.len()).position(|w| w == &good.head[..]) {
+            let i = at + i;
+            db[i + 60] ^= 0x01;
+            hits += 1;
+            at = i + 1;
+        }
+        assert!(hits > 0, "the head is in the database file");
+        std::fs::write(&path, &db).unwrap();
+        let store = LedgerStore::open(&path, Durability::Immediate).unwrap();
+        match store.read_from(&PK, 2, 1 << 20) {
+            Err(StoreError::Damaged(d)) => assert_eq!((d.height, d.kind), (1, DamageKind::Head)),
+            other => panic!("a damaged head was read: {other:?}"),
+        }
+        assert!(matches!(store.block_head(&PK, 1), Err(StoreError::Damaged(_))));
+        store.repair_block(&good).unwrap();
+        assert_eq!(store.read_from(&PK, 2, 1 << 20).unwrap()[0].height, 1);
+        assert_eq!(verify_partition(&store, &PK, |_| {}).unwrap().records, 6);
     }
 }

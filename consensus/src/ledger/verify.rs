@@ -112,7 +112,12 @@ pub fn verify_ledger(
             height,
             reason,
         };
-        let raw = store.block(pk, height)?.ok_or_else(|| bad("missing".into()))?;
+        let raw = match store.block(pk, height) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(bad("missing".into())),
+            Err(StoreError::Damaged(d)) => return Err(bad(format!("damaged ({}): {}", d.kind.as_str(), d.detail))),
+            Err(e) => return Err(e.into()),
+        };
         let (block, hash) = Block::decode_hashed(&raw).map_err(|e| bad(format!("not a canonical block: {e}")))?;
         if block.partition != *pk || block.height != height {
             return Err(bad(format!(

@@ -16,6 +16,13 @@
 //! surviving nodes verify the same global ledger and locate the same
 //! messages in it.
 //!
+//! A fifth run changes stored bytes under nodes (a record's value, a batch
+//! header and a block head on a stopped backup; a value on the stopped
+//! first primary; a value under a running node): each node, asked
+//! directly, serves exactly the acknowledged records (refusing damaged
+//! blocks with KAFKA_STORAGE_ERROR meanwhile), repairs every damaged block
+//! from its peers, and verifies offline afterwards.
+//!
 //! It lives beside the binary because Cargo hands the binary's path
 //! (`CARGO_BIN_EXE_courier`) only to its own package's tests.
 
@@ -773,5 +780,429 @@ async fn four_nodes_grow_to_eight_in_two_clusters_and_outlive_the_raft_leader() 
     for n in nodes.iter_mut() {
         n.assert_running();
         n.terminate();
+    }
+}
+
+/// Every record of `topic` (all partitions, from the start) through
+/// `bootstrap`, by (partition, offset), once `n` have arrived; a record
+/// served twice fails.
+async fn read_values(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BTreeMap<(i32, i64), String> {
+    let c = reader(bootstrap, &format!("values-{bootstrap}-{n}"), topic, partitions);
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while out.len() < n {
+        let got = out.len();
+        let m = next_record(&c, deadline, || {
+            format!("{bootstrap} served {got} of {n} records of {topic}")
+        })
+        .await;
+        let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        assert!(
+            out.insert((m.partition(), m.offset()), value).is_none(),
+            "{bootstrap} served {}/{} twice",
+            m.partition(),
+            m.offset()
+        );
+    }
+    out
+}
+
+/// Every record of `topic` as node `addr` itself serves it: Kafka Fetch
+/// requests (v12) to that node alone, one connection, until `n` records
+/// arrived. (A librdkafka consumer may move a partition to another node
+/// when a metadata refresh goes there, so it cannot show what one node
+/// serves.) Returns the records and how many times a partition was
+/// answered with KAFKA_STORAGE_ERROR; any other error fails.
+fn fetch_direct(addr: &str, topic: &str, partitions: i32, n: usize) -> (BTreeMap<(i32, i64), String>, usize) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::records::RecordBatchDecoder;
+    use std::io::{Read, Write};
+    const VERSION: i16 = 12;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut next: Vec<i64> = vec![0; partitions as usize];
+    let mut out = BTreeMap::new();
+    let mut storage_errors = 0;
+    let deadline = Instant::now() + WAIT;
+    for correlation_id in 0.. {
+        if out.len() >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{addr} served {} of {n} records", out.len());
+        let request = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(200)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(
+                    (0..partitions)
+                        .map(|p| {
+                            FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(next[p as usize])
+                                .with_partition_max_bytes(1 << 20)
+                        })
+                        .collect(),
+                )]);
+        let mut frame = bytes::BytesMut::from(&[0u8; 4][..]);
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(VERSION)
+            .with_correlation_id(correlation_id)
+            .encode(&mut frame, ApiKey::Fetch.request_header_version(VERSION))
+            .unwrap();
+        request.encode(&mut frame, VERSION).unwrap();
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        s.write_all(&frame).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        let mut body = bytes::Bytes::from(body);
+        ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(VERSION)).unwrap();
+        let response = FetchResponse::decode(&mut body, VERSION).unwrap();
+        for p in response.responses.iter().flat_map(|t| t.partitions.iter()) {
+            match p.error_code {
+                0 => {}
+                56 => {
+                    storage_errors += 1;
+                    continue;
+                }
+                e => panic!("{addr} answered partition {} with error {e}", p.partition_index),
+            }
+            let mut records = p.records.clone().unwrap_or_default();
+            for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
+                for r in set.records {
+                    let at = &mut next[p.partition_index as usize];
+                    if r.offset < *at {
+                        continue;
+                    }
+                    *at = r.offset + 1;
+                    let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+                    out.insert((p.partition_index, r.offset), value);
+                }
+            }
+        }
+        if storage_errors > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (out, storage_errors)
+}
+
+/// The text a node's admin endpoint answers at `path`.
+fn admin_text(node: &Node, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(&node.admin) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: courier\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// The sum of a Prometheus counter over its labels, from a node's /metrics.
+fn counter(node: &Node, name: &str) -> u64 {
+    admin_text(node, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Where `needle` occurs in `hay`.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// XORs one byte of a file in place (a running node's readers see it).
+fn flip_at(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// What a stopped node's ledger says of the block holding `marker`: its
+/// partition key, height and head bytes.
+fn block_holding(data: &Path, marker: &[u8]) -> (courier_consensus::ledger::PartitionKey, u64, Vec<u8>) {
+    let store = courier_consensus::ledger::LedgerStore::open(
+        &data.join("ledger.redb"),
+        courier_consensus::ledger::Durability::None,
+    )
+    .unwrap();
+    let topic = store.topics().unwrap().into_iter().find(|t| t.name == "rot").unwrap();
+    for p in 0..PARTITIONS {
+        let pk = topic.partition_key(p);
+        for h in 0..store.partition_state(&pk).unwrap().next_height {
+            let raw = store.block(&pk, h).unwrap().unwrap();
+            if !find_all(&raw, marker).is_empty() {
+                let n = courier_consensus::Block::head_len(&raw).unwrap();
+                return (pk, h, raw[..n].to_vec());
+            }
+        }
+    }
+    panic!("no block holds {}", String::from_utf8_lossy(marker));
+}
+
+fn rot_value(i: usize) -> String {
+    format!("rot-{i:06}-value-of-a-transfer")
+}
+
+/// Flips one byte inside record `i`'s value in a node's payload log.
+fn flip_value(data: &Path, i: usize) {
+    let path = data.join("ledger.payloads");
+    let marker = rot_value(i);
+    let at = find_all(&std::fs::read(&path).unwrap(), marker.as_bytes());
+    assert_eq!(at.len(), 1, "{marker} is stored once");
+    flip_at(&path, (at[0] + 8) as u64);
+}
+
+/// Flips the low byte of the base offset of the batch holding record `i`
+/// (a field Kafka's own batch CRC does not cover).
+fn flip_batch_header(data: &Path, i: usize) {
+    let path = data.join("ledger.payloads");
+    let log = std::fs::read(&path).unwrap();
+    let at = find_all(&log, rot_value(i).as_bytes())[0];
+    let mut start = 0;
+    loop {
+        let len = i32::from_be_bytes(log[start + 8..start + 12].try_into().unwrap()) as usize;
+        if at < start + 12 + len {
+            break;
+        }
+        start += 12 + len;
+    }
+    flip_at(&path, (start + 7) as u64);
+}
+
+/// Flips a byte of a block head (in its previous-block hash) wherever the
+/// node's redb file holds that head.
+fn flip_head(data: &Path, head: &[u8]) {
+    let path = data.join("ledger.redb");
+    let db = std::fs::read(&path).unwrap();
+    let at = find_all(&db, head);
+    assert!(!at.is_empty(), "the head is in the database file");
+    for i in at {
+        flip_at(&path, (i + 60) as u64);
+    }
+}
+
+/// The bit-rot case of issue 11: bytes of stored records and block heads
+/// change under a node (stopped, or running); its consumers still read
+/// exactly what was acknowledged, and it repairs each damaged block from
+/// its peers within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    for n in nodes.iter_mut() {
+        n.view_change_timeout_ms = 2000;
+        n.start();
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[1].kafka)
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new("rot", PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.expect("topic created");
+        });
+    const N: usize = 2000;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[1].kafka)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    // In ten rounds, each acknowledged before the next: several blocks
+    // per partition, so that damage in one leaves others intact.
+    let mut acked = BTreeMap::new();
+    for round in 0..10 {
+        let mut sends = Vec::new();
+        for i in round * N / 10..(round + 1) * N / 10 {
+            let key = format!("k{}", i % 23);
+            let value = rot_value(i);
+            let send = producer
+                .send_result(FutureRecord::to("rot").key(&key).payload(&value))
+                .expect("queued");
+            sends.push((i, send));
+        }
+        for (i, s) in sends {
+            let d = s.await.expect("delivered").expect("acknowledged");
+            acked.insert((d.partition, d.offset), rot_value(i));
+        }
+    }
+    // Every node has stored everything before any is stopped.
+    for i in 0..NODES {
+        assert_eq!(read_values(&nodes[i].kafka, "rot", PARTITIONS, N).await, acked);
+    }
+
+    // A backup, stopped: a value byte, a batch header byte, a block head.
+    let (before, damaged, started) = damage_case(&mut nodes[2], false, |data| {
+        // Three records in three different blocks, one for each kind of damage.
+        let mut blocks = std::collections::BTreeSet::new();
+        let mut picked = Vec::new();
+        for i in (0..N).step_by(37) {
+            let (pk, h, head) = block_holding(data, rot_value(i).as_bytes());
+            if blocks.insert((pk, h)) {
+                picked.push((i, head));
+            }
+            if picked.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(picked.len(), 3, "the records span three blocks");
+        flip_value(data, picked[0].0);
+        flip_batch_header(data, picked[1].0);
+        flip_head(data, &picked[2].1);
+        3
+    });
+    let (served, refused) = fetch_direct(&nodes[2].kafka, "rot", PARTITIONS, N);
+    assert_eq!(served, acked, "the damaged backup serves exactly what was acknowledged");
+    assert!(
+        refused > 0,
+        "the damaged backup refused its damaged blocks until repaired"
+    );
+    assert_eq!(
+        read_values(&nodes[2].kafka, "rot", PARTITIONS, N).await,
+        acked,
+        "a librdkafka consumer of the damaged backup reads exactly what was acknowledged"
+    );
+    wait_for_repairs(&nodes[2], before + damaged as u64, started);
+    // The primary of the first view, stopped: a value byte.
+    let (before, damaged, started) = damage_case(&mut nodes[0], false, |data| {
+        flip_value(data, 1234);
+        1
+    });
+    let (served, refused) = fetch_direct(&nodes[0].kafka, "rot", PARTITIONS, N);
+    assert_eq!(
+        served, acked,
+        "the damaged primary serves exactly what was acknowledged"
+    );
+    assert!(
+        refused > 0,
+        "the damaged primary refused its damaged blocks until repaired"
+    );
+    assert_eq!(
+        read_values(&nodes[0].kafka, "rot", PARTITIONS, N).await,
+        acked,
+        "a librdkafka consumer of the damaged primary reads exactly what was acknowledged"
+    );
+    wait_for_repairs(&nodes[0], before + damaged as u64, started);
+    // A node that runs, its disk changing under it: a value byte.
+    let (before, damaged, started) = damage_case(&mut nodes[1], true, |data| {
+        flip_value(data, 42);
+        1
+    });
+    let (served, refused) = fetch_direct(&nodes[1].kafka, "rot", PARTITIONS, N);
+    assert_eq!(served, acked, "the running node serves exactly what was acknowledged");
+    assert!(
+        refused > 0,
+        "the running node refused its damaged blocks until repaired"
+    );
+    assert_eq!(
+        read_values(&nodes[1].kafka, "rot", PARTITIONS, N).await,
+        acked,
+        "a librdkafka consumer of the running node reads exactly what was acknowledged"
+    );
+    wait_for_repairs(&nodes[1], before + damaged as u64, started);
+    // Every node's readers, after all of it.
+    for i in 0..NODES {
+        assert_eq!(read_values(&nodes[i].kafka, "rot", PARTITIONS, N).await, acked);
+    }
+    for n in nodes.iter_mut() {
+        n.assert_running();
+        n.terminate();
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        if [0, 1, 2].contains(&i) {
+            assert!(log.contains("stored block damaged"), "node {i} reports the damage");
+            assert!(log.contains("stored block repaired"), "node {i} reports the repair");
+        }
+        let out = Command::new(COURIER)
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&n.data)
+            .arg("--config")
+            .arg(&n.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {i}'s ledger verifies after its repairs:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One damage case: stops the node (unless `running`), damages its files
+/// (`damage` says how many blocks it damaged) and starts it again. Returns
+/// the repairs it counted before, the blocks damaged, and when.
+fn damage_case(node: &mut Node, running: bool, damage: impl FnOnce(&Path) -> usize) -> (u64, usize, Instant) {
+    // A restarted node counts from zero.
+    let before = if running {
+        counter(node, "courier_ledger_repairs_total")
+    } else {
+        node.terminate();
+        0
+    };
+    let blocks = damage(&node.data);
+    let started = Instant::now();
+    if !running {
+        node.start();
+    }
+    (before, blocks, started)
+}
+
+/// Waits (bounded) until a node counts `want` repairs; reports how long
+/// it took from `since`.
+fn wait_for_repairs(node: &Node, want: u64, since: Instant) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = counter(node, "courier_ledger_repairs_total");
+        if n >= want {
+            eprintln!(
+                "{}: {n} repairs, {:.1} s after the damage",
+                node.kafka,
+                since.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("damaged") || l.contains("repair"))
+                .collect();
+            panic!(
+                "{} repaired {n} blocks of {want} within 30 s; its log:\n{}",
+                node.kafka,
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -6,7 +6,16 @@
 //!   global-ledger task's lag and the blocks it refused;
 //! * `/global/verify`: `courier ledger verify --global` on the running node;
 //! * `/global/locate?topic=T&key=K` or `?topic=T&partition=P&offset=O`:
-//!   `courier message locate` on the running node.
+//!   `courier message locate` on the running node;
+//!
+//! and this node's own ledger:
+//!
+//! * `/ledger/verify`: `courier ledger verify` on the running node (every
+//!   partition re-walked now with the checks the scrubber makes,
+//!   certificates against the recorded keys); a block whose stored bytes
+//!   changed is listed as damaged by the read and repaired;
+//! * `/ledger/scrub`: the background scrubber's progress and findings, and
+//!   the blocks listed as damaged and not yet repaired.
 //!
 //! The endpoint binds loopback by default, and there it answers anyone on
 //! this host (`courier` on the node's host, a local Prometheus). With
@@ -239,6 +248,8 @@ pub async fn serve(broker: Arc<Broker>, mut shutdown: ShutdownSignal) -> Result<
         .route("/global", get(global))
         .route("/global/verify", get(global_verify))
         .route("/global/locate", get(global_locate))
+        .route("/ledger/verify", get(ledger_verify))
+        .route("/ledger/scrub", get(ledger_scrub))
         .with_state(broker.clone())
         .layer(axum::middleware::from_fn_with_state(Token(token), authorize));
     let service = app.into_make_service_with_connect_info::<AdminPeer>();
@@ -389,6 +400,53 @@ async fn global_verify(State(broker): State<Arc<Broker>>) -> axum::response::Res
             serde_json::json!({ "error": e.to_string() }),
         ),
     }
+}
+
+async fn ledger_verify(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    let store = broker.store.clone();
+    // A block whose stored bytes changed is listed as damaged by the read
+    // itself, and repaired (on a replica) like one a fetch found.
+    let checked = tokio::task::spawn_blocking(move || crate::verify::verify_store(&store, None, |_| {}, || {})).await;
+    match checked {
+        Ok(Ok((partitions, keys))) => json(
+            StatusCode::OK,
+            serde_json::json!({ "partitions": partitions, "keys": keys }),
+        ),
+        Ok(Err(crate::verify::LedgerCheckError::Bad { topic, source })) => json(
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": format!("{topic}: {source}") }),
+        ),
+        Ok(Err(e)) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+async fn ledger_scrub(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    let status = broker.scrub.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let damaged: Vec<serde_json::Value> = broker
+        .store
+        .damaged()
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "topic": broker.topics.get_by_id(&d.pk.topic_id).map(|t| t.name.clone()),
+                "partition": d.pk.partition,
+                "height": d.height,
+                "what": d.kind.as_str(),
+                "detail": d.detail,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "scrub": status, "damaged": damaged }),
+    )
 }
 
 async fn global_locate(State(broker): State<Arc<Broker>>, RawQuery(query): RawQuery) -> axum::response::Response {

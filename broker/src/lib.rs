@@ -20,6 +20,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod replication;
+pub mod scrub;
 pub mod security;
 pub mod sequencer;
 pub mod server;
@@ -100,6 +101,8 @@ pub struct Broker {
     pub connection_limits: limits::ConnectionLimits,
     /// Bytes of requests held, over every connection (`queued.max.request.bytes`).
     pub request_memory: Arc<memory::RequestMemory>,
+    /// The background scrubber's progress and findings.
+    pub scrub: Arc<std::sync::Mutex<scrub::ScrubStatus>>,
 }
 
 impl Broker {
@@ -275,7 +278,27 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     );
     let principal_mapping = auth::mapping::PrincipalMapping::parse(&config.ssl_principal_mapping_rules)
         .map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
+    let scrubber = scrub::Scrubber::new(
+        store.clone(),
+        config.ledger_scrub_mb_per_second,
+        config.ledger_scrub_interval_ms,
+    );
+    let scrub = scrubber.status();
+    let stop_scrub = scrubber.stopper();
+    let mut ledger_threads = ledger_threads;
+    ledger_threads.push(
+        std::thread::Builder::new()
+            .name("courier-scrub".into())
+            .spawn(move || scrubber.run())
+            .map_err(StartError::Threads)?,
+    );
+    let mut stopping = shutdown.signal();
+    tokio::spawn(async move {
+        stopping.wait().await;
+        stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let broker = Arc::new(Broker {
+        scrub,
         node: NodeInfo {
             node_id: config.node_id,
             host,

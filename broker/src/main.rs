@@ -231,9 +231,10 @@ enum LedgerCommand {
         /// the same on every node holding the same global ledger.
         #[arg(long)]
         global: bool,
-        /// With --global: ask a running node's admin endpoint (host:port, or
-        /// https://host:port).
-        #[arg(long, value_name = "HOST:PORT", requires = "global")]
+        /// Ask a running node's admin endpoint (host:port, or
+        /// https://host:port) to verify its ledger now (or, with --global,
+        /// the global ledger), with the checks its scrubber makes.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "config")]
         admin: Option<String>,
     },
     /// List delivery receipts (committed consumer offsets) recorded on the
@@ -321,6 +322,7 @@ fn main() -> ExitCode {
             admin,
             ..
         }) => verify_global(&GlobalSource { data_dir, admin }),
+        Command::Ledger(LedgerCommand::Verify { admin: Some(admin), .. }) => verify_running(&admin),
         Command::Ledger(LedgerCommand::Verify { data_dir, config, .. }) => verify(&data_dir, config.as_deref()),
         Command::Message(MessageCommand::Locate {
             topic,
@@ -809,6 +811,22 @@ fn list_receipts(data_dir: &std::path::Path, group: Option<&str>, topic: Option<
     Ok(ExitCode::SUCCESS)
 }
 
+/// `courier ledger verify --admin`: a running node verifies its own ledger.
+fn verify_running(addr: &str) -> anyhow::Result<ExitCode> {
+    let check = match admin_get(addr, "/ledger/verify")? {
+        (200, body) => body,
+        (409, body) => {
+            println!("BAD {}", body["error"].as_str().unwrap_or("ledger"));
+            return Ok(ExitCode::FAILURE);
+        }
+        (status, body) => anyhow::bail!("{addr} answered {status}: {}", body["error"]),
+    };
+    let partitions: Vec<courier::verify::PartitionSummary> = serde_json::from_value(check["partitions"].clone())?;
+    let source: courier::verify::KeySource = serde_json::from_value(check["keys"].clone())?;
+    print_verified(&partitions, &source);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let keys = match config {
         Some(path) => {
@@ -847,39 +865,7 @@ fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyho
     }
     match result {
         Ok((partitions, source)) => {
-            use courier::verify::KeySource;
-            let blocks: u64 = partitions.iter().map(|p| p.blocks).sum();
-            let records: i64 = partitions.iter().map(|p| p.records).sum();
-            let receipts: u64 = partitions.iter().map(|p| p.receipts).sum();
-            let certified: u64 = partitions.iter().map(|p| p.certified).sum();
-            for p in &partitions {
-                let certs = if source == KeySource::None {
-                    String::new()
-                } else {
-                    format!(
-                        ", {} certified, {} after the last certificate",
-                        p.certified, p.uncertified_tail
-                    )
-                };
-                println!(
-                    "ok  {}-{}: {} blocks, {} records, {} receipts{certs}",
-                    p.topic, p.partition, p.blocks, p.records, p.receipts
-                );
-            }
-            println!(
-                "ledger sound: {} partitions, {blocks} blocks, {records} records, {receipts} receipts",
-                partitions.len()
-            );
-            match source {
-                KeySource::None => println!("single-replica ledger: no quorum certificates"),
-                KeySource::Recorded(n) => println!(
-                    "{certified} quorum certificates verified against the {n} member keys recorded in the ledger \
-                     (pass --config to check against keys you trust)"
-                ),
-                KeySource::Given(n) => {
-                    println!("{certified} quorum certificates verified against the {n} member keys given")
-                }
-            }
+            print_verified(&partitions, &source);
             Ok(ExitCode::SUCCESS)
         }
         Err(courier::verify::LedgerCheckError::Bad { topic, source }) => {
@@ -887,6 +873,43 @@ fn verify(data_dir: &std::path::Path, config: Option<&std::path::Path>) -> anyho
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// What `courier ledger verify` prints for a sound ledger.
+fn print_verified(partitions: &[courier::verify::PartitionSummary], source: &courier::verify::KeySource) {
+    use courier::verify::KeySource;
+    let blocks: u64 = partitions.iter().map(|p| p.blocks).sum();
+    let records: i64 = partitions.iter().map(|p| p.records).sum();
+    let receipts: u64 = partitions.iter().map(|p| p.receipts).sum();
+    let certified: u64 = partitions.iter().map(|p| p.certified).sum();
+    for p in partitions {
+        let certs = if *source == KeySource::None {
+            String::new()
+        } else {
+            format!(
+                ", {} certified, {} after the last certificate",
+                p.certified, p.uncertified_tail
+            )
+        };
+        println!(
+            "ok  {}-{}: {} blocks, {} records, {} receipts{certs}",
+            p.topic, p.partition, p.blocks, p.records, p.receipts
+        );
+    }
+    println!(
+        "ledger sound: {} partitions, {blocks} blocks, {records} records, {receipts} receipts",
+        partitions.len()
+    );
+    match source {
+        KeySource::None => println!("single-replica ledger: no quorum certificates"),
+        KeySource::Recorded(n) => println!(
+            "{certified} quorum certificates verified against the {n} member keys recorded in the ledger \
+             (pass --config to check against keys you trust)"
+        ),
+        KeySource::Given(n) => {
+            println!("{certified} quorum certificates verified against the {n} member keys given")
+        }
     }
 }
 

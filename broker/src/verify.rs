@@ -19,7 +19,7 @@ use courier_consensus::raft::MetaState;
 use crate::replication::{partition_members_key, MEMBERS_KEY};
 
 /// One verified partition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PartitionSummary {
     pub topic: String,
     pub partition: i32,
@@ -33,7 +33,7 @@ pub struct PartitionSummary {
 }
 
 /// Whose keys certificates were checked against.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeySource {
     /// A single-replica ledger: no certificates.
     None,
@@ -261,14 +261,22 @@ pub fn verify_data_dir(
     data_dir: &Path,
     keys: Option<Vec<Bytes>>,
     total: impl FnOnce(u64),
+    on_block: impl FnMut(),
+) -> Result<(Vec<PartitionSummary>, KeySource), LedgerCheckError> {
+    verify_store(&open_offline(data_dir)?, keys, total, on_block)
+}
+
+/// [`verify_data_dir`] on an open ledger (a running node's, through its
+/// admin endpoint).
+pub fn verify_store(
+    store: &LedgerStore,
+    keys: Option<Vec<Bytes>>,
+    total: impl FnOnce(u64),
     mut on_block: impl FnMut(),
 ) -> Result<(Vec<PartitionSummary>, KeySource), LedgerCheckError> {
-    let store = open_offline(data_dir)?;
     let topics = store.topics()?;
     let partitions = store.partitions()?;
-    let recorded: Option<Vec<Bytes>> = store
-        .identity(MEMBERS_KEY)?
-        .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect());
+    let recorded = recorded_members(store)?;
     let (members, source) = match (keys, recorded) {
         (Some(k), _) => {
             let n = k.len();
@@ -280,44 +288,23 @@ pub fn verify_data_dir(
         }
         (None, None) => (None, KeySource::None),
     };
-    let fingerprint = members.as_deref().map(pbft::cluster_fingerprint);
     total(partitions.iter().map(|(_, s)| s.next_height).sum());
     let mut out = Vec::new();
     for (pk, _) in partitions {
-        let topic = topics
-            .iter()
-            .find(|t| t.id == pk.topic_id)
-            .map(|t| t.name.clone())
-            .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)));
-        // The partition's own cluster, as recorded; each of its keys must
-        // be one the caller trusts (when keys are given).
-        let own: Option<Vec<Bytes>> = store
-            .identity(&partition_members_key(&pk))?
-            .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect());
-        let cluster: Option<(Vec<Bytes>, pbft::Digest)> = match (own, &members, &fingerprint) {
-            (Some(own), Some(trusted), _) if own.iter().all(|k| trusted.contains(k)) => {
-                let f = pbft::cluster_fingerprint(&own);
-                Some((own, f))
-            }
-            (Some(_), Some(_), _) => {
-                return Err(LedgerCheckError::UntrustedCluster {
-                    topic,
-                    partition: pk.partition,
-                });
-            }
-            (_, Some(m), Some(f)) => Some((m.clone(), *f)),
-            _ => None,
-        };
-        let certs = cluster.as_ref().map(|(m, f)| CertCheck {
-            instance: pbft::instance_id(f, &pk.to_bytes()),
-            members: m,
-            quorum: 2 * ((m.len().max(1) - 1) / 3) + 1,
-        });
+        let topic = topic_name(&topics, &pk);
+        let cluster = partition_cluster(store, &pk, members.as_deref()).map_err(|e| match e {
+            ClusterKeysError::Store(e) => LedgerCheckError::Store(e),
+            ClusterKeysError::Untrusted => LedgerCheckError::UntrustedCluster {
+                topic: topic.clone(),
+                partition: pk.partition,
+            },
+        })?;
+        let certs = cluster.as_ref().map(|c| c.check(&pk));
         let options = VerifyOptions {
             kafka_batches: true,
             certs,
         };
-        let report = verify_ledger(&store, &pk, &options, |_| on_block()).map_err(|source| LedgerCheckError::Bad {
+        let report = verify_ledger(store, &pk, &options, |_| on_block()).map_err(|source| LedgerCheckError::Bad {
             topic: topic.clone(),
             source,
         })?;
@@ -333,6 +320,70 @@ pub fn verify_data_dir(
     }
     out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok((out, source))
+}
+
+/// A partition's name for people: its topic's, or the topic id.
+pub fn topic_name(topics: &[courier_consensus::catalog::TopicRecord], pk: &PartitionKey) -> String {
+    topics
+        .iter()
+        .find(|t| t.id == pk.topic_id)
+        .map(|t| t.name.clone())
+        .unwrap_or_else(|| format!("<unknown topic {}>", uuid::Uuid::from_bytes(pk.topic_id)))
+}
+
+/// The member keys the node recorded for its cluster.
+pub fn recorded_members(store: &LedgerStore) -> Result<Option<Vec<Bytes>>, StoreError> {
+    Ok(store
+        .identity(MEMBERS_KEY)?
+        .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect()))
+}
+
+/// The keys a partition's certificates verify under.
+pub struct PartitionCluster {
+    pub members: Vec<Bytes>,
+    fingerprint: pbft::Digest,
+}
+
+impl PartitionCluster {
+    pub fn check(&self, pk: &PartitionKey) -> CertCheck<'_> {
+        CertCheck {
+            instance: pbft::instance_id(&self.fingerprint, &pk.to_bytes()),
+            members: &self.members,
+            quorum: 2 * ((self.members.len().max(1) - 1) / 3) + 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterKeysError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the partition's recorded cluster has a key that is not among the keys given")]
+    Untrusted,
+}
+
+/// The partition's own cluster, as the node recorded it (each of its keys
+/// must be among `members` when those are given), else `members`; `None`
+/// for a single replica's ledger.
+pub fn partition_cluster(
+    store: &LedgerStore,
+    pk: &PartitionKey,
+    members: Option<&[Bytes]>,
+) -> Result<Option<PartitionCluster>, ClusterKeysError> {
+    let own: Option<Vec<Bytes>> = store
+        .identity(&partition_members_key(pk))?
+        .map(|raw| raw.chunks(32).map(Bytes::copy_from_slice).collect());
+    let members = match (own, members) {
+        (Some(own), Some(trusted)) if own.iter().all(|k| trusted.contains(k)) => own,
+        (Some(_), Some(_)) => return Err(ClusterKeysError::Untrusted),
+        (_, Some(m)) => m.to_vec(),
+        (Some(own), None) => own,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(PartitionCluster {
+        fingerprint: pbft::cluster_fingerprint(&members),
+        members,
+    }))
 }
 
 fn hex_digit(c: u8) -> Option<u8> {

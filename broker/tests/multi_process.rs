@@ -76,6 +76,8 @@ struct Node {
     /// `pbft.view.change.timeout.ms`: short, so that killing a primary is
     /// over quickly.
     view_change_timeout_ms: u64,
+    /// More `--set` settings.
+    settings: Vec<String>,
 }
 
 impl Node {
@@ -92,6 +94,7 @@ impl Node {
             .arg(format!("pbft.view.change.timeout.ms={}", self.view_change_timeout_ms))
             .args(["--set", "pbft.retransmit.ms=100", "--set"])
             .arg(format!("admin.listener={}", self.admin))
+            .args(self.settings.iter().flat_map(|s| ["--set", s.as_str()]))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -195,6 +198,7 @@ fn nodes_from_certs_dev(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
             log: dir.join(format!("node-{i}.log")),
             child: None,
             view_change_timeout_ms: 500,
+            settings: Vec::new(),
         })
         .collect()
 }
@@ -1009,8 +1013,15 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path());
-    for n in nodes.iter_mut() {
+    for (i, n) in nodes.iter_mut().enumerate() {
         n.view_change_timeout_ms = 2000;
+        // Node 3 scrubs all the time; the others only repair what their
+        // readers find (so that the cases below show reads refusing damage).
+        n.settings = if i == 3 {
+            vec!["ledger.scrub.interval.ms=1000".into()]
+        } else {
+            vec!["ledger.scrub.mb.per.second=0".into()]
+        };
         n.start();
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -1128,6 +1139,33 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
         "a librdkafka consumer of the running node reads exactly what was acknowledged"
     );
     wait_for_repairs(&nodes[1], before + damaged as u64, started);
+    // A running node that scrubs, damage no reader touches: the scrubber
+    // finds it and the node repairs it.
+    let (before, damaged, started) = damage_case(&mut nodes[3], true, |data| {
+        flip_value(data, 1999);
+        1
+    });
+    wait_for_repairs(&nodes[3], before + damaged as u64, started);
+    let scrub = admin_json(&nodes[3], "/ledger/scrub").expect("scrub status");
+    let findings = scrub["scrub"]["findings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        findings.iter().any(|f| f["kind"] == "payload"),
+        "the scrubber reports what it found: {scrub}"
+    );
+    assert_eq!(scrub["damaged"].as_array().map(Vec::len), Some(0), "{scrub}");
+    // `courier ledger verify` on every running node, through its admin endpoint.
+    for (i, n) in nodes.iter().enumerate() {
+        let out = Command::new(COURIER)
+            .args(["ledger", "verify", "--admin", &n.admin])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "node {i} verifies its ledger while running:\n{text}"
+        );
+        assert!(text.contains("ledger sound"), "{text}");
+    }
     // Every node's readers, after all of it.
     for i in 0..NODES {
         assert_eq!(read_values(&nodes[i].kafka, "rot", PARTITIONS, N).await, acked);
@@ -1138,7 +1176,7 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
     }
     for (i, n) in nodes.iter().enumerate() {
         let log = std::fs::read_to_string(&n.log).unwrap_or_default();
-        if [0, 1, 2].contains(&i) {
+        {
             assert!(log.contains("stored block damaged"), "node {i} reports the damage");
             assert!(log.contains("stored block repaired"), "node {i} reports the repair");
         }

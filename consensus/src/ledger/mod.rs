@@ -14,7 +14,7 @@ pub use store::{
     CommittedOffset, Damage, DamageKind, Durability, LedgerStore, PartitionState, ProducerEntry, StoreError, WriteSet,
     CATALOG_VERSION,
 };
-pub use verify::{verify_ledger, verify_partition, CertCheck, VerifyError, VerifyOptions, VerifyReport};
+pub use verify::{verify_ledger, verify_partition, CertCheck, ChainWalk, VerifyError, VerifyOptions, VerifyReport};
 
 #[cfg(test)]
 mod tests {

@@ -89,6 +89,9 @@ pub enum DamageKind {
     Payload,
     /// The payload could not be read at all.
     Unreadable,
+    /// The block reads back as written but fails the chain's checks (its
+    /// digest, link, offsets, batches or certificate): found by a scrub.
+    Chain,
 }
 
 impl DamageKind {
@@ -97,6 +100,7 @@ impl DamageKind {
             DamageKind::Head => "head",
             DamageKind::Payload => "payload",
             DamageKind::Unreadable => "unreadable",
+            DamageKind::Chain => "chain",
         }
     }
 }
@@ -804,6 +808,12 @@ impl LedgerStore {
     /// Records damage found on read (logged once per block until repaired)
     /// and returns the error to answer the read with.
     fn damage(&self, pk: &PartitionKey, height: u64, kind: DamageKind, detail: String) -> StoreError {
+        StoreError::Damaged(self.mark_damaged(pk, height, kind, detail))
+    }
+
+    /// Lists a block as damaged (found so on read, or by a scrub that saw
+    /// it fail the chain's checks) until a repair replaces it; logged once.
+    pub fn mark_damaged(&self, pk: &PartitionKey, height: u64, kind: DamageKind, detail: String) -> Damage {
         let d = Damage {
             pk: *pk,
             height,
@@ -822,7 +832,7 @@ impl LedgerStore {
             );
             damaged.insert((*pk, height), d.clone());
         }
-        StoreError::Damaged(d)
+        d
     }
 
     /// Blocks found damaged and not yet repaired, in partition and height order.

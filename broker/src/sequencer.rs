@@ -324,13 +324,14 @@ impl LocalSequencer {
         let (commits_tx, commits) = watch::channel(0);
         let (store_handle, topics_handle) = (store.clone(), topics.clone());
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(ROUNDS_QUEUED_MAX);
-        let failed = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
         let committer = Committer {
             store: store.clone(),
             topics: topics.clone(),
             jobs: jobs_rx,
             commits: commits_tx,
-            failed: failed.clone(),
+            health: health.clone(),
+            generation: 0,
         };
         let committer = std::thread::Builder::new()
             .name("courier-committer".into())
@@ -340,7 +341,8 @@ impl LocalSequencer {
             topics,
             rx,
             jobs: jobs_tx,
-            failed,
+            health,
+            generation: 0,
             committer: Some(committer),
             working: HashMap::new(),
         };
@@ -469,22 +471,41 @@ enum Job {
     Commit {
         set: WriteSet,
         replies: Vec<Reply>,
+        generation: u64,
     },
     DeleteTopic {
         topic: TopicRecord,
         reply: oneshot::Sender<Result<(), Rejected>>,
+        generation: u64,
     },
 }
+
+/// Whether the ledger takes writes, shared by the sequencer and the
+/// committer. A failed commit sets `failed`: the sequencer's state has run
+/// past the disk, so it refuses submissions (a retriable error) while the
+/// committer probes the disk with back-off and recovers the store. Then
+/// the committer moves `generation` on and clears `failed`; the sequencer
+/// drops its state and reloads it from the ledger, and every round it had
+/// sealed on the old state (the old generation) is refused.
+#[derive(Default)]
+struct Health {
+    failed: AtomicBool,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// The first wait before probing a failed disk again, and the longest.
+const RECOVER_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RECOVER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+const RECOVERING: &str = "the ledger is recovering from a failed write; try again";
 
 struct Worker {
     store: Arc<LedgerStore>,
     topics: Arc<Topics>,
     rx: mpsc::Receiver<Submission>,
     jobs: std::sync::mpsc::SyncSender<Job>,
-    /// Set by the committer when a write failed: the sequencer's state has
-    /// run past the disk, so every later write is refused until a restart
-    /// reloads the ledger.
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
+    /// The generation this worker's state belongs to (see [`Health`]).
+    generation: u64,
     committer: Option<std::thread::JoinHandle<()>>,
     working: HashMap<PartitionKey, Working>,
 }
@@ -495,7 +516,9 @@ struct Committer {
     topics: Arc<Topics>,
     jobs: std::sync::mpsc::Receiver<Job>,
     commits: watch::Sender<u64>,
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
+    /// The generation whose rounds are written (older ones are refused).
+    generation: u64,
 }
 
 impl Worker {
@@ -515,9 +538,16 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if self.failed.load(Ordering::Acquire) {
+            if self.health.failed.load(Ordering::Acquire) {
                 refuse(round.drain(..));
                 continue;
+            }
+            let generation = self.health.generation.load(Ordering::Acquire);
+            if generation != self.generation {
+                // The store recovered from a failed write: start again from
+                // what it holds.
+                self.working.clear();
+                self.generation = generation;
             }
             self.run_round(&mut round);
         }
@@ -595,7 +625,12 @@ impl Worker {
                         std::mem::take(&mut replies),
                     );
                     self.working.retain(|pk, _| pk.topic_id != topic.id);
-                    self.send(Job::DeleteTopic { topic, reply });
+                    let generation = self.generation;
+                    self.send(Job::DeleteTopic {
+                        topic,
+                        reply,
+                        generation,
+                    });
                 }
             }
         }
@@ -702,14 +737,19 @@ impl Worker {
                 });
             }
         }
-        self.send(Job::Commit { set, replies });
+        let generation = self.generation;
+        self.send(Job::Commit {
+            set,
+            replies,
+            generation,
+        });
     }
 
     fn send(&mut self, job: Job) {
         if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
             // The committer is gone (it only stops when we hang up, or on a
             // panic): nothing more can become durable.
-            self.failed.store(true, Ordering::Release);
+            self.health.failed.store(true, Ordering::Release);
             job.fail(&Rejected::Storage("the ledger committer stopped".into()));
         }
     }
@@ -717,7 +757,7 @@ impl Worker {
 
 /// Answers a round's submitters with a storage error.
 fn refuse(round: impl Iterator<Item = Submission>) {
-    let failed = Rejected::Storage("an earlier ledger write failed; restart the broker".into());
+    let failed = Rejected::Storage(RECOVERING.into());
     for sub in round {
         match sub {
             Submission::Produce { reply, .. } => {
@@ -763,30 +803,39 @@ impl Reply {
     }
 }
 
+impl Job {
+    fn generation(&self) -> u64 {
+        match self {
+            Job::Commit { generation, .. } | Job::DeleteTopic { generation, .. } => *generation,
+        }
+    }
+}
+
 impl Committer {
-    fn run(self) {
+    fn run(mut self) {
         while let Ok(job) = self.jobs.recv() {
-            if self.failed.load(Ordering::Acquire) {
-                // Later rounds chain onto the one that failed: refuse them too.
-                job.fail(&Rejected::Storage(
-                    "an earlier ledger write failed; restart the broker".into(),
-                ));
+            if job.generation() != self.generation {
+                // Sealed on the state a failed write left behind.
+                job.fail(&Rejected::Storage(RECOVERING.into()));
                 continue;
             }
             match job {
-                Job::Commit { set, replies } => self.commit(set, replies),
-                Job::DeleteTopic { topic, reply } => {
+                Job::Commit { set, replies, .. } => self.commit(set, replies),
+                Job::DeleteTopic { topic, reply, .. } => {
                     let outcome = self
                         .store
                         .delete_topic(&topic)
                         .map_err(|e| Rejected::Storage(e.to_string()));
+                    if outcome.is_err() {
+                        self.recover(None);
+                    }
                     let _ = reply.send(outcome);
                 }
             }
         }
     }
 
-    fn commit(&self, set: WriteSet, replies: Vec<Reply>) {
+    fn commit(&mut self, set: WriteSet, replies: Vec<Reply>) {
         let span = info_span!("commit", blocks = set.blocks.len());
         let _enter = span.enter();
         let written = Instant::now();
@@ -802,14 +851,61 @@ impl Committer {
                 }
             }
             Err(e) => {
-                error!(error = %e, "ledger commit failed; refusing all writes until restart");
-                self.failed.store(true, Ordering::Release);
+                error!(error = %e, "ledger commit failed; writes are refused until the disk takes them again");
                 let failed = Rejected::Storage(e.to_string());
                 for r in replies {
                     r.send(Err(failed.clone()));
                 }
+                self.recover(Some(set));
             }
         }
+    }
+
+    /// After a failed write: refuses every round queued behind it, probes
+    /// the disk with bounded back-off until the store recovers, makes
+    /// durable what the failed commit may have left visible (its
+    /// submitters were refused; producers retry, and idempotent ones are
+    /// de-duplicated), and moves to the next generation.
+    fn recover(&mut self, failed_set: Option<WriteSet>) {
+        self.health.failed.store(true, Ordering::Release);
+        metrics::counter!("courier_ledger_write_failures_total").increment(1);
+        metrics::gauge!("courier_ledger_writable").set(0.0);
+        let started = Instant::now();
+        let mut backoff = RECOVER_BACKOFF_MIN;
+        loop {
+            // Refuse what waits meanwhile (it chains onto the failed round).
+            loop {
+                match self.jobs.recv_timeout(backoff) {
+                    Ok(job) => job.fail(&Rejected::Storage(RECOVERING.into())),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let recovered = self.store.recover().and_then(|()| match &failed_set {
+                Some(set) if self.store.holds(set)? == Some(true) => self.store.rewrite(set).map(drop),
+                _ => Ok(()),
+            });
+            match recovered {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the ledger does not take writes yet");
+                    backoff = (backoff * 2).min(RECOVER_BACKOFF_MAX);
+                }
+            }
+        }
+        // What the store holds now is what handlers see.
+        if let Ok(partitions) = self.store.partitions() {
+            self.topics.set_states(partitions);
+        }
+        self.commits.send_modify(|n| *n += 1);
+        self.generation += 1;
+        self.health.generation.store(self.generation, Ordering::Release);
+        self.health.failed.store(false, Ordering::Release);
+        metrics::gauge!("courier_ledger_writable").set(1.0);
+        tracing::info!(
+            after_ms = started.elapsed().as_millis() as u64,
+            "the ledger takes writes again"
+        );
     }
 }
 

@@ -359,3 +359,73 @@ async fn topics_are_created_grown_described_and_deleted_with_the_admin_client() 
         .expect("delivered");
     assert_eq!(d.offset, 0);
 }
+
+/// Issue 11's full disk, with the storage layer's fault-injection hook: a
+/// commit's writes fail (no space), then the recovery probes fail for a
+/// while, then a commit's fsync fails. The broker refuses what it could
+/// not write with a retriable error, resumes on its own once writes work
+/// again, and an idempotent producer's every record is then on the
+/// ledger exactly once, in order; the ledger verifies after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_without_a_restart_after_failed_writes_and_fsyncs() {
+    let mut broker = TestBroker::start(&[]).await;
+    create_topic(&broker, "full", 1).await;
+    let p = producer(
+        &broker,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "60000"),
+        ],
+    );
+    let store = broker.running.as_ref().unwrap().broker.store.clone();
+    let mut sent = 0usize;
+    let mut send = |n: usize| {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let value = format!("record-{sent}");
+            sent += 1;
+            out.push(
+                p.send_result(FutureRecord::<(), _>::to("full").payload(&value))
+                    .expect("queued"),
+            );
+        }
+        out
+    };
+    for d in send(100) {
+        d.await.expect("delivered").expect("acknowledged");
+    }
+    // The disk fills: the next writes fail, including the first probes.
+    store.faults().fail_writes(4);
+    let during = send(200);
+    for d in during {
+        d.await
+            .expect("delivered")
+            .expect("acknowledged once writes work again");
+    }
+    // An fsync fails: whether that commit reached the disk is unknown.
+    store.faults().fail_syncs(1);
+    for d in send(200) {
+        d.await
+            .expect("delivered")
+            .expect("acknowledged after the failed fsync");
+    }
+    assert_eq!(store.faults().fail_writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(store.faults().fail_syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(store);
+    broker.restart(&[]).await;
+    let c = consumer(&broker, "full-check", &[]);
+    assign_from_start(&c, "full", 1);
+    let got = consume(&c, sent).await;
+    let values: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..sent).map(|i| format!("record-{i}")).collect();
+    assert_eq!(values, expected, "every record once, in order");
+    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
+    assert_eq!(offsets, (0..sent as i64).collect::<Vec<_>>());
+    let running = broker.running.as_ref().unwrap();
+    let report = courier::verify::verify_store(&running.broker.store, None, |_| {}, || {}).expect("ledger verifies");
+    assert_eq!(report.0.iter().map(|p| p.records).sum::<i64>(), sent as i64);
+}

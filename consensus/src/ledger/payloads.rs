@@ -18,7 +18,9 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 
+use super::faults::Faults;
 use super::store::StoreError;
+use std::sync::Arc;
 
 /// Where one block's batches sit in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +38,12 @@ pub struct PayloadLog {
     /// Serialises appends; never taken by readers, so a fetch does not wait
     /// for a commit's fdatasync.
     writer: Mutex<()>,
+    faults: Arc<Faults>,
 }
 
 impl PayloadLog {
     /// Opens the log, cutting it back to `committed_end`.
-    pub fn open(path: &Path, committed_end: u64) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, committed_end: u64, faults: Arc<Faults>) -> Result<Self, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
         let file = OpenOptions::new()
             .read(true)
@@ -65,6 +68,7 @@ impl PayloadLog {
             file,
             committed_end: AtomicU64::new(committed_end),
             writer: Mutex::new(()),
+            faults,
         })
     }
 
@@ -78,14 +82,37 @@ impl PayloadLog {
         let mut refs = Vec::with_capacity(payloads.len());
         for p in payloads {
             let len = u32::try_from(p.len()).map_err(|_| StoreError::Corrupt("block payload over 4 GiB".into()))?;
+            self.faults.write().map_err(io)?;
             self.file.write_all_at(p, at).map_err(io)?;
             refs.push(PayloadRef { offset: at, len });
             at += p.len() as u64;
         }
         if durable && at > start {
+            // A failed sync loses what it was to make durable (the kernel
+            // may drop those pages): never retried here. Nothing points at
+            // these bytes yet; the commit fails and they are written again.
+            self.faults.sync().map_err(io)?;
             self.file.sync_data().map_err(io)?;
         }
         Ok((refs, at))
+    }
+
+    /// Takes the committed end the database records after it was reopened
+    /// (a commit that failed may or may not have become durable).
+    pub fn reset(&self, committed_end: u64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| StoreError::Io(format!("payload log: {e}")))?
+            .len();
+        if len < committed_end {
+            return Err(StoreError::Corrupt(format!(
+                "payload log holds {len} bytes but the ledger committed {committed_end}"
+            )));
+        }
+        self.committed_end.store(committed_end, Ordering::Release);
+        Ok(())
     }
 
     /// Records that the redb commit naming bytes up to `new_end` succeeded.

@@ -36,9 +36,12 @@
 //! * `topics`: topic name → catalog record; `counters`: name → u64
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::faults::{Faults, GuardedBackend};
 
 use super::block::{Block, BlockHash, PartitionKey, SealedBlock};
 use super::payloads::{PayloadLog, PayloadRef};
@@ -75,6 +78,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("ledger file I/O: {0}")]
     Io(String),
+    /// The database is closed for a moment: it is being reopened after a
+    /// failed write (see [`LedgerStore::recover`]).
+    #[error("the ledger is recovering from a failed write")]
+    Unavailable,
     /// A stored block failed its check on read: never served.
     #[error("{0}")]
     Damaged(Damage),
@@ -428,10 +435,41 @@ fn parse_block_record(v: &[u8]) -> Result<BlockRecord<'_>, StoreError> {
     })
 }
 
+/// Bytes the recovery probe writes and syncs.
+const PROBE_BYTES: usize = 64 << 10;
+/// Tries at reopening the database while reads in flight still hold it.
+const REOPEN_ATTEMPTS: u32 = 100;
+
+/// Opens (or creates) the redb file through the fault-injection hook.
+fn open_database(path: &Path, faults: &Arc<Faults>) -> Result<Database, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    Ok(redb::Builder::new().create_with_backend(GuardedBackend {
+        inner: redb::backends::FileBackend::new(file)?,
+        faults: faults.clone(),
+    })?)
+}
+
+/// The payload log's committed end, as the database records it.
+fn payload_end(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let counters = txn.open_table(COUNTERS)?;
+    let end = counters.get(PAYLOAD_END)?.map(|v| v.value()).unwrap_or(0);
+    Ok(end)
+}
+
 /// A node's ledger: redb for heads, indexes and state; the payload log for
 /// record batches.
 pub struct LedgerStore {
-    db: Database,
+    path: std::path::PathBuf,
+    /// `None` only while [`LedgerStore::recover`] reopens it.
+    db: std::sync::RwLock<Option<Database>>,
+    faults: Arc<Faults>,
     payloads: PayloadLog,
     durability: Durability,
     /// Blocks found damaged on read and not yet repaired.
@@ -442,7 +480,8 @@ impl LedgerStore {
     /// Opens (or creates) the ledger at `path` (and its payload log beside
     /// it) and makes sure every table exists.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let faults = Arc::new(Faults::default());
+        let db = open_database(path, &faults)?;
         let txn = db.begin_write()?;
         txn.open_table(BLOCKS)?;
         txn.open_table(OFFSET_INDEX)?;
@@ -455,23 +494,79 @@ impl LedgerStore {
         txn.open_table(CERTS)?;
         txn.open_table(REQUEST_WINDOWS)?;
         txn.commit()?;
-        let committed_end = {
-            let txn = db.begin_read()?;
-            let counters = txn.open_table(COUNTERS)?;
-            let end = counters.get(PAYLOAD_END)?.map(|v| v.value()).unwrap_or(0);
-            end
-        };
-        let payloads = PayloadLog::open(&path.with_extension("payloads"), committed_end)?;
+        let committed_end = payload_end(&db)?;
+        let payloads = PayloadLog::open(&path.with_extension("payloads"), committed_end, faults.clone())?;
         Ok(Self {
-            db,
+            path: path.to_owned(),
+            db: std::sync::RwLock::new(Some(db)),
+            faults,
             payloads,
             durability,
             damaged: Default::default(),
         })
     }
 
+    /// The storage layer's fault-injection hook (see [`Faults`]).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        Ok(db.as_ref().ok_or(StoreError::Unavailable)?.begin_read()?)
+    }
+
+    /// Makes the store writable again after a failed write, once the disk
+    /// takes writes again: a probe file beside the ledger is written and
+    /// synced; then the database, which refuses everything after a failed
+    /// write until reopened, is reopened (redb repairs it to its last
+    /// durable commit), and the payload log's committed end is read back
+    /// from it. Nothing that a failed commit wrote is visible afterwards:
+    /// the callers drop what they held in memory beyond the disk and start
+    /// again from what the store holds. Errs while the disk still fails
+    /// (the caller tries again later).
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let probe = self.path.with_extension("probe");
+        let probed = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            self.faults.write()?;
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(&[0u8; PROBE_BYTES])?;
+            self.faults.sync()?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        probed.map_err(|e| StoreError::Io(format!("the disk still fails a probe write: {e}")))?;
+        let healthy = {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            db.as_ref().is_some_and(|db| db.begin_write().is_ok())
+        };
+        if !healthy {
+            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+            // Dropped first: its file lock goes once no read is in flight.
+            drop(slot.take());
+            let mut attempt = 0;
+            let db = loop {
+                match open_database(&self.path, &self.faults) {
+                    Ok(db) => break db,
+                    Err(e) if attempt < REOPEN_ATTEMPTS => {
+                        tracing::debug!(error = %e, "ledger database not reopened yet");
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.payloads.reset(payload_end(&db)?)?;
+            *slot = Some(db);
+            tracing::info!(path = %self.path.display(), "ledger database reopened after a failed write");
+        }
+        Ok(())
+    }
+
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let mut txn = db.as_ref().ok_or(StoreError::Unavailable)?.begin_write()?;
         txn.set_durability(match self.durability {
             Durability::Immediate => redb::Durability::Immediate,
             Durability::None => redb::Durability::None,
@@ -483,6 +578,37 @@ impl LedgerStore {
     /// partition's chain (height, previous hash, base offset); a block that
     /// does not is a bug upstream and nothing is written.
     pub fn commit(&self, set: &WriteSet) -> Result<Vec<PartitionState>, StoreError> {
+        self.apply(set, false)
+    }
+
+    /// Whether the blocks of `set` (a commit that failed) are what the
+    /// store holds now: a failed fsync leaves it unknown whether a commit
+    /// reached the disk, and after [`LedgerStore::recover`] the database
+    /// may show it. `None` when the set has no blocks.
+    pub fn holds(&self, set: &WriteSet) -> Result<Option<bool>, StoreError> {
+        let Some(first) = set.blocks.first() else {
+            return Ok(None);
+        };
+        let txn = self.read_txn()?;
+        let table = txn.open_table(BLOCKS)?;
+        let key = block_key(&first.block.partition, first.block.height);
+        Ok(Some(match table.get(&key[..])? {
+            Some(v) => parse_block_record(v.value())?.hash == first.hash,
+            None => false,
+        }))
+    }
+
+    /// Writes again, durably, a set whose commit failed in its fsync but
+    /// which the store shows after recovery ([`LedgerStore::holds`]): the
+    /// kernel may have dropped those pages while still showing them, so
+    /// what a failed sync covered is never trusted. Every block must be the
+    /// one stored at its height (same hash); its batches are appended anew
+    /// and every row of the set written again, then synced.
+    pub fn rewrite(&self, set: &WriteSet) -> Result<Vec<PartitionState>, StoreError> {
+        self.apply(set, true)
+    }
+
+    fn apply(&self, set: &WriteSet, rewrite: bool) -> Result<Vec<PartitionState>, StoreError> {
         let payloads: Vec<&[u8]> = set.blocks.iter().map(|b| &b.block.batches[..]).collect();
         let (refs, payload_end) = self
             .payloads
@@ -496,10 +622,29 @@ impl LedgerStore {
             for (sealed, payload) in set.blocks.iter().zip(&refs) {
                 let block = &sealed.block;
                 let pk = block.partition.to_bytes();
-                let state = match partitions.get(&pk[..])? {
+                let mut state = match partitions.get(&pk[..])? {
                     Some(v) => PartitionState::decode(v.value())?,
                     None => PartitionState::EMPTY,
                 };
+                if rewrite {
+                    let stored = blocks
+                        .get(&block_key(&block.partition, block.height)[..])?
+                        .map(|v| parse_block_record(v.value()).map(|r| r.hash))
+                        .transpose()?;
+                    if stored != Some(sealed.hash) {
+                        return Err(StoreError::Corrupt(format!(
+                            "block {} of {:?} to rewrite is not the one stored there",
+                            block.height, block.partition
+                        )));
+                    }
+                    // The chain as it stood before this block.
+                    state = PartitionState {
+                        next_height: block.height,
+                        next_offset: block.base_offset,
+                        last_hash: block.prev_hash,
+                        ..state
+                    };
+                }
                 if block.height != state.next_height
                     || block.prev_hash != state.last_hash
                     || block.base_offset != state.next_offset
@@ -573,7 +718,7 @@ impl LedgerStore {
     }
 
     pub fn partition_state(&self, pk: &PartitionKey) -> Result<PartitionState, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(PARTITIONS)?;
         match table.get(&pk.to_bytes()[..])? {
             Some(v) => PartitionState::decode(v.value()),
@@ -584,7 +729,7 @@ impl LedgerStore {
     /// Every block of a partition that carries receipts, as (height, hash,
     /// block without batches), read from the heads alone.
     pub fn receipt_blocks(&self, pk: &PartitionKey) -> Result<Vec<(u64, BlockHash, Block)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(BLOCKS)?;
         let prefix = pk.to_bytes();
         let end = prefix_end(&prefix);
@@ -602,7 +747,7 @@ impl LedgerStore {
 
     /// Every partition that has at least one block.
     pub fn partitions(&self) -> Result<Vec<(PartitionKey, PartitionState)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(PARTITIONS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -615,7 +760,7 @@ impl LedgerStore {
 
     /// The newest quorum certificate stored for a partition: (height, bytes).
     pub fn last_cert(&self, pk: &PartitionKey) -> Result<Option<(u64, Bytes)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(CERTS)?;
         let prefix = pk.to_bytes();
         let end = prefix_end(&prefix);
@@ -636,7 +781,7 @@ impl LedgerStore {
         pk: &PartitionKey,
         from_height: u64,
     ) -> Result<std::collections::BTreeMap<u64, Bytes>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(CERTS)?;
         let start = block_key(pk, from_height);
         let end = block_key(pk, u64::MAX);
@@ -651,7 +796,7 @@ impl LedgerStore {
 
     /// The hash of each block from `from_height` on, in order.
     pub fn block_hashes_from(&self, pk: &PartitionKey, from_height: u64) -> Result<Vec<(u64, BlockHash)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(BLOCKS)?;
         let start = block_key(pk, from_height);
         let end = block_key(pk, u64::MAX);
@@ -670,7 +815,7 @@ impl LedgerStore {
         &self,
         pk: &PartitionKey,
     ) -> Result<std::collections::BTreeMap<u8, RequestWindow>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(REQUEST_WINDOWS)?;
         let prefix = pk.to_bytes();
         let end = prefix_end(&prefix);
@@ -688,7 +833,7 @@ impl LedgerStore {
     }
 
     pub fn producers(&self, pk: &PartitionKey) -> Result<ProducerTable, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(PRODUCERS)?;
         let prefix = pk.to_bytes();
         let end = prefix_end(&prefix);
@@ -714,7 +859,7 @@ impl LedgerStore {
     /// verification and export; fetches use [`LedgerStore::read_from`],
     /// which does not copy them together).
     pub fn block(&self, pk: &PartitionKey, height: u64) -> Result<Option<Bytes>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(BLOCKS)?;
         let Some(v) = table.get(&block_key(pk, height)[..])? else {
             return Ok(None);
@@ -730,7 +875,7 @@ impl LedgerStore {
     /// The head of the block at `height` (its batches empty) and its hash,
     /// the head checked against the recorded hash; the payload is not read.
     pub fn block_head(&self, pk: &PartitionKey, height: u64) -> Result<Option<(Block, BlockHash)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(BLOCKS)?;
         let Some(v) = table.get(&block_key(pk, height)[..])? else {
             return Ok(None);
@@ -857,7 +1002,7 @@ impl LedgerStore {
         let pk = block.block.partition;
         let height = block.block.height;
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.read_txn()?;
             let table = txn.open_table(BLOCKS)?;
             let Some(v) = table.get(&block_key(&pk, height)[..])? else {
                 return Err(StoreError::Corrupt(format!("no block {height} to repair")));
@@ -906,7 +1051,7 @@ impl LedgerStore {
     /// A damaged block ends the read: the blocks before it are returned,
     /// and when it is the first, the read fails with [`StoreError::Damaged`].
     pub fn read_from(&self, pk: &PartitionKey, offset: i64, max_bytes: usize) -> Result<Vec<Block>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let blocks = txn.open_table(BLOCKS)?;
         let start = index_key(pk, offset.saturating_add(1), 0);
@@ -941,7 +1086,7 @@ impl LedgerStore {
     /// The first block whose running maximum timestamp reaches `timestamp`:
     /// the earliest block that can hold a record with a timestamp at or after it.
     pub fn first_block_reaching(&self, pk: &PartitionKey, timestamp: i64) -> Result<Option<Block>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let index = txn.open_table(OFFSET_INDEX)?;
         let prefix = pk.to_bytes();
         let end = prefix_end(&prefix);
@@ -965,7 +1110,7 @@ impl LedgerStore {
     }
 
     pub fn committed_offsets(&self, group: &str) -> Result<Vec<(PartitionKey, CommittedOffset)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(GROUP_OFFSETS)?;
         let prefix = group_prefix(group);
         let end = prefix_end(&prefix);
@@ -981,7 +1126,7 @@ impl LedgerStore {
 
     /// Every group that has committed offsets.
     pub fn groups_with_offsets(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(GROUP_OFFSETS)?;
         let mut out: Vec<String> = Vec::new();
         for row in table.iter()? {
@@ -1022,7 +1167,7 @@ impl LedgerStore {
 
     /// A named counter's value (0 if it was never set).
     pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let counters = txn.open_table(COUNTERS)?;
         let value = counters.get(name)?.map(|v| v.value()).unwrap_or(0);
         Ok(value)
@@ -1085,14 +1230,14 @@ impl LedgerStore {
     }
 
     pub fn identity(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(IDENTITY)?;
         let value = table.get(name)?.map(|v| v.value().to_vec());
         Ok(value)
     }
 
     pub fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(TOPICS)?;
         let mut out = Vec::new();
         for row in table.iter()? {

@@ -16,6 +16,11 @@
 //!   VIEW-CHANGEs (and view changes nobody asked for), a replica that answers
 //!   state transfers with forged blocks.
 //!
+//! Apart from that budget (the replica stays correct), failed writes: for
+//! a while, an execution on a correct replica may fail, losing it and those
+//! queued behind it, and the replica is told to rewind to what its ledger
+//! holds.
+//!
 //! Safety is checked after every step: no two correct replicas hold
 //! different batches at one sequence number, every execution carries a
 //! valid commit certificate, every certificate verifies and names the
@@ -105,6 +110,13 @@ struct Crash {
 /// a seed are as they were.
 #[derive(Clone, Copy, Debug)]
 struct Congestion {
+    until_ms: u64,
+    per_mille: u64,
+}
+
+/// Failed writes on correct replicas, for a while.
+#[derive(Clone, Copy, Debug)]
+struct WriteFaults {
     until_ms: u64,
     per_mille: u64,
 }
@@ -209,6 +221,12 @@ struct Sim {
     cut: Option<Cut>,
     congestion: Option<Congestion>,
     congestion_rng: Rng,
+    /// Failed writes: until then, an execution fails with this chance
+    /// (per mille) on a correct replica, losing it and those queued behind
+    /// it (its own random stream, so other faults keep their seeds).
+    write_faults: Option<WriteFaults>,
+    write_rng: Rng,
+    writes_failed: u64,
     /// The peers each replica is told are backed up now.
     backlogged: Vec<BTreeSet<u8>>,
     now_ms: u64,
@@ -316,9 +334,17 @@ impl Sim {
             until_ms: 50 + congestion_rng.below(1500),
             per_mille: 5 + congestion_rng.below(100),
         });
+        let mut write_rng = Rng::new(seed ^ 0x00F5_1C0E_u64);
+        let write_faults = write_rng.chance(250).then(|| WriteFaults {
+            until_ms: 50 + write_rng.below(1500),
+            per_mille: 20 + write_rng.below(200),
+        });
         Sim {
             seed,
             rng,
+            write_faults,
+            write_rng,
+            writes_failed: 0,
             nodes,
             keys,
             members,
@@ -589,11 +615,26 @@ impl Sim {
                 let Some((_, seq, batch)) = self.nodes[id as usize].executing.pop_front() else {
                     break;
                 };
-                let node = &self.nodes[id as usize];
-                if seq <= node.ledger.len() as u64 {
+                if seq <= self.nodes[id as usize].ledger.len() as u64 {
                     continue; // a transfer got there first
                 }
-                let state = chain(&node.head(), seq, &batch);
+                let fails = match self.write_faults {
+                    Some(w) if self.now_ms < w.until_ms && self.correct(id as usize) => {
+                        self.write_rng.chance(w.per_mille)
+                    }
+                    _ => false,
+                };
+                if fails {
+                    // The write failed: this execution and those queued
+                    // behind it are lost; the environment recovers to what
+                    // its ledger holds and says so.
+                    self.writes_failed += 1;
+                    self.nodes[id as usize].executing.clear();
+                    let durable = self.nodes[id as usize].ledger.len() as u64;
+                    self.handle(id, Event::Rewind { durable });
+                    break;
+                }
+                let state = chain(&self.nodes[id as usize].head(), seq, &batch);
                 self.record(
                     id,
                     seq,
@@ -877,7 +918,8 @@ impl Sim {
         let crash = self.crash.map_or(0, |c| c.at_ms + c.down_ms);
         let cut = self.cut.map_or(0, |c| c.until_ms);
         let congestion = self.congestion.map_or(0, |c| c.until_ms);
-        crash.max(cut).max(congestion)
+        let writes = self.write_faults.map_or(0, |w| w.until_ms);
+        crash.max(cut).max(congestion).max(writes)
     }
 
     fn all_done(&self, requests: usize) -> bool {
@@ -938,7 +980,7 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "{:?} by {:?}, n={}, loss {}‰, replay {}‰, crash {:?}, cut {:?}, congestion {:?}, window {}",
+            "{:?} by {:?}, n={}, loss {}‰, replay {}‰, crash {:?}, cut {:?}, congestion {:?}, write faults {:?}, window {}",
             self.byzantine,
             self.byz_id,
             self.config.n,
@@ -947,6 +989,7 @@ impl Sim {
             self.crash,
             self.cut,
             self.congestion,
+            self.write_faults,
             self.config.window
         )
     }
@@ -960,6 +1003,8 @@ struct Outcome {
     cut: bool,
     congested: bool,
     lossy: bool,
+    /// Executions lost to failed writes.
+    writes_failed: u64,
     transfers: u64,
     forged_refused: u64,
     view_changes: u64,
@@ -1015,6 +1060,7 @@ fn run_seed(seed: u64) -> Outcome {
         cut: sim.cut.is_some(),
         congested: sim.congestion.is_some(),
         lossy: sim.loss_per_mille > 0,
+        writes_failed: sim.writes_failed,
         transfers: sim.transfers_installed,
         forged_refused: sim.forged_transfers_refused,
         view_changes: sim.view_changes_seen,
@@ -1071,7 +1117,7 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
     });
     let mut by_mode: BTreeMap<Byzantine, u64> = BTreeMap::new();
     let (mut crashed, mut lost_disk, mut cut, mut congested, mut lossy) = (0, 0, 0, 0, 0);
-    let (mut transfers, mut forged_refused, mut view_changes) = (0, 0, 0);
+    let (mut transfers, mut forged_refused, mut view_changes, mut writes_failed) = (0, 0, 0, 0);
     for o in outcomes {
         *by_mode.entry(o.byzantine).or_default() += 1;
         crashed += u64::from(o.crashed);
@@ -1082,11 +1128,12 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
         transfers += o.transfers;
         forged_refused += o.forged_refused;
         view_changes += o.view_changes;
+        writes_failed += o.writes_failed;
     }
     eprintln!(
         "{seeds} seeds: {by_mode:?}; {crashed} crashes ({lost_disk} losing the disk), {cut} cut off, \
          {congested} congested, {lossy} lossy; {transfers} state transfers installed, {forged_refused} forged ones refused, \
-         {view_changes} VIEW-CHANGEs sent"
+         {view_changes} VIEW-CHANGEs sent, {writes_failed} executions lost to failed writes"
     );
     if seeds >= 500 {
         // The sweep must actually exercise what it claims to.
@@ -1097,6 +1144,6 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
             );
         }
         assert!(crashed >= 20 && lost_disk >= 5 && cut >= 20 && congested >= 50 && lossy >= 50);
-        assert!(transfers > 0 && forged_refused > 0 && view_changes > 0);
+        assert!(transfers > 0 && forged_refused > 0 && view_changes > 0 && writes_failed > 0);
     }
 }

@@ -77,6 +77,11 @@ pub enum Event {
     /// than the 2f a primary needs to be heard), a primary orders no new
     /// batch.
     Backlog(BTreeSet<ReplicaId>),
+    /// The environment lost the executions it was handed after `durable`
+    /// (a write failed, and it recovered to what its disk holds): they are
+    /// handed over again, from this replica's log where it still has their
+    /// proof, else by state transfer from peers that are ahead.
+    Rewind { durable: u64 },
 }
 
 /// What a replica asks its environment to do, in order. A `Persist` must
@@ -350,8 +355,30 @@ impl Replica {
                 // Relieved: what gathered meanwhile is ordered now.
                 self.cut_batches(&mut out, true);
             }
+            Event::Rewind { durable } => self.on_rewind(durable, &mut out),
         }
         out
+    }
+
+    /// See [`Event::Rewind`]. What was executed past `durable` is executed
+    /// again: each slot's proof (its pre-prepare and 2f + 1 commits, kept
+    /// for lagging peers) goes back among the committed slots, and those
+    /// run again in order. A slot whose proof is gone (below the low
+    /// watermark it cannot be: a checkpoint needs our own durable vote)
+    /// comes by state transfer, as for any replica that fell behind.
+    fn on_rewind(&mut self, durable: u64, out: &mut Vec<Action>) {
+        let durable = durable.max(self.last_applied);
+        if durable >= self.last_executed {
+            return;
+        }
+        for seq in durable + 1..=self.last_executed {
+            if let Some(proof) = self.executed_proofs.get(&seq) {
+                self.committed.entry(seq).or_insert_with(|| proof.clone());
+            }
+        }
+        self.last_executed = durable;
+        self.behind_since = None;
+        self.execute_ready(out);
     }
 
     fn note_peer(&mut self, m: &SignedMessage) {

@@ -1244,3 +1244,177 @@ fn wait_for_repairs(node: &Node, want: u64, since: Instant) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A tmpfs mounted over a directory for a test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB over `dir`, keeping what `dir` held;
+    /// `None` when this machine does not let the test mount (not root).
+    fn over(dir: &Path, mib: u64) -> Option<Tmpfs> {
+        let keep = dir.with_extension("orig");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::rename(dir, &keep).unwrap();
+        std::fs::create_dir(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            std::fs::remove_dir(dir).unwrap();
+            std::fs::rename(&keep, dir).unwrap();
+            return None;
+        }
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(keep.join("."))
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    /// Bytes free on it.
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 11's full disk: one replica of four on a small tmpfs that fills
+/// up while clients produce. The other three keep acknowledging; the full
+/// one, without a restart, catches up once space returns, and then serves
+/// exactly every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_fills_catches_up_without_a_restart_once_space_returns() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    let Some(disk) = Tmpfs::over(&nodes[2].data, 96) else {
+        eprintln!("SKIPPED: this machine does not let the test mount a tmpfs (it needs root)");
+        return;
+    };
+    for n in nodes.iter_mut() {
+        n.view_change_timeout_ms = 2000;
+        n.settings = vec!["ledger.scrub.mb.per.second=0".into()];
+        n.start();
+    }
+    create_topic_named(&nodes[1].kafka, "full", PARTITIONS).await;
+    // Fill node 2's disk but for 4 MiB.
+    let filler = nodes[2].data.join("filler");
+    let fill = disk.free().saturating_sub(4 << 20);
+    let status = Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the filler takes the disk");
+    const N: usize = 16_000;
+    let value = "x".repeat(1000);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[1].kafka)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "90000")
+        .create()
+        .unwrap();
+    let mut acked = BTreeMap::new();
+    for round in 0..8 {
+        let mut sends = Vec::new();
+        for i in round * N / 8..(round + 1) * N / 8 {
+            let v = format!("{i:06}-{value}");
+            let key = format!("k{}", i % 23);
+            sends.push((
+                v.clone(),
+                producer
+                    .send_result(FutureRecord::to("full").key(&key).payload(&v))
+                    .expect("queued"),
+            ));
+        }
+        for (v, s) in sends {
+            let d = s.await.expect("delivered").expect("acknowledged by the three others");
+            acked.insert((d.partition, d.offset), v);
+        }
+    }
+    let log = std::fs::read_to_string(&nodes[2].log).unwrap_or_default();
+    assert!(
+        log.contains("write failed"),
+        "node 2's disk filled up (its log names a failed write)"
+    );
+    // Space returns; node 2 was never restarted.
+    let returned = Instant::now();
+    std::fs::remove_file(&filler).unwrap();
+    let (served, _) = fetch_direct(&nodes[2].kafka, "full", PARTITIONS, N);
+    eprintln!(
+        "node 2 served all {N} records {:.1} s after space returned",
+        returned.elapsed().as_secs_f64()
+    );
+    assert!(
+        served == acked,
+        "node 2 serves exactly the acknowledged records once space returns"
+    );
+    for n in nodes.iter_mut() {
+        n.assert_running();
+    }
+    let log = std::fs::read_to_string(&nodes[2].log).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("write failed") || l.contains("takes writes again"))
+    {
+        eprintln!("node 2: {l}");
+    }
+    assert!(log.contains("takes writes again"), "node 2 says it resumed writing");
+    for n in nodes.iter_mut() {
+        n.terminate();
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let out = Command::new(COURIER)
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&n.data)
+            .arg("--config")
+            .arg(&n.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {i}'s ledger verifies:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    drop(nodes);
+    drop(disk);
+}
+
+async fn create_topic_named(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap()
+    {
+        r.expect("topic created");
+    }
+}

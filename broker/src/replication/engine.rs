@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
@@ -32,6 +32,10 @@ use super::transport::{consensus_frame, Frame, Transport, PEER_QUEUE_BYTES_MAX};
 use super::{ClusterView, Input, Membership, Served};
 
 /// Inputs taken into one turn.
+/// The first wait before writing the durable log again after a failure,
+/// and the longest.
+const LOG_RETRY_MIN: Duration = Duration::from_millis(100);
+const LOG_RETRY_MAX: Duration = Duration::from_secs(5);
 const TURN_INPUTS_MAX: usize = 1024;
 /// The durable log is compacted when it grows past this.
 const LOG_COMPACT_BYTES: u64 = 256 << 20;
@@ -73,6 +77,12 @@ pub struct Engine {
     backlogged: HashSet<u8>,
     /// Some replica has not been told `backlogged` yet.
     backlog_untold: bool,
+    /// Inputs that arrived while the durable log waited for the disk.
+    deferred: Vec<Input>,
+    /// A stop arrived while the durable log waited for the disk.
+    stopping: bool,
+    /// After a failed compaction, the next is not tried before this.
+    compact_retry_at: Option<Instant>,
 }
 
 impl Engine {
@@ -109,14 +119,23 @@ impl Engine {
             peer_nodes: Vec::new(),
             backlogged: HashSet::new(),
             backlog_untold: false,
+            deferred: Vec::new(),
+            stopping: false,
+            compact_retry_at: None,
         }
     }
 
     /// Runs until stopped. Replicas are made once the executor reports
     /// which partitions this node orders (from the Raft state).
     pub fn run(mut self) {
-        while let Some(first) = self.inbox.blocking_recv() {
-            let mut inputs = vec![first];
+        loop {
+            let mut inputs = std::mem::take(&mut self.deferred);
+            if inputs.is_empty() {
+                match self.inbox.blocking_recv() {
+                    Some(first) => inputs.push(first),
+                    None => return,
+                }
+            }
             while inputs.len() < TURN_INPUTS_MAX {
                 match self.inbox.try_recv() {
                     Ok(i) => inputs.push(i),
@@ -131,13 +150,54 @@ impl Engine {
             for input in inputs {
                 self.handle(input, &mut out);
             }
-            if let Err(e) = self.carry_out(out) {
-                error!(error = %e, "durable log write failed; this replica stops");
+            self.carry_out(out);
+            if stop || self.stopping {
                 return;
             }
-            if stop {
-                return;
+        }
+    }
+
+    /// Makes the durable log's pending records durable, however long the
+    /// disk takes to accept them: after a failed write the records are
+    /// written again whole, with bounded back-off, and nothing that was to
+    /// follow them is sent before. Meanwhile this node's replicas stand
+    /// still (the others go on: one stalled replica is within f); peers'
+    /// messages and ticks that arrive are dropped (PBFT retransmits),
+    /// everything else waits. False when the node stops meanwhile.
+    fn sync_log(&mut self) -> bool {
+        let mut backoff = LOG_RETRY_MIN;
+        let mut failures = 0u64;
+        loop {
+            let started = Instant::now();
+            match self.log.sync() {
+                Ok(()) => {
+                    metrics::histogram!("courier_pbft_log_sync_seconds").record(started.elapsed().as_secs_f64());
+                    if failures > 0 {
+                        tracing::info!(failures, "the durable log takes writes again");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        error!(error = %e, "durable log write failed; this node's replicas wait until the disk takes it");
+                    }
+                    failures += 1;
+                    metrics::counter!("courier_pbft_log_write_failures_total").increment(1);
+                }
             }
+            let until = Instant::now() + backoff;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match self.inbox.try_recv() {
+                    Ok(Input::Stop) => {
+                        self.stopping = true;
+                        return false;
+                    }
+                    Ok(Input::Peer { .. } | Input::Tick) => {}
+                    Ok(input) => self.deferred.push(input),
+                    Err(_) => std::thread::sleep(left.min(Duration::from_millis(20))),
+                }
+            }
+            backoff = (backoff * 2).min(LOG_RETRY_MAX);
         }
     }
 
@@ -312,6 +372,7 @@ impl Engine {
                 }
                 (pk, Event::Transferred { cert, executed })
             }
+            Input::Rewind { pk, durable } => (pk, Event::Rewind { durable }),
             Input::Partitions(partitions) => {
                 self.set_partitions(partitions);
                 return;
@@ -336,16 +397,14 @@ impl Engine {
     }
 
     /// Persists, then acts.
-    fn carry_out(&mut self, out: Vec<(PartitionKey, Action)>) -> Result<(), courier_consensus::pbft::log::LogError> {
+    fn carry_out(&mut self, out: Vec<(PartitionKey, Action)>) {
         for (pk, a) in &out {
             if let (Action::Persist(record), Some(view)) = (a, self.views.get(pk)) {
                 self.log.append(view.instance(pk), record);
             }
         }
-        if self.log.has_pending() {
-            let started = Instant::now();
-            self.log.sync()?;
-            metrics::histogram!("courier_pbft_log_sync_seconds").record(started.elapsed().as_secs_f64());
+        if self.log.has_pending() && !self.sync_log() {
+            return;
         }
         for (pk, a) in out {
             match a {
@@ -394,16 +453,23 @@ impl Engine {
                 }
             }
         }
-        if self.log.len() > LOG_COMPACT_BYTES {
+        if self.log.len() > LOG_COMPACT_BYTES && self.compact_retry_at.is_none_or(|at| Instant::now() >= at) {
             let records: Vec<(u64, Durable)> = self
                 .replicas
                 .iter()
                 .filter_map(|(pk, r)| Some((self.views.get(pk)?.instance(pk), r)))
                 .flat_map(|(cluster, r)| r.durable_state().into_iter().map(move |d| (cluster, d)))
                 .collect();
-            self.log.rewrite(records)?;
+            match self.log.rewrite(records) {
+                Ok(()) => self.compact_retry_at = None,
+                Err(e) => {
+                    // The old log stays in place (the rewrite goes to a new
+                    // file first).
+                    warn!(error = %e, "durable log compaction failed; it is tried again in a while");
+                    self.compact_retry_at = Some(Instant::now() + LOG_RETRY_MAX);
+                }
+            }
         }
-        Ok(())
     }
 
     fn certified(&mut self, pk: PartitionKey, cert: QuorumCert) {

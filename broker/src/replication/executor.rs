@@ -48,6 +48,9 @@ use crate::topics::Topics;
 const DECOMPRESSED_BYTES_MAX: usize = 256 << 20;
 /// Jobs taken into one round (one transaction).
 const ROUND_JOBS_MAX: usize = 1024;
+/// The first wait before probing a failed disk again, and the longest.
+const RECOVER_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const RECOVER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub enum Job {
     /// Execute the batch ordered at `seq` of a partition's cluster.
@@ -104,6 +107,8 @@ pub struct Executor {
     catalog_at: u64,
     /// The partitions this node orders, with their clusters.
     views: HashMap<PartitionKey, Arc<ClusterView>>,
+    /// The last catalog taken, to take again after a failed write.
+    last_catalog: Option<Job>,
 }
 
 /// Everything one round changes, and what to tell afterwards.
@@ -145,6 +150,7 @@ impl Executor {
             catalog,
             catalog_at,
             views: HashMap::new(),
+            last_catalog: None,
         })
     }
 
@@ -157,34 +163,118 @@ impl Executor {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.round(jobs) {
-                // The in-memory state may have run past the disk: stop
-                // executing. The replicas stop voting, and the node must be
-                // restarted (it comes back from its ledger and durable log).
-                error!(error = %e, "ledger write failed; this replica stops executing until restarted");
-                return;
+            if let Err((e, failed)) = self.round(jobs) {
+                error!(error = %e, "ledger write failed; this replica executes nothing until the disk takes writes again");
+                if !self.recover(failed) {
+                    return;
+                }
             }
         }
+    }
+
+    /// After a failed round: the in-memory state ran past the disk. Waits
+    /// (probing with bounded back-off) until the store takes writes again,
+    /// writes durably what a failed fsync may have left visible, drops the
+    /// working state, and rewinds every replica to what the ledger holds:
+    /// they hand their executions over again (from their logs, or by state
+    /// transfer from peers), so nothing is acknowledged that was not
+    /// persisted, and nothing persisted is lost. Executions that were queued
+    /// meanwhile are dropped (the rewind hands them over again); every
+    /// other job is kept and done afterwards. False when the node stops.
+    fn recover(&mut self, failed: Option<Round>) -> bool {
+        metrics::counter!("courier_ledger_write_failures_total").increment(1);
+        metrics::gauge!("courier_ledger_writable").set(0.0);
+        let started = Instant::now();
+        let mut kept = Vec::new();
+        let mut backoff = RECOVER_BACKOFF_MIN;
+        let rewritten = loop {
+            loop {
+                match self.jobs.recv_timeout(backoff) {
+                    Ok(Job::Execute { .. }) => {}
+                    Ok(job) => kept.push(job),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+                }
+            }
+            let recovered = self.store.recover().and_then(|()| match &failed {
+                Some(round) if self.store.holds(&round.set)? == Some(true) => {
+                    self.store.rewrite(&round.set).map(|_| true)
+                }
+                _ => Ok(false),
+            });
+            match recovered {
+                Ok(rewritten) => break rewritten,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the ledger does not take writes yet");
+                    backoff = (backoff * 2).min(RECOVER_BACKOFF_MAX);
+                }
+            }
+        };
+        self.working.clear();
+        if let (true, Some(round)) = (rewritten, failed) {
+            // Durable after all: tell what it executed, as a round does.
+            self.publish(round);
+        }
+        let durable: Vec<(PartitionKey, u64)> = self
+            .views
+            .keys()
+            .filter_map(|pk| Some((*pk, self.store.partition_state(pk).ok()?.next_height)))
+            .collect();
+        for (pk, durable) in durable {
+            let _ = self.engine.blocking_send(Input::Rewind { pk, durable });
+        }
+        // The catalog the disk holds, then the last one taken again with
+        // the kept jobs, in a round of their own: a catalog change may have
+        // been in the round that failed.
+        match (
+            self.store.topics(),
+            self.store.counter(courier_consensus::ledger::CATALOG_VERSION),
+        ) {
+            (Ok(topics), Ok(version)) => {
+                self.catalog = topics.into_iter().map(|t| (t.name.clone(), t)).collect();
+                self.catalog_at = version;
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot read the catalog back after recovering"),
+        }
+        if let Some(last) = self.last_catalog.take() {
+            kept.insert(0, last);
+        }
+        metrics::gauge!("courier_ledger_writable").set(1.0);
+        tracing::info!(
+            after_ms = started.elapsed().as_millis() as u64,
+            rewritten,
+            "the ledger takes writes again; replicas rewound to it"
+        );
+        if !kept.is_empty() {
+            if let Err((e, failed)) = self.round(kept) {
+                error!(error = %e, "ledger write failed again");
+                return self.recover(failed);
+            }
+        }
+        true
     }
 
     fn working(&mut self, pk: PartitionKey) -> Result<&mut Working, StoreError> {
         working(&mut self.working, &self.store, pk)
     }
 
-    fn round(&mut self, jobs: Vec<Job>) -> Result<(), StoreError> {
+    /// Runs jobs as one round (one transaction). A failure returns the
+    /// round when its commit was tried (it may have reached the disk).
+    fn round(&mut self, jobs: Vec<Job>) -> Result<(), (StoreError, Option<Round>)> {
         let started = Instant::now();
         let span = info_span!("execute", jobs = jobs.len());
         let _enter = span.enter();
         let mut round = Round::default();
+        let early = |e| (e, None);
         for job in jobs {
             match job {
-                Job::Execute { pk, seq, batch } => self.execute(pk, seq, &batch, &mut round)?,
-                Job::Certify { pk, cert } => self.certify(pk, &cert, &mut round)?,
+                Job::Execute { pk, seq, batch } => self.execute(pk, seq, &batch, &mut round).map_err(early)?,
+                Job::Certify { pk, cert } => self.certify(pk, &cert, &mut round).map_err(early)?,
                 Job::Install {
                     pk,
                     from_height,
                     blocks,
-                } => self.install(pk, from_height, blocks, &mut round)?,
+                } => self.install(pk, from_height, blocks, &mut round).map_err(early)?,
                 Job::Repair { pk, height, blocks } => self.repair(pk, height, &blocks),
                 Job::Catalog {
                     topics,
@@ -192,6 +282,12 @@ impl Executor {
                     routes,
                     version,
                 } => {
+                    self.last_catalog = Some(Job::Catalog {
+                        topics: topics.clone(),
+                        served: served.clone(),
+                        routes: routes.clone(),
+                        version,
+                    });
                     if version >= self.catalog_at {
                         self.topics.set_routes(routes);
                     }
@@ -199,11 +295,19 @@ impl Executor {
                 }
             }
         }
-        let states = self.store.commit(&round.set)?;
+        if let Err(e) = self.store.commit(&round.set) {
+            return Err((e, Some(round)));
+        }
         let blocks = round.set.blocks.len();
         metrics::histogram!("courier_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("courier_ledger_blocks_total").increment(blocks as u64);
-        drop(states);
+        self.publish(round);
+        Ok(())
+    }
+
+    /// What a durable round tells: the catalog, the visible states, and
+    /// each replica what it executed or installed.
+    fn publish(&mut self, round: Round) {
         if round.catalog_changed {
             self.publish_catalog(&round.set);
         }
@@ -229,7 +333,6 @@ impl Executor {
         for t in round.transferred {
             let _ = self.engine.blocking_send(t);
         }
-        Ok(())
     }
 
     /// Adopts the Raft group's topics: what changed is written in this
@@ -319,10 +422,15 @@ impl Executor {
             return Ok(());
         }
         if w.state.next_height < height {
-            return Err(StoreError::Corrupt(format!(
-                "asked to execute {seq} of {pk:?} at height {}",
-                w.state.next_height
-            )));
+            // Handed over before a failed write was recovered from, after
+            // one that was lost: the replica, rewound, hands both over again.
+            tracing::debug!(
+                ?pk,
+                seq,
+                next_height = w.state.next_height,
+                "an execution ahead of the ledger is dropped"
+            );
+            return Ok(());
         }
         let mut draft = Draft::new(w.state.next_offset);
         let mut records = Vec::with_capacity(batch.requests.len());

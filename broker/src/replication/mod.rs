@@ -184,6 +184,13 @@ pub enum Input {
         executed: Vec<RequestId>,
         local: Vec<RequestRecord>,
     },
+    /// The executor lost what it was handed for `pk` after height
+    /// `durable - 1` (a failed write it recovered from): see
+    /// `pbft::Event::Rewind`.
+    Rewind {
+        pk: PartitionKey,
+        durable: u64,
+    },
     /// The partitions this node orders now, and their clusters.
     Partitions(Served),
     /// The node is shutting down.

@@ -90,8 +90,15 @@ impl DurableLog {
             path: self.path.display().to_string(),
             source,
         };
-        self.file.write_all(&self.pending).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let written = self.file.write_all(&self.pending).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // What the failed write or sync covered is unknown on disk: cut
+            // it off, so that the next attempt writes the records again
+            // whole (a second fsync of the same pages proves nothing: the
+            // kernel may have dropped them after the first one failed).
+            let _ = self.file.set_len(self.len);
+            return Err(io(e));
+        }
         self.len += self.pending.len() as u64;
         self.pending.clear();
         Ok(())

@@ -188,6 +188,34 @@ pub(crate) async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketA
     Ok((listener, local))
 }
 
+/// Recovers the ledger store after a write that failed outside the
+/// ledger's writer (a producer id or a counter, say): until then redb takes
+/// no write at all, and the writer may be idle and never find out. Probes
+/// with bounded back-off; the writer's own recovery is the same call.
+fn watch_store(store: &LedgerStore, stop: &std::sync::atomic::AtomicBool) {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+    const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut wait = POLL;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(POLL);
+        if !store.needs_recovery() {
+            wait = POLL;
+            continue;
+        }
+        match store.recover() {
+            Ok(()) => wait = POLL,
+            Err(e) => {
+                tracing::debug!(error = %e, "the ledger does not take writes yet");
+                let until = std::time::Instant::now() + wait;
+                while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(POLL);
+                }
+                wait = (wait * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
 /// Opens the ledger, binds the listeners and starts serving.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     std::fs::create_dir_all(&config.log_dirs).map_err(|source| StartError::DataDir {
@@ -292,10 +320,20 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             .spawn(move || scrubber.run())
             .map_err(StartError::Threads)?,
     );
+    let watched = store.clone();
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stop_watch.clone();
+    ledger_threads.push(
+        std::thread::Builder::new()
+            .name("courier-store-watch".into())
+            .spawn(move || watch_store(&watched, &stop))
+            .map_err(StartError::Threads)?,
+    );
     let mut stopping = shutdown.signal();
     tokio::spawn(async move {
         stopping.wait().await;
         stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     let broker = Arc::new(Broker {
         scrub,

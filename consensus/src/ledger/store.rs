@@ -472,6 +472,11 @@ pub struct LedgerStore {
     faults: Arc<Faults>,
     payloads: PayloadLog,
     durability: Durability,
+    /// A write failed and [`LedgerStore::recover`] has not run since.
+    needs_recovery: std::sync::atomic::AtomicBool,
+    /// Serialises recoveries (the ledger's writer and the broker's store
+    /// watch may both start one).
+    recovering: std::sync::Mutex<()>,
     /// Blocks found damaged on read and not yet repaired.
     damaged: std::sync::Mutex<std::collections::BTreeMap<(PartitionKey, u64), Damage>>,
 }
@@ -502,6 +507,8 @@ impl LedgerStore {
             faults,
             payloads,
             durability,
+            needs_recovery: Default::default(),
+            recovering: Default::default(),
             damaged: Default::default(),
         })
     }
@@ -526,6 +533,7 @@ impl LedgerStore {
     /// again from what the store holds. Errs while the disk still fails
     /// (the caller tries again later).
     pub fn recover(&self) -> Result<(), StoreError> {
+        let _one = self.recovering.lock().unwrap_or_else(|p| p.into_inner());
         let probe = self.path.with_extension("probe");
         let probed = (|| -> std::io::Result<()> {
             use std::io::Write;
@@ -542,9 +550,11 @@ impl LedgerStore {
             db.as_ref().is_some_and(|db| db.begin_write().is_ok())
         };
         if !healthy {
-            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-            // Dropped first: its file lock goes once no read is in flight.
-            drop(slot.take());
+            // Taken out (readers get `Unavailable` meanwhile, at once) and
+            // dropped: its file lock goes once the reads in flight end. The
+            // lock on the slot is never held while waiting.
+            let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+            drop(old);
             let mut attempt = 0;
             let db = loop {
                 match open_database(&self.path, &self.faults) {
@@ -558,15 +568,39 @@ impl LedgerStore {
                 }
             };
             self.payloads.reset(payload_end(&db)?)?;
-            *slot = Some(db);
+            *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
             tracing::info!(path = %self.path.display(), "ledger database reopened after a failed write");
         }
+        self.needs_recovery.store(false, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Notes that a write failed: the store needs [`LedgerStore::recover`]
+    /// (redb takes no more writes until it is reopened).
+    fn write_failed(&self) {
+        self.needs_recovery.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a write failed since the last recovery.
+    pub fn needs_recovery(&self) -> bool {
+        self.needs_recovery.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Commits a write transaction, noting a failure.
+    fn finish(&self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
+        txn.commit().map_err(|e| {
+            self.write_failed();
+            e.into()
+        })
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let mut txn = db.as_ref().ok_or(StoreError::Unavailable)?.begin_write()?;
+        let mut txn = db
+            .as_ref()
+            .ok_or(StoreError::Unavailable)?
+            .begin_write()
+            .inspect_err(|_| self.write_failed())?;
         txn.set_durability(match self.durability {
             Durability::Immediate => redb::Durability::Immediate,
             Durability::None => redb::Durability::None,
@@ -612,7 +646,8 @@ impl LedgerStore {
         let payloads: Vec<&[u8]> = set.blocks.iter().map(|b| &b.block.batches[..]).collect();
         let (refs, payload_end) = self
             .payloads
-            .append(&payloads, self.durability == Durability::Immediate)?;
+            .append(&payloads, self.durability == Durability::Immediate)
+            .inspect_err(|_| self.write_failed())?;
         let txn = self.begin_write()?;
         let mut states = Vec::with_capacity(set.blocks.len());
         {
@@ -712,7 +747,7 @@ impl LedgerStore {
         if let Some(v) = set.catalog_version {
             txn.open_table(COUNTERS)?.insert(CATALOG_VERSION, v)?;
         }
-        txn.commit()?;
+        self.finish(txn)?;
         self.payloads.committed(payload_end);
         Ok(states)
     }
@@ -1028,7 +1063,8 @@ impl LedgerStore {
         }
         let (refs, payload_end) = self
             .payloads
-            .append(&[&block.block.batches[..]], self.durability == Durability::Immediate)?;
+            .append(&[&block.block.batches[..]], self.durability == Durability::Immediate)
+            .inspect_err(|_| self.write_failed())?;
         let txn = self.begin_write()?;
         {
             let record = block_record(refs[0], crc32c::crc32c(&block.block.batches), &block.hash, &block.head);
@@ -1036,7 +1072,7 @@ impl LedgerStore {
                 .insert(&block_key(&pk, height)[..], &record[..])?;
             txn.open_table(COUNTERS)?.insert(PAYLOAD_END, payload_end)?;
         }
-        txn.commit()?;
+        self.finish(txn)?;
         self.payloads.committed(payload_end);
         self.damaged
             .lock()
@@ -1161,7 +1197,7 @@ impl LedgerStore {
                 table.remove(&k[..])?;
             }
         }
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(n)
     }
 
@@ -1182,7 +1218,7 @@ impl LedgerStore {
             value = counters.get(name)?.map(|v| v.value()).unwrap_or(0) + 1;
             counters.insert(name, value)?;
         }
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(value)
     }
 
@@ -1195,7 +1231,7 @@ impl LedgerStore {
             id = counters.get("next_producer_id")?.map(|v| v.value()).unwrap_or(1000);
             counters.insert("next_producer_id", id + 1)?;
         }
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(id as i64)
     }
 
@@ -1217,7 +1253,7 @@ impl LedgerStore {
                 }
             }
         };
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(base64_url(&id))
     }
 
@@ -1225,7 +1261,7 @@ impl LedgerStore {
     pub fn put_identity(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         txn.open_table(IDENTITY)?.insert(name, value)?;
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(())
     }
 
@@ -1253,7 +1289,7 @@ impl LedgerStore {
         let json = serde_json::to_vec(topic).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let txn = self.begin_write()?;
         txn.open_table(TOPICS)?.insert(topic.name.as_str(), &json[..])?;
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(())
     }
 
@@ -1262,7 +1298,7 @@ impl LedgerStore {
     pub fn delete_topic(&self, topic: &TopicRecord) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         remove_topic(&txn, topic)?;
-        txn.commit()?;
+        self.finish(txn)?;
         Ok(())
     }
 }
@@ -1299,7 +1335,7 @@ impl LedgerStore {
                 .insert(&block_key(pk, height)[..], &record[..])?;
             txn.open_table(COUNTERS)?.insert(PAYLOAD_END, end)?;
         }
-        txn.commit()?;
+        self.finish(txn)?;
         self.payloads.committed(end);
         Ok(())
     }

@@ -1066,8 +1066,8 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
         }
     }
     // Every node has stored everything before any is stopped.
-    for i in 0..NODES {
-        assert_eq!(read_values(&nodes[i].kafka, "rot", PARTITIONS, N).await, acked);
+    for n in &nodes {
+        assert_eq!(read_values(&n.kafka, "rot", PARTITIONS, N).await, acked);
     }
 
     // A backup, stopped: a value byte, a batch header byte, a block head.
@@ -1167,8 +1167,8 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
         assert!(text.contains("ledger sound"), "{text}");
     }
     // Every node's readers, after all of it.
-    for i in 0..NODES {
-        assert_eq!(read_values(&nodes[i].kafka, "rot", PARTITIONS, N).await, acked);
+    for n in &nodes {
+        assert_eq!(read_values(&n.kafka, "rot", PARTITIONS, N).await, acked);
     }
     for n in nodes.iter_mut() {
         n.assert_running();

@@ -181,7 +181,7 @@ impl Executor {
     /// persisted, and nothing persisted is lost. Executions that were queued
     /// meanwhile are dropped (the rewind hands them over again); every
     /// other job is kept and done afterwards. False when the node stops.
-    fn recover(&mut self, failed: Option<Round>) -> bool {
+    fn recover(&mut self, failed: Option<Box<Round>>) -> bool {
         metrics::counter!("courier_ledger_write_failures_total").increment(1);
         metrics::gauge!("courier_ledger_writable").set(0.0);
         let started = Instant::now();
@@ -213,7 +213,7 @@ impl Executor {
         self.working.clear();
         if let (true, Some(round)) = (rewritten, failed) {
             // Durable after all: tell what it executed, as a round does.
-            self.publish(round);
+            self.publish(*round);
         }
         let durable: Vec<(PartitionKey, u64)> = self
             .views
@@ -260,7 +260,7 @@ impl Executor {
 
     /// Runs jobs as one round (one transaction). A failure returns the
     /// round when its commit was tried (it may have reached the disk).
-    fn round(&mut self, jobs: Vec<Job>) -> Result<(), (StoreError, Option<Round>)> {
+    fn round(&mut self, jobs: Vec<Job>) -> Result<(), (StoreError, Option<Box<Round>>)> {
         let started = Instant::now();
         let span = info_span!("execute", jobs = jobs.len());
         let _enter = span.enter();
@@ -296,7 +296,7 @@ impl Executor {
             }
         }
         if let Err(e) = self.store.commit(&round.set) {
-            return Err((e, Some(round)));
+            return Err((e, Some(Box::new(round))));
         }
         let blocks = round.set.blocks.len();
         metrics::histogram!("courier_ledger_commit_seconds").record(started.elapsed().as_secs_f64());

@@ -1001,7 +1001,7 @@ impl LedgerStore {
             detail,
         };
         let mut damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
-        if !damaged.contains_key(&(*pk, height)) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = damaged.entry((*pk, height)) {
             tracing::error!(
                 topic_id = %base64_url(&pk.topic_id),
                 partition = pk.partition,
@@ -1010,7 +1010,7 @@ impl LedgerStore {
                 detail = %d.detail,
                 "stored block damaged: it is not served until repaired"
             );
-            damaged.insert((*pk, height), d.clone());
+            slot.insert(d.clone());
         }
         d
     }

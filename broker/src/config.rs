@@ -158,6 +158,12 @@ pub struct BrokerConfig {
     /// frame holds no memory for long). Default 30000.
     #[serde(rename = "connections.read.timeout.ms")]
     pub connections_read_timeout_ms: u64,
+    /// Courier: whether every block read is checked against its recorded
+    /// hash and checksum before it is served (see the ledger store). Only
+    /// to measure what that costs: off, a block the disk changed is served
+    /// as it reads. Default true.
+    #[serde(rename = "ledger.verify.reads")]
+    pub ledger_verify_reads: bool,
     /// Courier: how fast the background scrubber re-verifies stored blocks
     /// (hash links, batch digests, certificates), in MB/s; 0 turns it off.
     /// Default 8: a pass over 10 GB takes about 21 minutes and a small
@@ -301,6 +307,7 @@ impl Default for BrokerConfig {
             queued_max_request_bytes: 536_870_912,
             connections_read_timeout_ms: 30_000,
             sasl_server_max_receive_size: 524_288,
+            ledger_verify_reads: true,
             ledger_scrub_mb_per_second: 8,
             ledger_scrub_interval_ms: 3_600_000,
             admin_token_file: None,

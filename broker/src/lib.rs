@@ -228,6 +228,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         Durability::None
     };
     let store = Arc::new(LedgerStore::open(&Broker::ledger_path(&config), durability)?);
+    store.set_verify_reads(config.ledger_verify_reads);
+    if !config.ledger_verify_reads {
+        tracing::warn!("ledger.verify.reads is off: blocks the disk changed are served as they read");
+    }
     let shutdown = Shutdown::new();
     let (sequencer, ledger_threads, cluster_id) = if config.replicated() {
         // Only certified blocks are visible; the executor publishes them.

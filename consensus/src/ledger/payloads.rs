@@ -131,10 +131,40 @@ impl PayloadLog {
                 r.offset, r.len
             )));
         }
-        let mut buf = BytesMut::zeroed(r.len as usize);
-        self.file
-            .read_exact_at(&mut buf, r.offset)
-            .map_err(|e| StoreError::Corrupt(format!("payload at {} ({} bytes) unreadable: {e}", r.offset, r.len)))?;
-        Ok(buf.freeze())
+        read_at(&self.file, r.offset, r.len as usize)
+            .map(BytesMut::freeze)
+            .map_err(|e| StoreError::Corrupt(format!("payload at {} ({} bytes) unreadable: {e}", r.offset, r.len)))
     }
 }
+
+/// Reads `len` bytes at `offset` into a new buffer without zeroing it first
+/// (zeroing cost a consumer's fetch as much as the checksum now does).
+#[allow(unsafe_code)]
+fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<BytesMut> {
+    use std::os::fd::AsRawFd;
+    let mut buf = BytesMut::with_capacity(len);
+    let mut done = 0;
+    while done < len {
+        let spare = &mut buf.spare_capacity_mut()[done..len];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::other("payload offset out of range"))?;
+        // SAFETY: the pointer and length name capacity `buf` owns and no
+        // reference covers (`spare` is `MaybeUninit`); pread writes at most
+        // that many bytes there.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: pread initialised the first `len` bytes (checked above).
+    unsafe { buf.set_len(len) };
+    Ok(buf)
+}
+

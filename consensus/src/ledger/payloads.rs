@@ -167,4 +167,3 @@ fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<BytesMut> {
     unsafe { buf.set_len(len) };
     Ok(buf)
 }
-

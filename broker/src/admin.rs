@@ -395,10 +395,7 @@ async fn global_verify(State(broker): State<Arc<Broker>>) -> axum::response::Res
     match checked {
         Ok(Ok(check)) => json(StatusCode::OK, serde_json::json!(check)),
         Ok(Err(e)) => json(StatusCode::CONFLICT, serde_json::json!({ "error": e.to_string() })),
-        Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
+        Err(e) => internal(e),
     }
 }
 
@@ -416,15 +413,16 @@ async fn ledger_verify(State(broker): State<Arc<Broker>>) -> axum::response::Res
             StatusCode::CONFLICT,
             serde_json::json!({ "error": format!("{topic}: {source}") }),
         ),
-        Ok(Err(e)) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
-        Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
+}
+
+fn internal(e: impl std::fmt::Display) -> axum::response::Response {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        serde_json::json!({ "error": e.to_string() }),
+    )
 }
 
 async fn ledger_scrub(State(broker): State<Arc<Broker>>) -> axum::response::Response {
@@ -465,13 +463,7 @@ async fn global_locate(State(broker): State<Arc<Broker>>, RawQuery(query): RawQu
     let found = tokio::task::spawn_blocking(move || ledger.locate(&state, &topic, &located)).await;
     match found {
         Ok(Ok(found)) => json(StatusCode::OK, serde_json::json!(found)),
-        Ok(Err(e)) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
-        Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }

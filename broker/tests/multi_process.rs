@@ -899,6 +899,42 @@ fn fetch_direct(addr: &str, topic: &str, partitions: i32, n: usize) -> (BTreeMap
     (out, storage_errors)
 }
 
+/// Produces `n` records (`value(i)`, keys `k<i % 23>`) to `topic` through
+/// `bootstrap` with an idempotent producer, in `rounds` rounds, each
+/// acknowledged before the next; returns each record's value by where it
+/// was acknowledged.
+async fn produce_in_rounds(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    rounds: usize,
+    value: impl Fn(usize) -> String,
+) -> BTreeMap<(i32, i64), String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "90000")
+        .create()
+        .unwrap();
+    let mut acked = BTreeMap::new();
+    for round in 0..rounds {
+        let mut sends = Vec::new();
+        for i in round * n / rounds..(round + 1) * n / rounds {
+            let (key, v) = (format!("k{}", i % 23), value(i));
+            let send = producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&v))
+                .expect("queued");
+            sends.push((v, send));
+        }
+        for (v, s) in sends {
+            let d = s.await.expect("delivered").expect("acknowledged");
+            acked.insert((d.partition, d.offset), v);
+        }
+    }
+    acked
+}
+
 /// The text a node's admin endpoint answers at `path`.
 fn admin_text(node: &Node, path: &str) -> String {
     use std::io::{Read, Write};
@@ -1040,31 +1076,9 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
             r.expect("topic created");
         });
     const N: usize = 2000;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &nodes[1].kafka)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .unwrap();
     // In ten rounds, each acknowledged before the next: several blocks
     // per partition, so that damage in one leaves others intact.
-    let mut acked = BTreeMap::new();
-    for round in 0..10 {
-        let mut sends = Vec::new();
-        for i in round * N / 10..(round + 1) * N / 10 {
-            let key = format!("k{}", i % 23);
-            let value = rot_value(i);
-            let send = producer
-                .send_result(FutureRecord::to("rot").key(&key).payload(&value))
-                .expect("queued");
-            sends.push((i, send));
-        }
-        for (i, s) in sends {
-            let d = s.await.expect("delivered").expect("acknowledged");
-            acked.insert((d.partition, d.offset), rot_value(i));
-        }
-    }
+    let acked = produce_in_rounds(&nodes[1].kafka, "rot", N, 10, rot_value).await;
     // Every node has stored everything before any is stopped.
     for n in &nodes {
         assert_eq!(read_values(&n.kafka, "rot", PARTITIONS, N).await, acked);
@@ -1090,54 +1104,21 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
         flip_head(data, &picked[2].1);
         3
     });
-    let (served, refused) = fetch_direct(&nodes[2].kafka, "rot", PARTITIONS, N);
-    assert_eq!(served, acked, "the damaged backup serves exactly what was acknowledged");
-    assert!(
-        refused > 0,
-        "the damaged backup refused its damaged blocks until repaired"
-    );
-    assert_eq!(
-        read_values(&nodes[2].kafka, "rot", PARTITIONS, N).await,
-        acked,
-        "a librdkafka consumer of the damaged backup reads exactly what was acknowledged"
-    );
+    serves_only_what_was_acknowledged(&nodes[2], &acked, "the damaged backup").await;
     wait_for_repairs(&nodes[2], before + damaged as u64, started);
     // The primary of the first view, stopped: a value byte.
     let (before, damaged, started) = damage_case(&mut nodes[0], false, |data| {
         flip_value(data, 1234);
         1
     });
-    let (served, refused) = fetch_direct(&nodes[0].kafka, "rot", PARTITIONS, N);
-    assert_eq!(
-        served, acked,
-        "the damaged primary serves exactly what was acknowledged"
-    );
-    assert!(
-        refused > 0,
-        "the damaged primary refused its damaged blocks until repaired"
-    );
-    assert_eq!(
-        read_values(&nodes[0].kafka, "rot", PARTITIONS, N).await,
-        acked,
-        "a librdkafka consumer of the damaged primary reads exactly what was acknowledged"
-    );
+    serves_only_what_was_acknowledged(&nodes[0], &acked, "the damaged primary").await;
     wait_for_repairs(&nodes[0], before + damaged as u64, started);
     // A node that runs, its disk changing under it: a value byte.
     let (before, damaged, started) = damage_case(&mut nodes[1], true, |data| {
         flip_value(data, 42);
         1
     });
-    let (served, refused) = fetch_direct(&nodes[1].kafka, "rot", PARTITIONS, N);
-    assert_eq!(served, acked, "the running node serves exactly what was acknowledged");
-    assert!(
-        refused > 0,
-        "the running node refused its damaged blocks until repaired"
-    );
-    assert_eq!(
-        read_values(&nodes[1].kafka, "rot", PARTITIONS, N).await,
-        acked,
-        "a librdkafka consumer of the running node reads exactly what was acknowledged"
-    );
+    serves_only_what_was_acknowledged(&nodes[1], &acked, "the running node").await;
     wait_for_repairs(&nodes[1], before + damaged as u64, started);
     // A running node that scrubs, damage no reader touches: the scrubber
     // finds it and the node repairs it.
@@ -1194,6 +1175,20 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// What the issue asks of a damaged node (`who` says which, for failures):
+/// asked directly, it serves exactly the acknowledged records of `rot`,
+/// refusing its damaged blocks meanwhile; a librdkafka consumer through it
+/// reads exactly them too.
+async fn serves_only_what_was_acknowledged(node: &Node, acked: &BTreeMap<(i32, i64), String>, who: &str) {
+    let (served, refused) = fetch_direct(&node.kafka, "rot", PARTITIONS, acked.len());
+    assert!(&served == acked, "{who} serves exactly what was acknowledged");
+    assert!(refused > 0, "{who} refused its damaged blocks until repaired");
+    assert!(
+        &read_values(&node.kafka, "rot", PARTITIONS, acked.len()).await == acked,
+        "a librdkafka consumer of {who} reads exactly what was acknowledged"
+    );
 }
 
 /// One damage case: stops the node (unless `running`), damages its files
@@ -1328,31 +1323,7 @@ async fn a_replica_whose_disk_fills_catches_up_without_a_restart_once_space_retu
     assert!(status.success(), "the filler takes the disk");
     const N: usize = 16_000;
     let value = "x".repeat(1000);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &nodes[1].kafka)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "90000")
-        .create()
-        .unwrap();
-    let mut acked = BTreeMap::new();
-    for round in 0..8 {
-        let mut sends = Vec::new();
-        for i in round * N / 8..(round + 1) * N / 8 {
-            let v = format!("{i:06}-{value}");
-            let key = format!("k{}", i % 23);
-            sends.push((
-                v.clone(),
-                producer
-                    .send_result(FutureRecord::to("full").key(&key).payload(&v))
-                    .expect("queued"),
-            ));
-        }
-        for (v, s) in sends {
-            let d = s.await.expect("delivered").expect("acknowledged by the three others");
-            acked.insert((d.partition, d.offset), v);
-        }
-    }
+    let acked = produce_in_rounds(&nodes[1].kafka, "full", N, 8, |i| format!("{i:06}-{value}")).await;
     let log = std::fs::read_to_string(&nodes[2].log).unwrap_or_default();
     assert!(
         log.contains("write failed"),

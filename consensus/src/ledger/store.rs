@@ -926,14 +926,7 @@ impl LedgerStore {
             return Ok(None);
         };
         let record = parse_block_record(v.value())?;
-        if BlockHash::of(record.head) != record.hash {
-            return Err(self.damage(
-                pk,
-                height,
-                DamageKind::Head,
-                "the head does not hash to the recorded block hash".into(),
-            ));
-        }
+        self.check_head(pk, height, &record)?;
         let block = Block::from_head(record.head)
             .map_err(|e| self.damage(pk, height, DamageKind::Head, format!("the head does not decode: {e}")))?;
         Ok(Some((block, record.hash)))
@@ -961,6 +954,19 @@ impl LedgerStore {
         })
     }
 
+    /// Checks that a record's head hashes to the block hash recorded beside it.
+    fn check_head(&self, pk: &PartitionKey, height: u64, record: &BlockRecord<'_>) -> Result<(), StoreError> {
+        if BlockHash::of(record.head) != record.hash {
+            return Err(self.damage(
+                pk,
+                height,
+                DamageKind::Head,
+                "the head does not hash to the recorded block hash".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a record's head against its recorded hash, reads its payload
     /// and checks it against the recorded CRC-32C (or, in a record from
     /// before CRCs, against the head's SHA-256 digest).
@@ -971,14 +977,7 @@ impl LedgerStore {
                 .read(record.payload)
                 .map_err(|e| self.damage(pk, height, DamageKind::Unreadable, e.to_string()));
         }
-        if BlockHash::of(record.head) != record.hash {
-            return Err(self.damage(
-                pk,
-                height,
-                DamageKind::Head,
-                "the head does not hash to the recorded block hash".into(),
-            ));
-        }
+        self.check_head(pk, height, record)?;
         let batches = match self.payloads.read(record.payload) {
             Ok(b) => b,
             Err(e) => return Err(self.damage(pk, height, DamageKind::Unreadable, e.to_string())),

@@ -422,15 +422,7 @@ async fn kill_during_load(victim: usize) {
         );
     }
     for (i, n) in nodes.iter().enumerate() {
-        let out = Command::new(COURIER)
-            .args(["ledger", "verify", "--data-dir"])
-            .arg(&n.data)
-            .arg("--config")
-            .arg(&n.config)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "node {i}'s ledger verifies:\n{text}");
+        let text = verifies_offline(n, i);
         assert!(
             text.contains("quorum certificates verified against the 4 member keys given"),
             "{text}"
@@ -1200,7 +1192,7 @@ fn damage_case(node: &mut Node, running: bool, damage: impl FnOnce(&Path) -> usi
 
 /// `courier ledger verify` passes on stopped node `i`'s data directory,
 /// certificates checked against the keys its configuration names.
-fn verifies_offline(n: &Node, i: usize) {
+fn verifies_offline(n: &Node, i: usize) -> String {
     let out = Command::new(COURIER)
         .args(["ledger", "verify", "--data-dir"])
         .arg(&n.data)
@@ -1214,6 +1206,7 @@ fn verifies_offline(n: &Node, i: usize) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits (bounded) until a node counts `want` repairs; reports how long

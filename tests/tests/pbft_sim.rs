@@ -101,6 +101,12 @@ struct Crash {
     at_ms: u64,
     down_ms: u64,
     keeps_disk: bool,
+    /// Keeping its ledger, the replica's durable log loses its records
+    /// from this one on (a damaged record and everything after it, as a
+    /// node's log reads back after damage): it recovers by abstaining.
+    /// Drawn from its own random stream, so other faults keep their seeds;
+    /// unlike losing the whole disk, allowed beside a Byzantine replica.
+    log_lost_from: Option<usize>,
 }
 
 /// Backed-up links, as the environment reports them: until `until_ms`,
@@ -284,6 +290,7 @@ impl Sim {
                 down_ms: 50 + rng.below(800),
                 // Losing the disk is amnesia: only when nothing else is wrong.
                 keeps_disk: byz_id.is_some() || rng.chance(500),
+                log_lost_from: None,
             })
         } else {
             None
@@ -334,6 +341,13 @@ impl Sim {
             until_ms: 50 + congestion_rng.below(1500),
             per_mille: 5 + congestion_rng.below(100),
         });
+        let mut crash = crash;
+        if let Some(c) = crash.as_mut().filter(|c| c.keeps_disk) {
+            let mut log_rng = Rng::new(seed ^ 0x0106_D0A7_u64);
+            if log_rng.chance(500) {
+                c.log_lost_from = Some(log_rng.below(1 << 16) as usize);
+            }
+        }
         let mut write_rng = Rng::new(seed ^ 0x00F5_1C0E_u64);
         let write_faults = write_rng.chance(250).then(|| WriteFaults {
             until_ms: 50 + write_rng.below(1500),
@@ -400,7 +414,37 @@ impl Sim {
             return;
         };
         let actions = replica.handle(event);
+        if let Some(through) = replica.abstaining() {
+            self.check_abstains(id, through, &actions);
+        }
         self.apply(id, actions);
+    }
+
+    /// A replica recovering from a lost durable log votes on nothing it
+    /// may have voted on before: no PREPARE or COMMIT up to its recovery
+    /// point, no PRE-PREPARE there other than one it logged before the
+    /// loss, and no VIEW-CHANGE.
+    fn check_abstains(&self, id: u8, through: u64, actions: &[Action]) {
+        let node = &self.nodes[id as usize];
+        for a in actions {
+            let (Action::Broadcast(m) | Action::Send { message: m, .. }) = a else {
+                continue;
+            };
+            let seq = m.slot().map(|(_, s, _)| s);
+            let bad = match &m.message {
+                Message::Prepare { .. } | Message::Commit { .. } => seq.is_some_and(|s| s <= through),
+                Message::PrePrepare { .. } => {
+                    seq.is_some_and(|s| s <= through) && !node.disk.contains(&Durable::PrePrepare(m.clone()))
+                }
+                Message::ViewChange { .. } => true,
+                _ => false,
+            };
+            assert!(
+                !bad,
+                "seed {}: replica {id}, abstaining through {through}, sent {:?}",
+                self.seed, m.message
+            );
+        }
     }
 
     /// Carries out a replica's actions in order.
@@ -846,6 +890,12 @@ impl Sim {
                 key: key(self.seed, c.who),
                 members: self.members.clone(),
             };
+            let amnesia = c.log_lost_from.is_some();
+            if let Some(from) = c.log_lost_from {
+                let disk = &mut self.nodes[id].disk;
+                let keep = from % (disk.len() + 1);
+                disk.truncate(keep);
+            }
             let node = &self.nodes[id];
             let last_cert = node.ledger.iter().rposition(|e| e.cert.is_some());
             let recovered = Recovered {
@@ -858,6 +908,7 @@ impl Sim {
                     .map(|(i, e)| (i as u64 + 1, e.state))
                     .collect(),
                 records: node.disk.clone(),
+                amnesia,
             };
             if self.trace {
                 eprintln!(
@@ -1000,6 +1051,8 @@ struct Outcome {
     byzantine: Byzantine,
     crashed: bool,
     lost_disk: bool,
+    /// A replica lost part of its durable log and abstained.
+    lost_log: bool,
     cut: bool,
     congested: bool,
     lossy: bool,
@@ -1057,6 +1110,7 @@ fn run_seed(seed: u64) -> Outcome {
         byzantine: sim.byzantine,
         crashed: sim.crash.is_some(),
         lost_disk: sim.crash.is_some_and(|c| !c.keeps_disk),
+        lost_log: sim.crash.is_some_and(|c| c.log_lost_from.is_some()),
         cut: sim.cut.is_some(),
         congested: sim.congestion.is_some(),
         lossy: sim.loss_per_mille > 0,
@@ -1116,12 +1170,13 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
         all
     });
     let mut by_mode: BTreeMap<Byzantine, u64> = BTreeMap::new();
-    let (mut crashed, mut lost_disk, mut cut, mut congested, mut lossy) = (0, 0, 0, 0, 0);
+    let (mut crashed, mut lost_disk, mut lost_log, mut cut, mut congested, mut lossy) = (0, 0, 0, 0, 0, 0);
     let (mut transfers, mut forged_refused, mut view_changes, mut writes_failed) = (0, 0, 0, 0);
     for o in outcomes {
         *by_mode.entry(o.byzantine).or_default() += 1;
         crashed += u64::from(o.crashed);
         lost_disk += u64::from(o.lost_disk);
+        lost_log += u64::from(o.lost_log);
         cut += u64::from(o.cut);
         congested += u64::from(o.congested);
         lossy += u64::from(o.lossy);
@@ -1131,7 +1186,7 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
         writes_failed += o.writes_failed;
     }
     eprintln!(
-        "{seeds} seeds: {by_mode:?}; {crashed} crashes ({lost_disk} losing the disk), {cut} cut off, \
+        "{seeds} seeds: {by_mode:?}; {crashed} crashes ({lost_disk} losing the disk, {lost_log} part of the log), {cut} cut off, \
          {congested} congested, {lossy} lossy; {transfers} state transfers installed, {forged_refused} forged ones refused, \
          {view_changes} VIEW-CHANGEs sent, {writes_failed} executions lost to failed writes"
     );
@@ -1143,7 +1198,7 @@ fn seeded_clusters_stay_safe_and_live_under_faults() {
                 "{mode:?} ran too rarely"
             );
         }
-        assert!(crashed >= 20 && lost_disk >= 5 && cut >= 20 && congested >= 50 && lossy >= 50);
+        assert!(crashed >= 20 && lost_disk >= 5 && lost_log >= 5 && cut >= 20 && congested >= 50 && lossy >= 50);
         assert!(transfers > 0 && forged_refused > 0 && view_changes > 0 && writes_failed > 0);
     }
 }

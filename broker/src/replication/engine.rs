@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_consensus::ledger::{LedgerStore, PartitionKey, RequestRecord};
-use courier_consensus::pbft::log::DurableLog;
+use courier_consensus::pbft::log::{Contents, DurableLog};
 use courier_consensus::pbft::{
     self, wire, Action, Durable, Event, QuorumCert, Recovered, Replica, ReplicaKeys, Request, RequestId,
 };
@@ -57,6 +57,12 @@ pub struct Engine {
     pub log: DurableLog,
     /// Durable records read at start, by cluster, for replicas not made yet.
     pub recovered: BTreeMap<u64, Vec<Durable>>,
+    /// The durable log lost records to damage: every replica made recovers
+    /// from the loss ([`pbft::Recovered::amnesia`]).
+    log_damaged: bool,
+    /// The durable log did not exist at start: a replica whose ledger has
+    /// blocks lost its log.
+    log_created: bool,
     pub transport: Arc<Transport>,
     pub executor: SyncSender<Job>,
     pub inbox: mpsc::Receiver<Input>,
@@ -93,7 +99,7 @@ impl Engine {
         signing_key_pkcs8: Vec<u8>,
         store: Arc<LedgerStore>,
         log: DurableLog,
-        recovered: BTreeMap<u64, Vec<Durable>>,
+        contents: Contents,
         transport: Arc<Transport>,
         executor: SyncSender<Job>,
         inbox: mpsc::Receiver<Input>,
@@ -105,7 +111,9 @@ impl Engine {
             signing_key_pkcs8,
             store,
             log,
-            recovered,
+            recovered: contents.records,
+            log_damaged: contents.damaged,
+            log_created: contents.created,
             transport,
             executor,
             inbox,
@@ -217,7 +225,7 @@ impl Engine {
             n: view.keys.len(),
             ..self.pbft.clone()
         };
-        Some(Replica::restore(
+        let replica = Replica::restore(
             config,
             ReplicaKeys {
                 id: view.me,
@@ -225,7 +233,18 @@ impl Engine {
                 members: view.keys.clone(),
             },
             recovered,
-        ))
+        );
+        if let Some(through) = replica.abstaining() {
+            // Written before anything the replica sends (the next sync
+            // comes first), so that a restart keeps it abstaining.
+            self.log.append(cluster, &Durable::Abstain { through });
+            warn!(
+                ?pk,
+                through, "replica recovering from a lost durable log: it votes on nothing up to its recovery point"
+            );
+            metrics::counter!("courier_pbft_replicas_recovering_total").increment(1);
+        }
+        Some(replica)
     }
 
     fn recovered_state(
@@ -238,16 +257,18 @@ impl Engine {
             None => None,
         };
         let from = certified.as_ref().map_or(0, |c| c.seq);
-        let executed = self
+        let executed: Vec<(u64, pbft::Digest)> = self
             .store
             .block_hashes_from(pk, from)?
             .into_iter()
             .map(|(h, hash)| (h + 1, hash.0))
             .collect();
+        let has_history = certified.is_some() || !executed.is_empty();
         Ok(Recovered {
             certified,
             executed,
             records: self.recovered.remove(&cluster).unwrap_or_default(),
+            amnesia: self.log_damaged || (self.log_created && has_history),
         })
     }
 
@@ -454,11 +475,18 @@ impl Engine {
             }
         }
         if self.log.len() > LOG_COMPACT_BYTES && self.compact_retry_at.is_none_or(|at| Instant::now() >= at) {
+            // What the replicas need, and the records of replicas not made
+            // yet (as read at start).
             let records: Vec<(u64, Durable)> = self
                 .replicas
                 .iter()
                 .filter_map(|(pk, r)| Some((self.views.get(pk)?.instance(pk), r)))
                 .flat_map(|(cluster, r)| r.durable_state().into_iter().map(move |d| (cluster, d)))
+                .chain(
+                    self.recovered
+                        .iter()
+                        .flat_map(|(cluster, records)| records.iter().map(|d| (*cluster, d.clone()))),
+                )
                 .collect();
             match self.log.rewrite(records) {
                 Ok(()) => self.compact_retry_at = None,

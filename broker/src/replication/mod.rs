@@ -668,7 +668,7 @@ pub async fn start(
     ));
     // Consumers see what was certified before a restart at once.
     topics.set_states(certified_states(&store)?);
-    let (log, recovered) = DurableLog::open(&log_path(config))?;
+    let (log, contents) = DurableLog::open(&log_path(config))?;
     // Recorded so that `courier ledger verify` can check certificates offline.
     store.put_identity(MEMBERS_KEY, &membership.members.concat())?;
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MAX);
@@ -789,7 +789,7 @@ pub async fn start(
         })?,
         store,
         log,
-        recovered,
+        contents,
         transport,
         jobs_tx,
         inbox_rx,

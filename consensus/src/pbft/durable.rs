@@ -27,6 +27,11 @@ pub enum Durable {
         view: u64,
         prepares: Vec<SignedMessage>,
     },
+    /// The replica lost part of this log (a record it could not read back)
+    /// and may have voted, before the loss, on any sequence number up to
+    /// `through`: it votes on none of them again (see
+    /// [`Recovered::amnesia`]). Kept until its low watermark passes it.
+    Abstain { through: u64 },
 }
 
 /// What a restarting replica is given back.
@@ -40,6 +45,22 @@ pub struct Recovered {
     pub executed: Vec<(u64, Digest)>,
     /// The durable log, oldest record first.
     pub records: Vec<Durable>,
+    /// Some of this replica's durable log was lost (a record damaged on
+    /// disk, or the whole log gone while the ledger remains), so the
+    /// records above may miss votes it sent. It could not tell a vote it
+    /// lost from one it never cast, so it might contradict itself: a
+    /// second PREPARE or COMMIT for a sequence number it had voted on in
+    /// the same view, or a VIEW-CHANGE without a batch it had prepared.
+    /// Either would make it one of the f faulty replicas. Instead it
+    /// abstains, as a replica in Castro and Liskov's proactive recovery
+    /// does: no PREPARE, COMMIT or PRE-PREPARE for any sequence number up
+    /// to its recovery point, and no VIEW-CHANGE until its low watermark
+    /// reaches that point, meanwhile executing what the others commit
+    /// (their COMMITs, or state transfer). The recovery point is what it
+    /// executed plus the window: its low watermark before the loss was at
+    /// most what its ledger holds (a checkpoint is stable only once it is
+    /// executed, durably), and it never voted beyond a window above that.
+    pub amnesia: bool,
 }
 
 impl Replica {
@@ -83,6 +104,11 @@ impl Replica {
                         prepared.insert(seq, (view, prepares));
                     }
                 }
+                Durable::Abstain { through } => {
+                    if through > r.low {
+                        r.abstain_through = r.abstain_through.max(through);
+                    }
+                }
             }
         }
         for (seq, (view, prepares)) in prepared {
@@ -96,8 +122,18 @@ impl Replica {
                 );
             }
         }
+        if recovered.amnesia {
+            r.abstain_through = r.abstain_through.max(r.last_executed.max(r.low) + r.config().window);
+            tracing::warn!(
+                cluster = r.config().cluster,
+                through = r.abstain_through,
+                "part of this replica's durable log was lost: it casts no vote up to its recovery point"
+            );
+        }
         // The current view's slots, with the votes we had sent (signing is
-        // deterministic: the same message gets the same signature).
+        // deterministic: the same message gets the same signature). Not
+        // while abstaining: then a pre-prepare we logged may be one we
+        // accepted without voting.
         let me = r.id();
         for ((view, seq), pp) in pre_prepares.range((r.view, 0)..=(r.view, u64::MAX)) {
             let (view, seq) = (*view, *seq);
@@ -108,18 +144,19 @@ impl Replica {
                 .prepared
                 .get(&seq)
                 .is_some_and(|c| c.pre_prepare.slot() == Some((view, seq, digest)));
+            let votes = r.may_vote(seq);
             let slot = r.slots.entry(seq).or_default();
             slot.pre_prepare = Some(pp.clone());
-            if pp.sender != me {
+            if pp.sender != me && votes {
                 slot.prepares.insert(me, prepare);
             }
-            if prepared_here {
+            if prepared_here && votes {
                 slot.commits.insert(me, commit);
             }
             r.next_seq = r.next_seq.max(seq + 1);
         }
         r.next_seq = r.next_seq.max(r.last_executed.max(r.low) + 1);
-        if r.view_changing {
+        if r.view_changing && r.sends_view_changes() {
             // Our VIEW-CHANGE is rebuilt from what we hold now; retransmission sends it.
             let vc = r.sign(Message::ViewChange {
                 new_view: r.view,
@@ -140,6 +177,9 @@ impl Replica {
             view: self.view,
             changing: self.view_changing,
         }];
+        if let Some(through) = self.abstaining() {
+            out.push(Durable::Abstain { through });
+        }
         let mut written = std::collections::BTreeSet::new();
         for (seq, cert) in &self.prepared {
             if let Some((view, _, _)) = cert.pre_prepare.slot() {
@@ -305,6 +345,125 @@ mod tests {
             out.extend(amnesiac.handle(Event::Message(vc)));
         }
         assert_eq!(prepared_in_view_change(&out), Some(vec![]));
+    }
+
+    fn votes(actions: &[Action]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broadcast(m) | Action::Send { message: m, .. } => match &m.message {
+                    crate::pbft::Message::Prepare { .. } => Some("prepare"),
+                    crate::pbft::Message::Commit { .. } => Some("commit"),
+                    crate::pbft::Message::ViewChange { .. } => Some("view-change"),
+                    crate::pbft::Message::PrePrepare { .. } => Some("pre-prepare"),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A replica whose log lost the record of what it prepared cannot know
+    /// what it voted: it abstains for every sequence number it may have
+    /// voted on (no PREPARE, COMMIT, PRE-PREPARE or VIEW-CHANGE), and says
+    /// so in its log, so that a restart keeps it abstaining.
+    #[test]
+    fn a_replica_that_lost_log_records_casts_no_vote_it_may_have_cast_before() {
+        let (replicas, disks) = prepared_everywhere();
+        // Its log lost the records of the batch it prepared.
+        let kept: Vec<Durable> = disks[1]
+            .iter()
+            .filter(|d| matches!(d, Durable::View { .. }))
+            .cloned()
+            .collect();
+        let mut amnesiac = Replica::restore(
+            config(),
+            keys(1),
+            Recovered {
+                records: kept.clone(),
+                amnesia: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(amnesiac.abstaining(), Some(config().window));
+        // An equivocating primary sends a different batch for sequence
+        // number 1 than the one replica 1 prepared before the loss.
+        assert!(replicas[0].slots.contains_key(&1));
+        let other = crate::pbft::Batch {
+            view: 0,
+            requests: vec![Request {
+                id: RequestId { origin: 0, number: 9 },
+                payload: Bytes::from_static(b"other records"),
+            }],
+        };
+        let conflicting = crate::pbft::SignedMessage::sign(
+            3,
+            0,
+            &keys(0).key,
+            crate::pbft::Message::PrePrepare {
+                view: 0,
+                seq: 1,
+                digest: other.digest(),
+                batch: other,
+            },
+        );
+        // Not knowing of the loss, the replica would sign a second,
+        // conflicting PREPARE for (view 0, seq 1): Byzantine behaviour.
+        let mut unaware = Replica::restore(
+            config(),
+            keys(1),
+            Recovered {
+                records: kept.clone(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(votes(&unaware.handle(Event::Message(conflicting.clone()))), ["prepare"]);
+        // Recovering from the loss, it does not.
+        let out = amnesiac.handle(Event::Message(conflicting));
+        assert!(votes(&out).is_empty(), "{:?}", votes(&out));
+        // f + 1 peers ask for a view change: it follows, without a VIEW-CHANGE
+        // that would leave out the batch it prepared.
+        let mut out = Vec::new();
+        for peer in [2u8, 3] {
+            let vc = crate::pbft::SignedMessage::sign(
+                3,
+                peer,
+                &keys(peer).key,
+                crate::pbft::Message::ViewChange {
+                    new_view: 1,
+                    stable_seq: 0,
+                    checkpoint_proof: vec![],
+                    prepared: vec![],
+                },
+            );
+            out.extend(amnesiac.handle(Event::Message(vc)));
+        }
+        assert!(amnesiac.is_view_changing() && amnesiac.view() == 1);
+        assert!(votes(&out).is_empty(), "{:?}", votes(&out));
+        // Its compacted log says it abstains, and a restart from it does too.
+        let state = amnesiac.durable_state();
+        assert!(state.contains(&Durable::Abstain {
+            through: config().window
+        }));
+        let restarted = Replica::restore(
+            config(),
+            keys(1),
+            Recovered {
+                records: state,
+                ..Default::default()
+            },
+        );
+        assert_eq!(restarted.abstaining(), Some(config().window));
+        // The same replica with its whole log votes as before.
+        let whole = Replica::restore(
+            config(),
+            keys(1),
+            Recovered {
+                records: disks[1].clone(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(whole.abstaining(), None);
     }
 
     #[test]

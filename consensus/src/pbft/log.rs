@@ -3,11 +3,18 @@
 //!
 //! Each record is framed as `len u32 | crc32c u32 | cluster u64 | record`
 //! (the record as [`super::wire::encode_durable`] writes it; the CRC covers
-//! cluster and record). A crash can leave a torn last record: on open,
-//! everything from the first frame that is short or fails its CRC is cut
-//! off, since nothing after it was ever acknowledged as durable. The log is
-//! compacted by writing what the replicas still need to a new file, syncing
-//! it, and renaming it over the old one.
+//! cluster and record). A crash can leave a torn last record: on open, a
+//! frame that is short or fails its CRC with no intact frame after it is
+//! cut off, since nothing after it was ever acknowledged as durable. A bad
+//! frame with intact frames after it is not a torn write but damage (bit
+//! rot, a bad sector), and the record it held may have been a vote its
+//! replica must not contradict. Then the log is set aside (renamed, for
+//! whoever investigates), a new one holds the intact records before the
+//! damage and a marker, and every replica made from it recovers from the
+//! loss (see [`super::Recovered::amnesia`]). Records after the damage are
+//! not trusted: the bytes a lost length pointed past may be a record
+//! value a client chose. The log is compacted by writing what the replicas
+//! still need to a new file, syncing it, and renaming it over the old one.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,6 +36,24 @@ pub enum LogError {
     Io { path: String, source: std::io::Error },
 }
 
+/// The cluster id of the marker a log rewritten after damage starts
+/// with (no partition's cluster: those are hashes of their members and
+/// the ledger key, and this one is reserved).
+pub const DAMAGE_MARKER_CLUSTER: u64 = u64::MAX;
+
+/// What [`DurableLog::open`] read back.
+#[derive(Debug, Default)]
+pub struct Contents {
+    /// Every intact record, by cluster, oldest first.
+    pub records: BTreeMap<u64, Vec<Durable>>,
+    /// Records were lost to damage (now, or at an open since the log was
+    /// last compacted): every replica made from this log recovers from
+    /// the loss.
+    pub damaged: bool,
+    /// The file did not exist: this node has no log at all yet.
+    pub created: bool,
+}
+
 pub struct DurableLog {
     path: PathBuf,
     file: File,
@@ -39,13 +64,13 @@ pub struct DurableLog {
 }
 
 impl DurableLog {
-    /// Opens (or creates) the log and returns every intact record, by
-    /// cluster, oldest first.
-    pub fn open(path: &Path) -> Result<(Self, BTreeMap<u64, Vec<Durable>>), LogError> {
+    /// Opens (or creates) the log and returns what it holds.
+    pub fn open(path: &Path) -> Result<(Self, Contents), LogError> {
         let io = |source| LogError::Io {
             path: path.display().to_string(),
             source,
         };
+        let created = !path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -55,20 +80,44 @@ impl DurableLog {
         let mut raw = Vec::new();
         file.read_to_end(&mut raw).map_err(io)?;
         let raw = Bytes::from(raw);
-        let (records, intact) = parse(&raw);
-        if intact < raw.len() {
+        let (mut records, intact, damaged_now) = parse(&raw);
+        let mut len = intact as u64;
+        if damaged_now {
+            let aside = path.with_extension(format!(
+                "log.damaged-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ));
+            tracing::error!(
+                path = %path.display(),
+                at = intact,
+                set_aside = %aside.display(),
+                "durable log damaged: a record cannot be read back; this node's replicas abstain from voting until past what they may have voted on"
+            );
+            let mut kept = BytesMut::from(&raw[..intact]);
+            frame(&mut kept, DAMAGE_MARKER_CLUSTER, &Durable::Abstain { through: 0 });
+            std::fs::rename(path, &aside).map_err(io)?;
+            file = write_synced(path, &kept).map_err(io)?;
+            len = kept.len() as u64;
+        } else if intact < raw.len() {
             tracing::warn!(path = %path.display(), cut = raw.len() - intact, "cutting a torn tail off the durable log");
             file.set_len(intact as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
+        let damaged = damaged_now || records.remove(&DAMAGE_MARKER_CLUSTER).is_some();
         Ok((
             Self {
                 path: path.to_owned(),
                 file,
                 pending: BytesMut::new(),
-                len: intact as u64,
+                len,
             },
-            records,
+            Contents {
+                records,
+                damaged,
+                created,
+            },
         ))
     }
 
@@ -125,15 +174,7 @@ impl DurableLog {
             frame(&mut buf, cluster, &r);
         }
         buf.extend_from_slice(&self.pending);
-        let tmp = self.path.with_extension("compacting");
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io)?;
+        self.file = write_synced(&self.path, &buf).map_err(io)?;
         self.len = buf.len() as u64;
         self.pending.clear();
         Ok(())
@@ -150,28 +191,63 @@ fn frame(out: &mut BytesMut, cluster: u64, record: &Durable) {
     out.put_slice(&body);
 }
 
-/// Every intact record, and the length of the intact prefix.
-fn parse(raw: &Bytes) -> (BTreeMap<u64, Vec<Durable>>, usize) {
+/// The intact frame at `at`: its cluster, its record and where the next
+/// frame starts. Cheap checks first, so that looking for a frame at every
+/// offset of a damaged stretch costs little: a plausible length, a record
+/// that decodes whole, then its CRC.
+fn frame_at(raw: &Bytes, at: usize) -> Option<(u64, Durable, usize)> {
+    let head = raw.get(at..at + 8)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if !(9..=RECORD_BYTES_MAX).contains(&len) || raw.len() < at + 8 + len {
+        return None;
+    }
+    let body = raw.slice(at + 8..at + 8 + len);
+    let record = decode_durable(body.slice(8..)).ok()?;
+    if crc32c::crc32c(&body) != crc {
+        return None;
+    }
+    let cluster = u64::from_be_bytes(body[..8].try_into().ok()?);
+    Some((cluster, record, at + 8 + len))
+}
+
+/// Writes `bytes` as the file at `path`, durably (a new file synced, then
+/// renamed over the old one, then the directory synced): a crash leaves
+/// either the old file or the new one. Returns it open for appending.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    let tmp = path.with_extension("compacting");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    OpenOptions::new().read(true).append(true).open(path)
+}
+
+/// The intact records before the first bad frame, where they end, and
+/// whether that bad frame is damage (intact frames follow it) rather than
+/// a torn tail.
+fn parse(raw: &Bytes) -> (BTreeMap<u64, Vec<Durable>>, usize, bool) {
     let mut out: BTreeMap<u64, Vec<Durable>> = BTreeMap::new();
     let mut at = 0;
-    while let Some(head) = raw.get(at..at + 8) {
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if !(8..=RECORD_BYTES_MAX).contains(&len) || raw.len() < at + 8 + len {
-            break;
-        }
-        let body = raw.slice(at + 8..at + 8 + len);
-        if crc32c::crc32c(&body) != crc {
-            break;
-        }
-        let cluster = u64::from_be_bytes(body[..8].try_into().unwrap_or_default());
-        match decode_durable(body.slice(8..)) {
-            Ok(record) => out.entry(cluster).or_default().push(record),
-            Err(_) => break,
-        }
-        at += 8 + len;
+    while let Some((cluster, record, next)) = frame_at(raw, at) {
+        out.entry(cluster).or_default().push(record);
+        at = next;
     }
-    (out, at)
+    if at == raw.len() {
+        return (out, at, false);
+    }
+    // The frame's own length, when it leads to an intact frame, says where
+    // the next one starts; else look for one at every later offset.
+    let len = raw
+        .get(at..at + 4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let skip = at + 8 + len;
+    let damaged = (len >= 9 && skip < raw.len() && frame_at(raw, skip).is_some())
+        || (at + 1..raw.len()).any(|p| frame_at(raw, p).is_some());
+    (out, at, damaged)
 }
 
 #[cfg(test)]
@@ -183,8 +259,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pbft.log");
         {
-            let (mut log, records) = DurableLog::open(&path).unwrap();
-            assert!(records.is_empty());
+            let (mut log, contents) = DurableLog::open(&path).unwrap();
+            assert!(contents.records.is_empty() && contents.created && !contents.damaged);
             log.append(
                 7,
                 &Durable::View {
@@ -212,7 +288,9 @@ mod tests {
         let full = std::fs::read(&path).unwrap();
         // Half a record at the end, as a crash mid-write leaves it.
         std::fs::write(&path, &full[..full.len() - 5]).unwrap();
-        let (log, records) = DurableLog::open(&path).unwrap();
+        let (log, contents) = DurableLog::open(&path).unwrap();
+        assert!(!contents.damaged && !contents.created, "a torn tail is not damage");
+        let records = contents.records;
         assert_eq!(
             records[&7],
             vec![Durable::View {
@@ -228,12 +306,60 @@ mod tests {
             }]
         );
         assert_eq!(log.len(), std::fs::metadata(&path).unwrap().len());
-        // A flipped bit ends the intact prefix too.
-        let mut bad = full.clone();
-        bad[12] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let (_, records) = DurableLog::open(&path).unwrap();
-        assert!(records.is_empty());
+    }
+
+    fn view(view: u64) -> Durable {
+        Durable::View { view, changing: false }
+    }
+
+    /// A bad record with intact ones after it is damage, not a torn tail:
+    /// the records before it are kept, the ones after it are not trusted,
+    /// the damaged file is set aside, and the damage is reported at every
+    /// open until a compaction writes what the replicas need.
+    #[test]
+    fn damage_inside_the_log_is_reported_until_the_log_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbft.log");
+        let (mut log, _) = DurableLog::open(&path).unwrap();
+        for v in 0..5 {
+            log.append(3, &view(v));
+        }
+        log.sync().unwrap();
+        drop(log);
+        let full = std::fs::read(&path).unwrap();
+        let frame_len = full.len() / 5;
+        for (what, at) in [("a record", 2 * frame_len + 20), ("a length", 2 * frame_len + 1)] {
+            let mut bad = full.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let (_, contents) = DurableLog::open(&path).unwrap();
+            assert!(contents.damaged, "damage in {what} is reported");
+            assert_eq!(contents.records[&3], vec![view(0), view(1)], "{what}");
+            let aside: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
+                .collect();
+            assert!(!aside.is_empty(), "the damaged log is kept aside");
+            for e in aside {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        // Reopened: the damage is still reported, and appends go on.
+        let (mut log, contents) = DurableLog::open(&path).unwrap();
+        assert!(contents.damaged);
+        log.append(3, &view(9));
+        log.sync().unwrap();
+        drop(log);
+        let (mut log, contents) = DurableLog::open(&path).unwrap();
+        assert!(contents.damaged);
+        assert_eq!(contents.records[&3], vec![view(0), view(1), view(9)]);
+        // A compaction writes only what the replicas hand it.
+        log.rewrite([(3, view(9))]).unwrap();
+        drop(log);
+        let (_, contents) = DurableLog::open(&path).unwrap();
+        assert!(!contents.damaged);
+        assert_eq!(contents.records[&3], vec![view(9)]);
     }
 
     #[test]
@@ -270,9 +396,9 @@ mod tests {
         );
         log.sync().unwrap();
         drop(log);
-        let (_, records) = DurableLog::open(&path).unwrap();
+        let (_, contents) = DurableLog::open(&path).unwrap();
         assert_eq!(
-            records[&1],
+            contents.records[&1],
             vec![
                 Durable::View {
                     view: 99,

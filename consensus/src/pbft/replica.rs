@@ -208,6 +208,10 @@ pub struct Replica {
     /// Signatures verified recently (interior mutability: checking is
     /// logically read-only).
     sigs: std::cell::RefCell<SignatureCache>,
+    /// After losing part of its durable log, the last sequence number this
+    /// replica may have voted on before (0: none lost). See
+    /// [`super::Recovered::amnesia`].
+    pub(super) abstain_through: u64,
 }
 
 /// Verified signatures remembered: a window's worth of every kind from
@@ -281,6 +285,7 @@ impl Replica {
             executed_at_retransmit: 0,
             announcing: None,
             resend_requests_ms: 0,
+            abstain_through: 0,
         }
     }
 
@@ -334,6 +339,23 @@ impl Replica {
 
     pub(super) fn in_window(&self, seq: u64) -> bool {
         seq > self.low && seq <= self.low + self.config.window
+    }
+
+    /// While recovering from a loss of its durable log: the last sequence
+    /// number it votes on none of.
+    pub fn abstaining(&self) -> Option<u64> {
+        (self.abstain_through > self.low).then_some(self.abstain_through)
+    }
+
+    /// May this replica vote (PREPARE, COMMIT) on, or propose, `seq`?
+    pub(super) fn may_vote(&self, seq: u64) -> bool {
+        seq > self.abstain_through
+    }
+
+    /// A VIEW-CHANGE carries every batch prepared above the low watermark;
+    /// a replica that may have lost some of them sends none.
+    pub(super) fn sends_view_changes(&self) -> bool {
+        self.abstaining().is_none()
     }
 
     /// The state machine's one entry point.
@@ -463,7 +485,12 @@ impl Replica {
     /// request has waited `batch_delay_ms`. Under load, requests gather
     /// while earlier batches are in flight. Nothing is cut while congested.
     pub(super) fn cut_batches(&mut self, out: &mut Vec<Action>, tick: bool) {
-        while self.is_primary() && !self.congested() && !self.pending.is_empty() && self.in_window(self.next_seq) {
+        while self.is_primary()
+            && !self.congested()
+            && !self.pending.is_empty()
+            && self.in_window(self.next_seq)
+            && self.may_vote(self.next_seq)
+        {
             let full = self.pending_bytes >= self.config.batch_bytes_max;
             let waited = self
                 .oldest_pending_ms
@@ -592,7 +619,9 @@ impl Replica {
                 slot.pre_prepare = Some(m.clone());
                 if m.sender != self.keys.id {
                     out.push(Action::Persist(Durable::PrePrepare(m)));
-                    self.broadcast(Message::Prepare { view, seq, digest }, out);
+                    if self.may_vote(seq) {
+                        self.broadcast(Message::Prepare { view, seq, digest }, out);
+                    }
                 }
                 self.progress(seq, out);
             }
@@ -712,7 +741,7 @@ impl Replica {
             .slots
             .get(&seq)
             .is_some_and(|s| s.commits.contains_key(&self.keys.id));
-        if prepared && !sent {
+        if prepared && !sent && self.may_vote(seq) {
             self.broadcast(Message::Commit { view, seq, digest: d }, out);
         }
         self.execute_ready(out);
@@ -853,6 +882,17 @@ impl Replica {
         self.committed = self.committed.split_off(&(seq + 1));
         self.executed_proofs = self.executed_proofs.split_off(&(seq + 1));
         self.states = self.states.split_off(&seq);
+        if self.abstain_through > 0 && seq >= self.abstain_through {
+            tracing::info!(
+                cluster = self.config.cluster,
+                seq,
+                "past its recovery point: this replica votes again"
+            );
+            self.abstain_through = 0;
+            if self.view_changing && self.my_view_change.is_none() {
+                self.send_view_change(out);
+            }
+        }
         self.replay_held(out);
         self.cut_batches(out, true);
     }

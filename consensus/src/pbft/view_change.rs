@@ -26,8 +26,16 @@ impl Replica {
             view: new_view,
             changing: true,
         }));
+        self.my_view_change = None;
+        if self.sends_view_changes() {
+            self.send_view_change(out);
+        }
+    }
+
+    /// Our VIEW-CHANGE for the view we are changing to.
+    pub(super) fn send_view_change(&mut self, out: &mut Vec<Action>) {
         let vc = self.sign(Message::ViewChange {
-            new_view,
+            new_view: self.view,
             stable_seq: self.low,
             checkpoint_proof: self.low_proof.clone(),
             prepared: self.prepared_certs(),
@@ -285,7 +293,7 @@ impl Replica {
                 .get(&seq)
                 .and_then(|s| s.pre_prepare.as_ref())
                 .is_some_and(|old| old.slot().is_some_and(|(_, _, od)| od == d));
-            if executed_same {
+            if executed_same && self.may_vote(seq) {
                 if let Some(slot) = self.slots.get_mut(&seq) {
                     slot.pre_prepare = Some(pp.clone());
                     slot.prepares.clear();

@@ -310,6 +310,7 @@ impl Reader {
 const RECORD_VIEW: u8 = 1;
 const RECORD_PRE_PREPARE: u8 = 2;
 const RECORD_PREPARED: u8 = 3;
+const RECORD_ABSTAIN: u8 = 4;
 
 pub fn encode_durable(record: &Durable) -> BytesMut {
     let mut out = BytesMut::new();
@@ -329,6 +330,10 @@ pub fn encode_durable(record: &Durable) -> BytesMut {
             out.put_u64(*view);
             put_nested(&mut out, prepares);
         }
+        Durable::Abstain { through } => {
+            out.put_u8(RECORD_ABSTAIN);
+            out.put_u64(*through);
+        }
     }
     out
 }
@@ -346,6 +351,7 @@ pub fn decode_durable(bytes: Bytes) -> Result<Durable, WireError> {
             view: r.u64()?,
             prepares: r.nested(kind::PREPARE)?,
         },
+        RECORD_ABSTAIN => Durable::Abstain { through: r.u64()? },
         other => return Err(WireError::UnknownRecord(other)),
     };
     r.finish()?;
@@ -494,6 +500,7 @@ mod tests {
                 view: 2,
                 prepares: vec![msgs[3].clone()],
             },
+            Durable::Abstain { through: 41 },
         ];
         for r in records {
             assert_eq!(decode_durable(encode_durable(&r).freeze()).unwrap(), r);

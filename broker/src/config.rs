@@ -174,6 +174,10 @@ pub struct BrokerConfig {
     /// of the next. Default 3600000 (an hour).
     #[serde(rename = "ledger.scrub.interval.ms")]
     pub ledger_scrub_interval_ms: u64,
+    /// Courier: Raft entries between snapshots of the cluster state (and
+    /// kept after one, for followers that lag). Default 1000.
+    #[serde(rename = "raft.snapshot.every.entries")]
+    pub raft_snapshot_every_entries: u64,
     /// Largest frame a SASL listener reads before the client has
     /// authenticated. Default 524288 (Kafka's).
     #[serde(rename = "sasl.server.max.receive.size")]
@@ -310,6 +314,7 @@ impl Default for BrokerConfig {
             ledger_verify_reads: true,
             ledger_scrub_mb_per_second: 8,
             ledger_scrub_interval_ms: 3_600_000,
+            raft_snapshot_every_entries: 1000,
             admin_token_file: None,
             admin_ssl_enabled: false,
             fetch_max_bytes: 57_671_680,

@@ -239,8 +239,10 @@ impl Engine {
             // comes first), so that a restart keeps it abstaining.
             self.log.append(cluster, &Durable::Abstain { through });
             warn!(
-                ?pk,
-                through, "replica recovering from a lost durable log: it votes on nothing up to its recovery point"
+                partition = pk.partition,
+                cluster,
+                through,
+                "replica recovering from a lost durable log: it votes on nothing up to its recovery point"
             );
             metrics::counter!("courier_pbft_replicas_recovering_total").increment(1);
         }

@@ -12,13 +12,22 @@
 //!
 //! The lag is what the members hold certified and the global ledger does
 //! not yet: `courier_global_ledger_lag_blocks` on the leader.
+//!
+//! Every node also looks after its own copy of the rows
+//! ([`GlobalTask::run_rows`]): a row found damaged (by a read, or by the
+//! row scrub, which re-checks every row at the scrubber's rate and
+//! interval) is rewritten from the block as a member of the partition's
+//! cluster serves it (this node's own ledger first when it is one),
+//! accepted only with the hash the chain names. Each repair is a log line
+//! and `courier_global_ledger_repairs_total`; `/global` lists what is
+//! damaged now and what the last scrub found.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use courier_consensus::ledger::{LedgerStore, PartitionKey};
-use courier_consensus::raft::global::{verify_segment, ClusterKeys, GlobalHead, SegmentError};
+use courier_consensus::raft::global::{verify_segment, ClusterKeys, GlobalHead, GlobalLedger, SegmentError};
 use courier_consensus::raft::{MetaCommand, MetaRaft, MetaState, NodeId};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -66,14 +75,44 @@ pub struct GlobalStatus {
     pub rejected_total: u64,
     /// The most recent rejections, oldest first.
     pub rejections: VecDeque<Rejection>,
+    /// This node's own rows: damaged now, repaired so far, and the scrub.
+    pub rows: RowStatus,
 }
+
+/// This node's global-ledger rows (see [`GlobalTask::run_rows`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RowStatus {
+    pub damaged: Vec<DamagedRow>,
+    pub repaired_total: u64,
+    pub scrub_passes: u64,
+    /// Rows checked by the scrub pass running now (or the last one).
+    pub scrub_rows_checked: u64,
+    /// What the last pass found (at most [`REJECTIONS_KEPT`]).
+    pub scrub_findings: Vec<DamagedRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedRow {
+    pub topic: String,
+    pub partition: i32,
+    pub height: u64,
+    pub reason: String,
+}
+
+/// How often the damaged rows are looked at.
+const ROWS_POLL: Duration = Duration::from_millis(200);
+/// Block bytes asked for to repair one row (the block, up to a certified one).
+const ROW_REPAIR_BYTES: u32 = 8 << 20;
+/// The first row scrub starts this long after start-up (or after the
+/// interval, when that is shorter), as the block scrubber's does.
+const ROW_SCRUB_FIRST: Duration = Duration::from_secs(60);
 
 pub struct GlobalTask {
     me: NodeId,
     meta: Arc<MetaRaft<RaftLink>>,
     forward: Arc<Forwarder>,
     store: Arc<LedgerStore>,
-    status: Mutex<GlobalStatus>,
+    status: Arc<Mutex<GlobalStatus>>,
     /// Per partition, which member to read next (advanced past a member
     /// that failed).
     cursor: Mutex<HashMap<PartitionKey, usize>>,
@@ -93,13 +132,17 @@ impl GlobalTask {
             meta,
             forward,
             store,
-            status: Mutex::new(GlobalStatus::default()),
+            status: Arc::default(),
             cursor: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn status(&self) -> GlobalStatus {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn status_handle(&self) -> Arc<Mutex<GlobalStatus>> {
+        self.status.clone()
     }
 
     /// Runs rounds until shutdown.
@@ -245,6 +288,160 @@ impl GlobalTask {
             .await
     }
 
+    /// Looks after this node's own rows until shutdown: repairs what is
+    /// listed damaged, and scrubs every row at `mb_per_second` (0: never)
+    /// every `interval`.
+    pub async fn run_rows(self: Arc<Self>, mb_per_second: u64, interval: Duration, mut stop: ShutdownSignal) {
+        let mut attempts: HashMap<(PartitionKey, u64), usize> = HashMap::new();
+        let mut next_scrub = (mb_per_second > 0).then(|| tokio::time::Instant::now() + interval.min(ROW_SCRUB_FIRST));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ROWS_POLL) => {}
+                _ = stop.wait() => return,
+            }
+            let Some(ledger) = self.meta.global() else { return };
+            if next_scrub.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                self.scrub_rows(&ledger, mb_per_second).await;
+                next_scrub = Some(tokio::time::Instant::now() + interval);
+            }
+            let damaged = ledger.damaged();
+            attempts.retain(|k, _| damaged.iter().any(|(pk, h, _)| (*pk, *h) == *k));
+            let state = self.meta.state();
+            // From the top down: a row's expected hash is what the row above links to.
+            let mut order = damaged.clone();
+            order.sort_by(|a, b| (a.0, std::cmp::Reverse(a.1)).cmp(&(b.0, std::cmp::Reverse(b.1))));
+            for (pk, height, reason) in order {
+                let tries = attempts.entry((pk, height)).or_insert(0);
+                if *tries == 0 {
+                    metrics::counter!("courier_global_ledger_damage_found_total").increment(1);
+                }
+                *tries += 1;
+                let tries = *tries;
+                if self.repair_row(&ledger, &state, pk, height, &reason, tries).await {
+                    attempts.remove(&(pk, height));
+                }
+            }
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.rows.damaged = damaged
+                .iter()
+                .map(|(pk, height, reason)| damaged_row(&state, pk, *height, reason))
+                .collect();
+        }
+    }
+
+    /// One try at repairing a row, from the `tries`-th source in turn;
+    /// whether it is repaired.
+    async fn repair_row(
+        &self,
+        ledger: &GlobalLedger,
+        state: &Arc<MetaState>,
+        pk: PartitionKey,
+        height: u64,
+        reason: &str,
+        tries: usize,
+    ) -> bool {
+        let Some(head) = state.global.get(&pk) else {
+            return false;
+        };
+        let Some(keys) = ClusterKeys::of(state, head.cluster) else {
+            return false;
+        };
+        // This node's own copy first when it is a member, then the others.
+        let mut sources: Vec<NodeId> = keys.nodes.iter().copied().filter(|n| *n == self.me).collect();
+        sources.extend(keys.nodes.iter().copied().filter(|n| *n != self.me));
+        let Some(&source) = sources.get((tries - 1) % sources.len().max(1)) else {
+            return false;
+        };
+        let Some(served) = self.read_blocks(source, pk, height, ROW_REPAIR_BYTES).await else {
+            return false;
+        };
+        let (ledger, state2) = (ledger.clone(), state.clone());
+        let repaired = tokio::task::spawn_blocking(move || ledger.repair(&state2, &pk, height, &served.blocks)).await;
+        let row = damaged_row(state, &pk, height, reason);
+        match repaired {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    topic = row.topic,
+                    partition = pk.partition,
+                    height,
+                    what = reason,
+                    from = source,
+                    "global ledger row repaired"
+                );
+                metrics::counter!("courier_global_ledger_repairs_total").increment(1);
+                self.status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .rows
+                    .repaired_total += 1;
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(topic = row.topic, partition = pk.partition, height, from = source, error = %e, "global row repair: not from this source");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Certified blocks from `height` on, from this node's ledger or a peer's.
+    async fn read_blocks(&self, source: NodeId, pk: PartitionKey, height: u64, bytes: u32) -> Option<ServedBlocks> {
+        if source == self.me {
+            let store = self.store.clone();
+            return tokio::task::spawn_blocking(move || served_blocks(&store, &pk, height, bytes))
+                .await
+                .ok()?
+                .ok();
+        }
+        let peer = u8::try_from(source).ok()?;
+        if !self.forward.is_up(peer) {
+            return None;
+        }
+        self.forward.blocks(peer, pk, height, bytes).await
+    }
+
+    /// One scrub pass over every partition's rows, at the rate.
+    async fn scrub_rows(&self, ledger: &GlobalLedger, mb_per_second: u64) {
+        let state = self.meta.state();
+        let bytes_per_second = mb_per_second.saturating_mul(1_000_000) as f64;
+        let (ledger, st) = (ledger.clone(), state.clone());
+        let status = self.status_handle();
+        let found = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (mut bytes, mut rows) = (0u64, 0u64);
+            let mut found = Vec::new();
+            for pk in st.global.keys() {
+                let walked = ledger.scrub_partition(&st, pk, |b| {
+                    bytes += b;
+                    rows += 1;
+                    status.lock().unwrap_or_else(|e| e.into_inner()).rows.scrub_rows_checked = rows;
+                    let due = Duration::from_secs_f64(bytes as f64 / bytes_per_second);
+                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                    true
+                });
+                match walked {
+                    Ok(f) => found.extend(f.into_iter().map(|(h, r)| (*pk, h, r))),
+                    Err(e) => warn!(partition = pk.partition, error = %e, "global row scrub: cannot read the rows"),
+                }
+            }
+            found
+        })
+        .await
+        .unwrap_or_default();
+        for (pk, height, reason) in &found {
+            let row = damaged_row(&state, pk, *height, reason);
+            warn!(topic = row.topic, partition = pk.partition, height, %reason, "global row scrub: a row fails its checks");
+        }
+        metrics::counter!("courier_global_ledger_scrub_passes_total").increment(1);
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.rows.scrub_passes += 1;
+        s.rows.scrub_findings = found
+            .iter()
+            .take(REJECTIONS_KEPT)
+            .map(|(pk, h, r)| damaged_row(&state, pk, *h, r))
+            .collect();
+    }
+
     fn reject(&self, state: &MetaState, node: NodeId, pk: &PartitionKey, e: SegmentError) {
         let topic = state
             .topic_by_id(&pk.topic_id)
@@ -275,5 +472,17 @@ impl GlobalTask {
             fault: e.fault.to_string(),
             at_ms,
         });
+    }
+}
+
+/// A damaged row as `/global` lists it.
+fn damaged_row(state: &MetaState, pk: &PartitionKey, height: u64, reason: &str) -> DamagedRow {
+    DamagedRow {
+        topic: state
+            .topic_by_id(&pk.topic_id)
+            .map_or_else(String::new, |t| t.record.name.clone()),
+        partition: pk.partition,
+        height,
+        reason: reason.to_owned(),
     }
 }

@@ -714,7 +714,10 @@ pub async fn start(
             NodeId::from(identity.id),
             &config.log_dirs.join(crate::RAFT_FILE),
             raft_link.clone(),
-            RaftLimits::default(),
+            RaftLimits {
+                snapshot_every_entries: config.raft_snapshot_every_entries.max(1),
+                ..RaftLimits::default()
+            },
         )
         .await
         .map_err(|e| ReplicationError::Raft(Box::new(e)))?,
@@ -770,6 +773,11 @@ pub async fn start(
         store.clone(),
     ));
     let global_task = tokio::spawn(global.clone().run(shutdown.clone()));
+    tokio::spawn(global.clone().run_rows(
+        config.ledger_scrub_mb_per_second,
+        std::time::Duration::from_millis(config.ledger_scrub_interval_ms),
+        shutdown.clone(),
+    ));
     tokio::spawn(
         repair::RepairTask {
             me: identity.id,

@@ -26,6 +26,17 @@
 //! Applying an entry twice writes the same rows (a node re-applies its log
 //! after a restart), and rows past a partition's head are ignored by
 //! readers, so the tables may run ahead of the state they belong to.
+//!
+//! An entry's row ends with a CRC-32C of its encoding (after the marker
+//! `c1`; rows written before it have neither and are read as they are),
+//! checked on every read: a row the disk changed is reported as damaged
+//! (`GlobalReadError::Corrupt`, which names the partition and height),
+//! never served, and listed for repair ([`GlobalLedger::damaged`]). An
+//! index row that points at a block without the record it indexes is
+//! damage of that block's rows too. Repair ([`GlobalLedger::repair`])
+//! rewrites the rows from the block as a member of the partition's cluster
+//! holds it, accepted only if its hash is the one the chain above it (or
+//! the Raft state's head) names.
 
 use std::collections::BTreeMap;
 
@@ -400,7 +411,7 @@ pub(crate) fn write_rows(
         // now is not written (and readers stop at it).
         let Ok(h) = Block::head_only(&e.head) else { continue };
         let b = &h.block;
-        let value = postcard::to_stdvec(e).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
+        let value = encode_row(e).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
         blocks.insert(&block_key(pk, b.height)[..], &value[..])?;
         by_offset.insert(&offset_key(pk, b.next_offset, b.height)[..], b.height)?;
         for m in &e.messages {
@@ -415,14 +426,51 @@ pub(crate) fn write_rows(
     Ok(())
 }
 
+/// What ends a row after its entry: a marker, then the CRC-32C of the
+/// entry's encoding.
+const ROW_CHECK_MARKER: &[u8; 2] = b"c1";
+
+/// An entry's row: its postcard encoding, the marker and the CRC.
+fn encode_row(e: &GlobalEntry) -> Result<Vec<u8>, postcard::Error> {
+    let mut row = postcard::to_stdvec(e)?;
+    let crc = crc32c::crc32c(&row);
+    row.extend_from_slice(ROW_CHECK_MARKER);
+    row.extend_from_slice(&crc.to_be_bytes());
+    Ok(row)
+}
+
+/// An entry from its row, checked against the row's CRC (a row written
+/// before rows had one is taken as it decodes).
+fn decode_row(pk: &PartitionKey, height: u64, row: &[u8]) -> Result<GlobalEntry, GlobalReadError> {
+    let corrupt = |reason: String| GlobalReadError::Corrupt {
+        pk: *pk,
+        height,
+        reason,
+    };
+    let (entry, rest) = postcard::take_from_bytes::<GlobalEntry>(row).map_err(|e| corrupt(e.to_string()))?;
+    match rest {
+        [] => Ok(entry),
+        [m0, m1, crc @ ..] if [*m0, *m1] == *ROW_CHECK_MARKER && crc.len() == 4 => {
+            let encoded = &row[..row.len() - rest.len()];
+            let want = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+            if crc32c::crc32c(encoded) == want {
+                Ok(entry)
+            } else {
+                Err(corrupt("the row fails its CRC-32C".into()))
+            }
+        }
+        _ => Err(corrupt(format!("{} bytes after the entry", rest.len()))),
+    }
+}
+
 /// Why the global ledger could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum GlobalReadError {
     #[error("global ledger store: {0}")]
     Store(#[from] redb::Error),
-    #[error("global ledger entry {height} of partition {partition} is damaged: {reason}")]
+    #[error("global ledger entry {height} of partition {} is damaged: {reason}", pk.partition)]
     Corrupt {
-        partition: i32,
+        pk: PartitionKey,
         height: u64,
         reason: String,
     },
@@ -463,11 +511,7 @@ impl GlobalReader {
             partition: pk.partition,
             height,
         })?;
-        postcard::from_bytes(v.value()).map_err(|e| GlobalReadError::Corrupt {
-            partition: pk.partition,
-            height,
-            reason: e.to_string(),
-        })
+        decode_row(pk, height, v.value())
     }
 
     /// The height of the block holding `offset`, if the chain up to
@@ -569,11 +613,7 @@ impl Entries<'_> {
         for row in self.table.range::<&[u8]>(&start[..]..=&stop[..])? {
             let (k, v) = row?;
             let height = key_u64(k.value(), 20, &self.pk, self.next)?;
-            let entry = postcard::from_bytes(v.value()).map_err(|e| GlobalReadError::Corrupt {
-                partition: self.pk.partition,
-                height,
-                reason: e.to_string(),
-            });
+            let entry = decode_row(&self.pk, height, v.value());
             self.chunk.push_back(entry.map(|e| (height, e)));
         }
         self.next = last + 1;
@@ -602,21 +642,62 @@ fn key_u64(key: &[u8], at: usize, pk: &PartitionKey, near: u64) -> Result<u64, G
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| GlobalReadError::Corrupt {
-            partition: pk.partition,
+            pk: *pk,
             height: near,
             reason: format!("a row key of {} bytes", key.len()),
         })
+}
+
+/// Rows found damaged, by partition and height, with what was wrong:
+/// shared by every handle on one node's global ledger.
+pub type DamagedRows = Arc<std::sync::Mutex<BTreeMap<(PartitionKey, u64), String>>>;
+
+/// Lists a row as damaged (once; a log line the first time).
+pub(crate) fn note_damaged(damaged: &DamagedRows, pk: &PartitionKey, height: u64, reason: &str) {
+    let mut damaged = damaged.lock().unwrap_or_else(|p| p.into_inner());
+    if damaged.insert((*pk, height), reason.to_owned()).is_none() {
+        tracing::error!(
+            partition = pk.partition,
+            height,
+            reason,
+            "global ledger row damaged: not served until repaired from the partition's cluster"
+        );
+    }
 }
 
 /// A node's global ledger (its rows; the heads are in the Raft state).
 #[derive(Clone)]
 pub struct GlobalLedger {
     db: Arc<redb::Database>,
+    damaged: DamagedRows,
+}
+
+/// Why a damaged row could not be repaired from the blocks offered.
+#[derive(Debug, thiserror::Error)]
+pub enum RowRepairError {
+    #[error(transparent)]
+    Read(#[from] GlobalReadError),
+    #[error("the partition has no global chain in the Raft state")]
+    NoChain,
+    #[error("height {height} is past the partition's global head")]
+    PastHead { height: u64 },
+    #[error("no block offered")]
+    Nothing,
+    #[error("the block offered does not prove out: {0}")]
+    Segment(#[from] SegmentError),
+    #[error("the block offered has another hash than the chain names")]
+    WrongBlock,
+    #[error("global ledger store: {0}")]
+    Store(#[from] redb::Error),
 }
 
 impl GlobalLedger {
     pub(crate) fn new(db: Arc<redb::Database>) -> Self {
-        Self { db }
+        Self::with_damaged(db, DamagedRows::default())
+    }
+
+    pub(crate) fn with_damaged(db: Arc<redb::Database>, damaged: DamagedRows) -> Self {
+        Self { db, damaged }
     }
 
     /// A handle that does not keep the file open.
@@ -628,38 +709,220 @@ impl GlobalLedger {
         GlobalReader::new(&self.db)
     }
 
-    /// See [`locate`].
+    /// See [`locate`]. A damaged row it meets is listed for repair.
     pub fn locate(&self, state: &MetaState, topic: &str, query: &Query) -> Result<Vec<Located>, GlobalReadError> {
-        locate(&self.db, state, topic, query)
+        let found = locate(&self.db, state, topic, query);
+        if let Err(GlobalReadError::Corrupt { pk, height, reason }) = &found {
+            self.mark_damaged(pk, *height, reason);
+        }
+        found
     }
 
-    /// See [`verify_global`].
+    /// See [`verify_global`]. A damaged row it meets is listed for repair.
     pub fn verify(
         &self,
         state: &MetaState,
         each: impl FnMut(&PartitionKey, u64, &GlobalEntry, &BlockHash),
     ) -> Result<GlobalReport, GlobalVerifyError> {
-        verify_global(&self.db, state, each)
+        let report = verify_global(&self.db, state, each);
+        match &report {
+            Err(GlobalVerifyError::Read(GlobalReadError::Corrupt { pk, height, reason })) => {
+                self.mark_damaged(pk, *height, reason)
+            }
+            Err(GlobalVerifyError::Bad { pk, error, .. }) => {
+                self.mark_damaged(pk, error.height, &error.fault.to_string())
+            }
+            _ => {}
+        }
+        report
+    }
+
+    /// Lists a row as damaged (once; a log line the first time).
+    pub fn mark_damaged(&self, pk: &PartitionKey, height: u64, reason: &str) {
+        note_damaged(&self.damaged, pk, height, reason);
+    }
+
+    /// Rows listed as damaged, with what was wrong.
+    pub fn damaged(&self) -> Vec<(PartitionKey, u64, String)> {
+        let damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+        damaged.iter().map(|((pk, h), r)| (*pk, *h, r.clone())).collect()
+    }
+
+    /// The hash the block at `height` must have: what the entry above it
+    /// links to, or the Raft state's head for the last one.
+    fn expected_hash(&self, head: &GlobalHead, pk: &PartitionKey, height: u64) -> Result<[u8; 32], RowRepairError> {
+        if height >= head.next_height {
+            return Err(RowRepairError::PastHead { height });
+        }
+        if height + 1 == head.next_height {
+            return Ok(head.last_hash);
+        }
+        let above = self.reader()?.entry(pk, height + 1)?;
+        let h = Block::head_only(&above.head).map_err(|e| GlobalReadError::Corrupt {
+            pk: *pk,
+            height: height + 1,
+            reason: e.to_string(),
+        })?;
+        Ok(h.block.prev_hash.0)
+    }
+
+    /// Rewrites the rows of the block at `height` from `blocks` (canonical
+    /// blocks from that height on, as a member of the partition's cluster
+    /// serves them, ending at a certified one): checked as the global-ledger
+    /// task checks what it appends, and accepted only if the block's hash is
+    /// the one the chain names. Rows above it must be sound (repair from
+    /// the top down).
+    pub fn repair(
+        &self,
+        state: &MetaState,
+        pk: &PartitionKey,
+        height: u64,
+        blocks: &[(Bytes, Option<Bytes>)],
+    ) -> Result<(), RowRepairError> {
+        let head = state.global.get(pk).ok_or(RowRepairError::NoChain)?;
+        let keys = ClusterKeys::of(state, head.cluster).ok_or(RowRepairError::NoChain)?;
+        let want = self.expected_hash(head, pk, height)?;
+        let (first, _) = blocks.first().ok_or(RowRepairError::Nothing)?;
+        let sealed = Block::decode_sealed(first).map_err(|e| SegmentError {
+            height,
+            fault: Fault::Decode(e.to_string()),
+        })?;
+        if sealed.hash.0 != want {
+            return Err(RowRepairError::WrongBlock);
+        }
+        // The chain as it stood below the block (what `verify_segment`
+        // checks the block against: its link and offsets are proven by the
+        // hash just checked).
+        let below = GlobalHead {
+            cluster: head.cluster,
+            next_height: height,
+            last_hash: sealed.block.prev_hash.0,
+            next_offset: sealed.block.base_offset,
+            certified_height: None,
+            messages: 0,
+            receipts: 0,
+        };
+        let entries = verify_segment(pk, &below, blocks, &keys)?;
+        let entry = entries.into_iter().next().ok_or(RowRepairError::Nothing)?;
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        write_rows(&txn, pk, std::slice::from_ref(&entry))?;
+        txn.commit().map_err(redb::Error::from)?;
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(*pk, height));
+        Ok(())
+    }
+
+    /// Re-checks every row of one partition's global chain (as
+    /// [`verify_global`] does, certificates included) without stopping at
+    /// damage: every row that fails is listed as damaged and returned with
+    /// what was wrong. `pace` is told the bytes of each row checked and
+    /// returns false to stop.
+    pub fn scrub_partition(
+        &self,
+        state: &MetaState,
+        pk: &PartitionKey,
+        mut pace: impl FnMut(u64) -> bool,
+    ) -> Result<Vec<(u64, String)>, GlobalReadError> {
+        let mut found = Vec::new();
+        let Some(head) = state.global.get(pk) else {
+            return Ok(found);
+        };
+        let keys = ClusterKeys::of(state, head.cluster);
+        let reader = self.reader()?;
+        // Where the chain is known to stand: `None` after damage, until
+        // the next sound row (taken as it links).
+        let mut at = Some(GlobalHead::genesis(head.cluster));
+        let mut expected_height = 0;
+        for row in reader.entries(pk, head)? {
+            let (height, entry) = match row {
+                Ok(r) => r,
+                Err(GlobalReadError::Corrupt { height, reason, .. }) => {
+                    found.push((height, reason));
+                    at = None;
+                    expected_height = height + 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for missing in expected_height..height {
+                found.push((missing, "the row is missing".to_owned()));
+                at = None;
+            }
+            expected_height = height + 1;
+            let mut here = match at.take() {
+                Some(h) => h,
+                None => match Block::head_only(&entry.head) {
+                    Ok(h) => GlobalHead {
+                        cluster: head.cluster,
+                        next_height: height,
+                        last_hash: h.block.prev_hash.0,
+                        next_offset: h.block.base_offset,
+                        ..GlobalHead::genesis(head.cluster)
+                    },
+                    Err(e) => {
+                        found.push((height, e.to_string()));
+                        continue;
+                    }
+                },
+            };
+            match entry.extend(pk, &mut here) {
+                Ok((_, hash)) => {
+                    let cert = match (&entry.cert, &keys) {
+                        (Some(cert), Some(keys)) => keys.check_cert(pk, height, &hash, cert).err(),
+                        _ => None,
+                    };
+                    match cert {
+                        Some(fault) => found.push((height, fault.to_string())),
+                        None => at = Some(here),
+                    }
+                }
+                Err(e) => found.push((height, e.fault.to_string())),
+            }
+            let bytes = (entry.head.len() + entry.cert.as_ref().map_or(0, Vec::len) + 64 * entry.messages.len()) as u64;
+            if !pace(bytes) {
+                break;
+            }
+        }
+        if at
+            .as_ref()
+            .is_some_and(|at| at.next_height == head.next_height && at.last_hash != head.last_hash)
+        {
+            found.push((head.next_height - 1, Fault::HeadMismatch.to_string()));
+        }
+        for missing in expected_height..head.next_height {
+            found.push((missing, "the row is missing".to_owned()));
+        }
+        for (height, reason) in &found {
+            self.mark_damaged(pk, *height, reason);
+        }
+        Ok(found)
     }
 }
 
-/// Every partition's entries below its head (what a snapshot carries).
+/// Every partition's entries below its head (what a snapshot carries),
+/// except rows that do not read back sound: those are listed in `damaged`
+/// and left out (a snapshot must still be offered, or Raft stops; the node
+/// that installs it repairs what is missing from the partition's cluster,
+/// as this node repairs its own).
 pub(crate) fn dump(
     db: &redb::Database,
     heads: &BTreeMap<PartitionKey, GlobalHead>,
+    damaged: &DamagedRows,
 ) -> Result<Vec<(PartitionKey, Vec<GlobalEntry>)>, GlobalReadError> {
     let reader = GlobalReader::new(db)?;
     let mut out = Vec::with_capacity(heads.len());
     for (pk, head) in heads {
-        let entries = reader
-            .entries(pk, head)?
-            .map(|r| r.map(|(_, e)| e))
-            .collect::<Result<Vec<_>, _>>()?;
-        if entries.len() as u64 != head.next_height {
-            return Err(GlobalReadError::Missing {
-                partition: pk.partition,
-                height: entries.len() as u64,
-            });
+        let mut entries = Vec::with_capacity(head.next_height as usize);
+        for row in reader.entries(pk, head)? {
+            match row {
+                Ok((_, e)) => entries.push(e),
+                Err(GlobalReadError::Corrupt { pk, height, reason }) => {
+                    note_damaged(damaged, &pk, height, &reason);
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.push((*pk, entries));
     }
@@ -761,12 +1024,26 @@ pub fn locate(
     for (pk, offset, height) in hits {
         let Some(head) = state.global.get(&pk) else { continue };
         let entry = reader.entry(&pk, height)?;
-        let Some(m) = entry.messages.iter().find(|m| m.offset == offset) else {
-            continue;
+        // The index named this block: it must hold the record (with the key
+        // asked for), or the index or the entry is damaged.
+        let wanted_key = match query {
+            Query::Key(key) => Some(sha256(key)),
+            Query::Offset { .. } => None,
+        };
+        let Some(m) = entry
+            .messages
+            .iter()
+            .find(|m| m.offset == offset && wanted_key.is_none_or(|k| m.key_hash == Some(k)))
+        else {
+            return Err(GlobalReadError::Corrupt {
+                pk,
+                height,
+                reason: format!("the index names this block for offset {offset}, which it does not hold"),
+            });
         };
         let receipts = receipts_for(&reader, &pk, head, height, offset)?;
         let block = Block::from_head(&entry.head).map_err(|e| GlobalReadError::Corrupt {
-            partition: pk.partition,
+            pk,
             height,
             reason: e.to_string(),
         })?;
@@ -804,7 +1081,7 @@ fn receipts_for(
     for height in reader.receipt_heights(pk, head, from)? {
         let entry = reader.entry(pk, height)?;
         let block = Block::from_head(&entry.head).map_err(|e| GlobalReadError::Corrupt {
-            partition: pk.partition,
+            pk: *pk,
             height,
             reason: e.to_string(),
         })?;
@@ -854,6 +1131,7 @@ pub enum GlobalVerifyError {
     Bad {
         topic: String,
         partition: i32,
+        pk: PartitionKey,
         error: SegmentError,
     },
     #[error(
@@ -885,6 +1163,7 @@ pub fn verify_global(
         let bad = |error| GlobalVerifyError::Bad {
             topic: topic.clone(),
             partition: pk.partition,
+            pk: *pk,
             error,
         };
         let keys = ClusterKeys::of(state, head.cluster).ok_or_else(|| GlobalVerifyError::UnknownCluster {
@@ -1225,6 +1504,73 @@ mod tests {
         let report = sm.global().verify(&s, |_, h, _, _| heights.push(h)).unwrap();
         assert_eq!(report.blocks, n);
         assert_eq!(heights, (0..n).collect::<Vec<_>>());
+    }
+
+    /// Changes one byte of the stored row of block `height` (as the disk
+    /// would), bypassing the ledger.
+    fn damage_row(ledger: &GlobalLedger, height: u64, at: usize) {
+        use redb::ReadableTable;
+        let txn = ledger.db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(BLOCKS).unwrap();
+            let key = block_key(&pk(), height);
+            let mut row = t.get(&key[..]).unwrap().unwrap().value().to_vec();
+            let at = at.min(row.len() - 10);
+            row[at] ^= 0x04;
+            t.insert(&key[..], &row[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    /// A global-ledger row the disk changed is never served: every read
+    /// that meets it fails naming it, it is listed as damaged, the scrub
+    /// finds it, and it is rewritten from the partition's block only when
+    /// that block is the one the chain names.
+    #[tokio::test]
+    async fn a_damaged_row_is_never_served_and_is_repaired_from_the_block_the_chain_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = store_with_chain(&dir.path().join("a.redb"), 5, &[1, 2, 3]).await;
+        let s = sm.subscribe().borrow().clone();
+        let ledger = sm.global();
+        let sound = ledger.verify(&s, |_, _, _, _| {}).unwrap();
+        let blocks = chain(&state(), 5, &[1, 2, 3]);
+        let at_offset = |offset| Query::Offset { partition: 0, offset };
+        // Block 2 holds offsets 4 and 5; damage in its head, then in its
+        // last message's metadata.
+        for at in [10, usize::MAX] {
+            damage_row(&ledger, 2, at);
+            let read = ledger.locate(&s, "t", &at_offset(4));
+            assert!(
+                matches!(read, Err(GlobalReadError::Corrupt { height: 2, .. })),
+                "{read:?}"
+            );
+            assert!(ledger.verify(&s, |_, _, _, _| {}).is_err());
+            assert_eq!(ledger.damaged().iter().map(|d| d.1).collect::<Vec<_>>(), vec![2]);
+            let found = ledger.scrub_partition(&s, &pk(), |_| true).unwrap();
+            assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), vec![2], "{found:?}");
+            // Other blocks still read.
+            assert_eq!(ledger.locate(&s, "t", &at_offset(0)).unwrap().len(), 1);
+            // A block other than the one the chain names is refused.
+            assert!(matches!(
+                ledger.repair(&s, &pk(), 2, &blocks[1..]),
+                Err(RowRepairError::WrongBlock)
+            ));
+            assert_eq!(ledger.damaged().len(), 1);
+            ledger.repair(&s, &pk(), 2, &blocks[2..]).unwrap();
+            assert!(ledger.damaged().is_empty());
+            assert_eq!(ledger.locate(&s, "t", &at_offset(4)).unwrap()[0].height, 2);
+            assert_eq!(ledger.verify(&s, |_, _, _, _| {}).unwrap().digest, sound.digest);
+            assert!(ledger.scrub_partition(&s, &pk(), |_| true).unwrap().is_empty());
+        }
+        // The last block's hash is the Raft state's head.
+        damage_row(&ledger, 4, 10);
+        assert_eq!(ledger.scrub_partition(&s, &pk(), |_| true).unwrap().len(), 1);
+        assert!(matches!(
+            ledger.repair(&s, &pk(), 4, &blocks[3..]),
+            Err(RowRepairError::WrongBlock)
+        ));
+        ledger.repair(&s, &pk(), 4, &blocks[4..]).unwrap();
+        assert_eq!(ledger.verify(&s, |_, _, _, _| {}).unwrap().digest, sound.digest);
     }
 
     #[tokio::test]

@@ -99,6 +99,8 @@ pub struct MetaRaft<T> {
     state: watch::Receiver<Arc<MetaState>>,
     limits: RaftLimits,
     global: std::sync::Weak<redb::Database>,
+    /// Global-ledger rows found damaged, shared by every handle.
+    damaged_rows: global::DamagedRows,
 }
 
 impl<T: RaftTransport> MetaRaft<T> {
@@ -108,6 +110,7 @@ impl<T: RaftTransport> MetaRaft<T> {
         let state = sm.subscribe();
         // Only a weak handle: the file closes when Raft stops.
         let global = sm.global().downgrade();
+        let damaged_rows = sm.damaged_rows();
         let config = Config {
             cluster_name: "courier".into(),
             heartbeat_interval: limits.heartbeat_ms,
@@ -129,6 +132,7 @@ impl<T: RaftTransport> MetaRaft<T> {
             state,
             limits,
             global,
+            damaged_rows,
         })
     }
 
@@ -165,7 +169,9 @@ impl<T: RaftTransport> MetaRaft<T> {
     /// This node's copy of the global ledger's entries (`None` once Raft
     /// has stopped).
     pub fn global(&self) -> Option<global::GlobalLedger> {
-        self.global.upgrade().map(global::GlobalLedger::new)
+        self.global
+            .upgrade()
+            .map(|db| global::GlobalLedger::with_damaged(db, self.damaged_rows.clone()))
     }
 
     /// The leader this node knows of.

@@ -288,6 +288,8 @@ struct SnapshotBody {
 pub struct StateMachine {
     applied: Arc<Mutex<Applied>>,
     db: Arc<Database>,
+    /// Global-ledger rows found damaged, shared by every handle.
+    damaged: global::DamagedRows,
     published: watch::Sender<Arc<MetaState>>,
     snapshots: Arc<Mutex<u64>>,
 }
@@ -302,6 +304,7 @@ impl StateMachine {
         Ok(Self {
             applied: Arc::new(Mutex::new(applied)),
             db,
+            damaged: Default::default(),
             published,
             snapshots: Arc::new(Mutex::new(0)),
         })
@@ -314,7 +317,12 @@ impl StateMachine {
 
     /// The global ledger's rows.
     pub fn global(&self) -> global::GlobalLedger {
-        global::GlobalLedger::new(self.db.clone())
+        global::GlobalLedger::with_damaged(self.db.clone(), self.damaged.clone())
+    }
+
+    /// The list of damaged global-ledger rows every handle shares.
+    pub(crate) fn damaged_rows(&self) -> global::DamagedRows {
+        self.damaged.clone()
     }
 
     /// Applies committed entries: the state in memory, the global ledger's
@@ -468,7 +476,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         match body.global {
-            Some(rows) => write_global_rows(&self.db, &rows)?,
+            Some(rows) => {
+                write_global_rows(&self.db, &rows)?;
+                // Rows the sender could not read sound are not in it: listed
+                // as damaged here, they are repaired like this node's own.
+                for (pk, head) in &applied.state.global {
+                    let held: std::collections::BTreeSet<u64> = rows
+                        .iter()
+                        .filter(|(p, _)| p == pk)
+                        .flat_map(|(_, entries)| entries.iter())
+                        .filter_map(|e| crate::ledger::Block::head_only(&e.head).ok())
+                        .map(|h| h.block.height)
+                        .collect();
+                    for height in (0..head.next_height).filter(|h| !held.contains(h)) {
+                        global::note_damaged(&self.damaged, pk, height, "not in the snapshot installed");
+                    }
+                }
+            }
             None if !applied.state.global.is_empty() => {
                 return Err(read_err(
                     "a snapshot without its global-ledger entries cannot be installed",
@@ -496,7 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The rows only grow and are the same on every node, so those below
         // the snapshot's heads are the snapshot's, whenever they are read.
         let applied: Applied = decode(&stored.data)?;
-        let rows = global::dump(&self.db, &applied.state.global).map_err(read_err)?;
+        let rows = global::dump(&self.db, &applied.state.global, &self.damaged).map_err(read_err)?;
         let body = encode(&SnapshotBody {
             applied,
             global: Some(rows),

@@ -309,7 +309,7 @@ impl GlobalTask {
             let state = self.meta.state();
             // From the top down: a row's expected hash is what the row above links to.
             let mut order = damaged.clone();
-            order.sort_by(|a, b| (a.0, std::cmp::Reverse(a.1)).cmp(&(b.0, std::cmp::Reverse(b.1))));
+            order.sort_by_key(|d| (d.0, std::cmp::Reverse(d.1)));
             for (pk, height, reason) in order {
                 let tries = attempts.entry((pk, height)).or_insert(0);
                 if *tries == 0 {

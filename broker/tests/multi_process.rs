@@ -1052,21 +1052,7 @@ async fn a_replica_never_serves_what_its_disk_corrupted_and_repairs_it_from_peer
         };
         n.start();
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &nodes[1].kafka)
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new("rot", PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.expect("topic created");
-        });
+    create_topic_named(&nodes[1].kafka, "rot", PARTITIONS).await;
     const N: usize = 2000;
     // In ten rounds, each acknowledged before the next: several blocks
     // per partition, so that damage in one leaves others intact.
@@ -1293,20 +1279,7 @@ async fn a_damaged_global_ledger_row_is_repaired_and_a_damaged_durable_log_absta
         ];
         n.start();
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &nodes[1].kafka)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new("rot", PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap()
-    {
-        r.expect("topic created");
-    }
+    create_topic_named(&nodes[1].kafka, "rot", PARTITIONS).await;
     const N: usize = 600;
     let mut acked = produce_in_rounds(&nodes[1].kafka, "rot", N, 12, rot_value).await;
     // Every node's global ledger holds every record.
@@ -1411,20 +1384,7 @@ async fn a_replica_whose_disk_is_replaced_empty_rejoins_by_state_transfer() {
         n.view_change_timeout_ms = 2000;
         n.start();
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &nodes[1].kafka)
-        .create()
-        .unwrap();
-    for r in admin
-        .create_topics(
-            &[NewTopic::new("rot", PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap()
-    {
-        r.expect("topic created");
-    }
+    create_topic_named(&nodes[1].kafka, "rot", PARTITIONS).await;
     let mut acked = produce_in_rounds(&nodes[1].kafka, "rot", 600, 6, rot_value).await;
     nodes[3].terminate();
     std::fs::remove_dir_all(&nodes[3].data).unwrap();

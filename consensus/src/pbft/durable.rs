@@ -306,21 +306,7 @@ mod tests {
             );
             // It remembers the request only if relayed; make the view change happen by f + 1 peers asking.
             let mut out = restored.handle(Event::Tick { now_ms: 10 });
-            for peer in [2u8, 3] {
-                let k = keys(peer);
-                let vc = crate::pbft::SignedMessage::sign(
-                    3,
-                    peer,
-                    &k.key,
-                    crate::pbft::Message::ViewChange {
-                        new_view: 1,
-                        stable_seq: 0,
-                        checkpoint_proof: vec![],
-                        prepared: vec![],
-                    },
-                );
-                out.extend(restored.handle(Event::Message(vc)));
-            }
+            out.extend(asked_for_view_one(&mut restored));
             assert_eq!(
                 prepared_in_view_change(&out),
                 Some(vec![1]),
@@ -329,6 +315,12 @@ mod tests {
         }
         // Without its log the same replica would have nothing to report.
         let mut amnesiac = Replica::new(config(), keys(1));
+        let out = asked_for_view_one(&mut amnesiac);
+        assert_eq!(prepared_in_view_change(&out), Some(vec![]));
+    }
+
+    /// f + 1 peers (2 and 3) ask `r` for view 1; what it does.
+    fn asked_for_view_one(r: &mut Replica) -> Vec<Action> {
         let mut out = Vec::new();
         for peer in [2u8, 3] {
             let vc = crate::pbft::SignedMessage::sign(
@@ -342,9 +334,9 @@ mod tests {
                     prepared: vec![],
                 },
             );
-            out.extend(amnesiac.handle(Event::Message(vc)));
+            out.extend(r.handle(Event::Message(vc)));
         }
-        assert_eq!(prepared_in_view_change(&out), Some(vec![]));
+        out
     }
 
     fn votes(actions: &[Action]) -> Vec<&'static str> {
@@ -423,21 +415,7 @@ mod tests {
         assert!(votes(&out).is_empty(), "{:?}", votes(&out));
         // f + 1 peers ask for a view change: it follows, without a VIEW-CHANGE
         // that would leave out the batch it prepared.
-        let mut out = Vec::new();
-        for peer in [2u8, 3] {
-            let vc = crate::pbft::SignedMessage::sign(
-                3,
-                peer,
-                &keys(peer).key,
-                crate::pbft::Message::ViewChange {
-                    new_view: 1,
-                    stable_seq: 0,
-                    checkpoint_proof: vec![],
-                    prepared: vec![],
-                },
-            );
-            out.extend(amnesiac.handle(Event::Message(vc)));
-        }
+        let out = asked_for_view_one(&mut amnesiac);
         assert!(amnesiac.is_view_changing() && amnesiac.view() == 1);
         assert!(votes(&out).is_empty(), "{:?}", votes(&out));
         // Its compacted log says it abstains, and a restart from it does too.

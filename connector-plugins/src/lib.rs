@@ -2,6 +2,8 @@
 //!
 //! A storage plugin keeps large payloads in the sending organization's own
 //! storage, addressed by content (SHA-256), so that only hashes travel on the
-//! ledger. The trait and its implementations arrive with the storage-plugin
-//! issue; this crate exists now so the workspace has its final shape.
+//! ledger ([`storage`]). The Kafka-Connect-style connectors that move files
+//! between an organization's storage and topics come next.
 #![forbid(unsafe_code)]
+
+pub mod storage;

@@ -53,7 +53,9 @@ pub async fn run<S: Storage>(s: &S) {
     let mut stored = Vec::new();
     for (len, seed) in [(0usize, 1u64), (1, 2), (3 << 20 | 17, 3)] {
         let bytes = pattern(len, seed);
-        let meta = s.put(&mut &bytes[..], None, MAX).await.unwrap();
+        // Named beforehand (as the broker does) or not.
+        let expected = (seed % 2 == 0).then(|| Digest::of(&bytes));
+        let meta = s.put(&mut &bytes[..], expected, MAX).await.unwrap();
         assert_eq!((meta.digest, meta.size), (Digest::of(&bytes), len as u64));
         assert_eq!(read_all(s, &meta.digest, None).await, bytes);
         assert_eq!(s.stat(&meta.digest).await.unwrap(), Some(meta));

@@ -28,6 +28,11 @@ const STALE_PUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// Puts in progress in this process, to name their temporary files.
 static PUTS: AtomicU64 = AtomicU64::new(0);
 
+/// A number no other put of this process has, for a temporary name.
+pub(crate) fn next_put() -> u64 {
+    PUTS.fetch_add(1, Ordering::Relaxed)
+}
+
 pub struct FsStorage {
     objects: PathBuf,
     tmp: PathBuf,
@@ -43,7 +48,7 @@ fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> St
 
 /// An organization's name as a directory name: letters, digits, `-`, `_`
 /// and `.`, not starting with a dot.
-fn valid_organization(name: &str) -> bool {
+pub(crate) fn valid_organization(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -141,7 +146,7 @@ impl Storage for FsStorage {
         expected: Option<Digest>,
         size_max: u64,
     ) -> Result<ObjectMeta, StorageError> {
-        let n = PUTS.fetch_add(1, Ordering::Relaxed);
+        let n = next_put();
         let tmp = self.tmp.join(format!("{}-{n}.part", std::process::id()));
         let written = self.write_tmp(&tmp, content, size_max).await;
         let meta = match written {

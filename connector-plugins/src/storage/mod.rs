@@ -15,6 +15,7 @@
 //! [`read_verified`] is that check for a whole object.
 
 pub mod fs;
+pub mod s3;
 
 use std::fmt;
 use std::future::Future;
@@ -24,6 +25,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use fs::FsStorage;
+pub use s3::{S3Credentials, S3Settings, S3Storage};
 
 /// The SHA-256 of an object's content: its name.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod offchain;
 pub mod partitioner;
 pub mod records;
 pub mod request;

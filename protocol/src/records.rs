@@ -409,18 +409,18 @@ fn snappy_decompress(body: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), S
     }
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         let v = *self.b.get(self.at)?;
         self.at += 1;
         Some(v)
     }
-    fn varlong(&mut self) -> Option<i64> {
+    pub(crate) fn varlong(&mut self) -> Option<i64> {
         let mut raw: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
@@ -431,11 +431,11 @@ impl<'a> Reader<'a> {
         }
         None
     }
-    fn varint(&mut self) -> Option<i32> {
+    pub(crate) fn varint(&mut self) -> Option<i32> {
         i32::try_from(self.varlong()?).ok()
     }
     /// A varint length (-1 for null) followed by that many bytes.
-    fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
+    pub(crate) fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
         let n = self.varint()?;
         if n < 0 {
             return (n == -1).then_some(None);
@@ -492,25 +492,35 @@ impl ProducerIds {
     };
 }
 
+/// A zig-zag varlong, as record fields are written.
+pub(crate) fn put_varlong(out: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.put_u8(z as u8);
+}
+
+/// A varint length (-1 for null) and the bytes.
+pub(crate) fn put_bytes(out: &mut BytesMut, v: Option<&[u8]>) {
+    match v {
+        None => put_varlong(out, -1),
+        Some(v) => {
+            put_varlong(out, v.len() as i64);
+            out.put_slice(v);
+        }
+    }
+}
+
+/// Sets a built batch's CRC-32C (over everything from the attributes on).
+pub(crate) fn seal_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Builds an uncompressed v2 batch (for Courier's own producers and tests).
 pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRecord<'_>]) -> Bytes {
-    fn put_varlong(out: &mut BytesMut, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.put_u8((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.put_u8(z as u8);
-    }
-    fn put_bytes(out: &mut BytesMut, v: Option<&[u8]>) {
-        match v {
-            None => put_varlong(out, -1),
-            Some(v) => {
-                put_varlong(out, v.len() as i64);
-                out.put_slice(v);
-            }
-        }
-    }
     let mut body = BytesMut::new();
     let mut rec = BytesMut::new();
     let mut max_delta = 0;
@@ -545,8 +555,7 @@ pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRe
     out.put_i32(producer.base_sequence);
     out.put_i32(records.len() as i32);
     out.put_slice(&body);
-    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
-    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    seal_crc(&mut out);
     out.freeze()
 }
 

@@ -22,8 +22,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::records::{
-    decompress, put_bytes, put_varlong, seal_crc, BatchHeader, Compression, Reader, RecordsError, BATCH_HEADER_BYTES,
-    BATCH_LOG_OVERHEAD_BYTES,
+    decompress, parse_records, put_bytes, put_varlong, seal_batch, BatchHeader, Compression, RecordsError,
+    BATCH_HEADER_BYTES,
 };
 
 /// The record header that carries a descriptor.
@@ -145,57 +145,19 @@ pub fn decode(batch: &Bytes, decompressed_bytes_max: usize) -> Result<(BatchHead
         Compression::None => body,
         codec => Bytes::from(decompress(codec, &body, decompressed_bytes_max)?),
     };
-    let mut r = Reader { b: &data, at: 0 };
     let slice = |v: &[u8]| data.slice_ref(v);
     let mut out = Vec::with_capacity(header.records_count.clamp(0, 1 << 16) as usize);
-    for index in 0..header.records_count {
-        let bad = |reason| RecordsError::BadRecord { index, reason };
-        let length = r.varint().ok_or(bad("length"))?;
-        if length < 0 || length as usize > r.b.len() - r.at {
-            return Err(bad("length exceeds batch"));
-        }
-        let end = r.at + length as usize;
-        let mut rec = Reader {
-            b: &r.b[..end],
-            at: r.at,
-        };
-        let attributes = rec.byte().ok_or(bad("attributes"))?;
-        let timestamp_delta = rec.varlong().ok_or(bad("timestamp delta"))?;
-        let offset_delta = rec.varint().ok_or(bad("offset delta"))?;
-        let key = rec.nullable_bytes().ok_or(bad("key"))?.map(slice);
-        let value = rec.nullable_bytes().ok_or(bad("value"))?.map(slice);
-        let headers_count = rec.varint().ok_or(bad("header count"))?;
-        if headers_count < 0 {
-            return Err(bad("negative header count"));
-        }
-        let mut headers = Vec::with_capacity(headers_count.min(1024) as usize);
-        for _ in 0..headers_count {
-            let k = rec
-                .nullable_bytes()
-                .ok_or(bad("header key"))?
-                .ok_or(bad("null header key"))?;
-            let v = rec.nullable_bytes().ok_or(bad("header value"))?;
-            headers.push((slice(k), v.map(slice)));
-        }
-        if rec.at != end {
-            return Err(bad("length does not match contents"));
-        }
-        r.at = end;
+    parse_records(&data, header.records_count, |r| {
         out.push(Record {
-            attributes,
-            timestamp_delta,
-            offset_delta,
-            key,
-            value,
-            headers,
+            attributes: r.attributes,
+            timestamp_delta: r.timestamp_delta,
+            offset_delta: r.offset_delta,
+            key: r.key.map(slice),
+            value: r.value.map(slice),
+            headers: r.headers().map(|(k, v)| (slice(k), v.map(slice))).collect(),
         });
-    }
-    if r.at != r.b.len() {
-        return Err(RecordsError::BadRecord {
-            index: header.records_count,
-            reason: "trailing bytes after last record",
-        });
-    }
+        Ok(())
+    })?;
     Ok((header, out))
 }
 
@@ -219,23 +181,13 @@ pub fn encode(header: &BatchHeader, records: &[Record]) -> Bytes {
         put_varlong(&mut body, rec.len() as i64);
         body.put_slice(&rec);
     }
-    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
-    out.put_i64(header.base_offset);
-    out.put_i32((BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + body.len()) as i32);
-    out.put_i32(header.partition_leader_epoch);
-    out.put_i8(2);
-    out.put_u32(0);
-    out.put_i16(header.attributes & !0x07);
-    out.put_i32(header.last_offset_delta);
-    out.put_i64(header.base_timestamp);
-    out.put_i64(header.max_timestamp);
-    out.put_i64(header.producer_id);
-    out.put_i16(header.producer_epoch);
-    out.put_i32(header.base_sequence);
-    out.put_i32(records.len() as i32);
-    out.put_slice(&body);
-    seal_crc(&mut out);
-    out.freeze()
+    seal_batch(
+        &BatchHeader {
+            records_count: records.len() as i32,
+            ..*header
+        },
+        &body,
+    )
 }
 
 /// Whether a client's record carries the header only a node may write.
@@ -265,7 +217,9 @@ pub fn restore(record: &mut Record, value: Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{encode_batch, validate_batch, NewRecord, ProducerIds, RecordLimits};
+    use crate::records::{
+        encode_batch, seal_crc, validate_batch, NewRecord, ProducerIds, RecordLimits, BATCH_LOG_OVERHEAD_BYTES,
+    };
     use proptest::prelude::*;
 
     const LIMITS: RecordLimits = RecordLimits {

@@ -292,8 +292,50 @@ where
         owned = decompress(codec, body, decompressed_bytes_max)?;
         &owned
     };
+    parse_records(data, header.records_count, |r| {
+        f(RecordView {
+            timestamp_delta: r.timestamp_delta,
+            offset_delta: r.offset_delta,
+            key: r.key,
+            value: r.value,
+            headers_count: r.headers_count,
+        })
+    })
+}
+
+/// One record as [`parse_records`] found it, borrowed from the
+/// (decompressed) batch body, its headers checked.
+pub(crate) struct RawRecord<'a> {
+    pub(crate) attributes: u8,
+    pub(crate) timestamp_delta: i64,
+    pub(crate) offset_delta: i32,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers_count: i32,
+    /// The headers' encoding (already checked to hold `headers_count`).
+    headers: &'a [u8],
+}
+
+impl<'a> RawRecord<'a> {
+    /// The record's headers: key and value.
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let mut r = Reader { b: self.headers, at: 0 };
+        (0..self.headers_count).map_while(move |_| {
+            let k = r.nullable_bytes()??;
+            let v = r.nullable_bytes()?;
+            Some((k, v))
+        })
+    }
+}
+
+/// Calls `each` for the `count` records of an uncompressed batch body, in
+/// order. Fails on any structural fault.
+pub(crate) fn parse_records<'a, F>(data: &'a [u8], count: i32, mut each: F) -> Result<(), RecordsError>
+where
+    F: FnMut(RawRecord<'a>) -> Result<(), RecordsError>,
+{
     let mut r = Reader { b: data, at: 0 };
-    for index in 0..header.records_count {
+    for index in 0..count {
         let bad = |reason| RecordsError::BadRecord { index, reason };
         let length = r.varint().ok_or(bad("length"))?;
         if length < 0 || length as usize > r.b.len() - r.at {
@@ -304,7 +346,7 @@ where
             b: &r.b[..end],
             at: r.at,
         };
-        rec.byte().ok_or(bad("attributes"))?;
+        let attributes = rec.byte().ok_or(bad("attributes"))?;
         let timestamp_delta = rec.varlong().ok_or(bad("timestamp delta"))?;
         let offset_delta = rec.varint().ok_or(bad("offset delta"))?;
         let key = rec.nullable_bytes().ok_or(bad("key"))?;
@@ -313,6 +355,7 @@ where
         if headers_count < 0 {
             return Err(bad("negative header count"));
         }
+        let headers_at = rec.at;
         for _ in 0..headers_count {
             rec.nullable_bytes()
                 .ok_or(bad("header key"))?
@@ -322,18 +365,21 @@ where
         if rec.at != end {
             return Err(bad("length does not match contents"));
         }
+        let headers = &r.b[headers_at..end];
         r.at = end;
-        f(RecordView {
+        each(RawRecord {
+            attributes,
             timestamp_delta,
             offset_delta,
             key,
             value,
             headers_count,
+            headers,
         })?;
     }
     if r.at != r.b.len() {
         return Err(RecordsError::BadRecord {
-            index: header.records_count,
+            index: count,
             reason: "trailing bytes after last record",
         });
     }
@@ -409,18 +455,18 @@ fn snappy_decompress(body: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), S
     }
 }
 
-pub(crate) struct Reader<'a> {
-    pub(crate) b: &'a [u8],
-    pub(crate) at: usize,
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn byte(&mut self) -> Option<u8> {
+    fn byte(&mut self) -> Option<u8> {
         let v = *self.b.get(self.at)?;
         self.at += 1;
         Some(v)
     }
-    pub(crate) fn varlong(&mut self) -> Option<i64> {
+    fn varlong(&mut self) -> Option<i64> {
         let mut raw: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
@@ -431,11 +477,11 @@ impl<'a> Reader<'a> {
         }
         None
     }
-    pub(crate) fn varint(&mut self) -> Option<i32> {
+    fn varint(&mut self) -> Option<i32> {
         i32::try_from(self.varlong()?).ok()
     }
     /// A varint length (-1 for null) followed by that many bytes.
-    pub(crate) fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
+    fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
         let n = self.varint()?;
         if n < 0 {
             return (n == -1).then_some(None);
@@ -540,21 +586,43 @@ pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRe
         body.put_slice(&rec);
         max_delta = max_delta.max(r.timestamp_delta);
     }
+    let header = BatchHeader {
+        base_offset: 0,
+        batch_length: 0,
+        partition_leader_epoch: -1,
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: records.len() as i32 - 1,
+        base_timestamp,
+        max_timestamp: base_timestamp + max_delta,
+        producer_id: producer.producer_id,
+        producer_epoch: producer.producer_epoch,
+        base_sequence: producer.base_sequence,
+        records_count: records.len() as i32,
+    };
+    seal_batch(&header, &body)
+}
+
+/// An uncompressed v2 batch of `header`'s fields (the compression bits
+/// cleared, the length and CRC-32C computed) around the encoded records
+/// `body`.
+pub(crate) fn seal_batch(header: &BatchHeader, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
-    out.put_i64(0);
+    out.put_i64(header.base_offset);
     out.put_i32((BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + body.len()) as i32);
-    out.put_i32(-1);
+    out.put_i32(header.partition_leader_epoch);
     out.put_i8(2);
     out.put_u32(0);
-    out.put_i16(0);
-    out.put_i32(records.len() as i32 - 1);
-    out.put_i64(base_timestamp);
-    out.put_i64(base_timestamp + max_delta);
-    out.put_i64(producer.producer_id);
-    out.put_i16(producer.producer_epoch);
-    out.put_i32(producer.base_sequence);
-    out.put_i32(records.len() as i32);
-    out.put_slice(&body);
+    out.put_i16(header.attributes & !0x07);
+    out.put_i32(header.last_offset_delta);
+    out.put_i64(header.base_timestamp);
+    out.put_i64(header.max_timestamp);
+    out.put_i64(header.producer_id);
+    out.put_i16(header.producer_epoch);
+    out.put_i32(header.base_sequence);
+    out.put_i32(header.records_count);
+    out.put_slice(body);
     seal_crc(&mut out);
     out.freeze()
 }

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use super::{checked_range, Hashing};
+
 use super::{Digest, ObjectMeta, ObjectReader, Storage, StorageError};
 
 /// Bytes read from the source and written at a time by a put.
@@ -108,28 +110,17 @@ impl FsStorage {
         size_max: u64,
     ) -> Result<ObjectMeta, StorageError> {
         let mut file = tokio::fs::File::create(tmp).await.map_err(io("create", tmp))?;
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut source = Hashing::new(content, size_max);
         let mut buf = vec![0u8; PUT_CHUNK_BYTES];
-        let mut size = 0u64;
         loop {
-            let n = content.read(&mut buf).await.map_err(StorageError::Source)?;
+            let n = source.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
-            size += n as u64;
-            if size > size_max {
-                return Err(StorageError::TooLarge { max: size_max });
-            }
-            hash.update(&buf[..n]);
             file.write_all(&buf[..n]).await.map_err(io("write", tmp))?;
         }
         file.sync_all().await.map_err(io("sync", tmp))?;
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(hash.finish().as_ref());
-        Ok(ObjectMeta {
-            digest: Digest(digest),
-            size,
-        })
+        Ok(source.finish())
     }
 }
 
@@ -189,15 +180,7 @@ impl Storage for FsStorage {
             Err(e) => return Err(io("open", &path)(e)),
         };
         let size = file.metadata().await.map_err(io("stat", &path))?.len();
-        let Range { start, end } = range.unwrap_or(0..size);
-        if start > end || end > size {
-            return Err(StorageError::Range {
-                digest: *digest,
-                size,
-                start,
-                end,
-            });
-        }
+        let Range { start, end } = checked_range(digest, size, range)?;
         file.seek(SeekFrom::Start(start)).await.map_err(io("seek", &path))?;
         Ok(Box::pin(file.take(end - start)))
     }

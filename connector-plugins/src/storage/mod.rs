@@ -147,6 +147,63 @@ pub trait Storage: Send + Sync {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectMeta>, StorageError>> + Send;
 }
 
+/// The bytes `range` asks of an object of `size` bytes (all of them for
+/// `None`), or why it cannot be served: a range past the end is an error,
+/// never a short read.
+pub(crate) fn checked_range(digest: &Digest, size: u64, range: Option<Range<u64>>) -> Result<Range<u64>, StorageError> {
+    let r = range.unwrap_or(0..size);
+    if r.start > r.end || r.end > size {
+        return Err(StorageError::Range {
+            digest: *digest,
+            size,
+            start: r.start,
+            end: r.end,
+        });
+    }
+    Ok(r)
+}
+
+/// The content of a put as it is read: hashed, counted and bounded, so
+/// that every plugin names what it stores the same way.
+pub(crate) struct Hashing<'r> {
+    inner: &'r mut (dyn AsyncRead + Send + Unpin),
+    hash: ring::digest::Context,
+    size: u64,
+    size_max: u64,
+}
+
+impl<'r> Hashing<'r> {
+    pub(crate) fn new(inner: &'r mut (dyn AsyncRead + Send + Unpin), size_max: u64) -> Self {
+        Self {
+            inner,
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            size: 0,
+            size_max,
+        }
+    }
+
+    /// Reads the next bytes into `buf` (0 at the end).
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let n = self.inner.read(buf).await.map_err(StorageError::Source)?;
+        self.size += n as u64;
+        if self.size > self.size_max {
+            return Err(StorageError::TooLarge { max: self.size_max });
+        }
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    /// What was read: its digest and size.
+    pub(crate) fn finish(self) -> ObjectMeta {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(self.hash.finish().as_ref());
+        ObjectMeta {
+            digest: Digest(digest),
+            size: self.size,
+        }
+    }
+}
+
 /// Reads a whole object and checks it against its name before returning
 /// it: what a node does before it serves an off-chain payload.
 pub async fn read_verified<S: Storage>(storage: &S, digest: &Digest, size_max: u64) -> Result<Vec<u8>, StorageError> {

@@ -24,9 +24,9 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
-use super::{Digest, ObjectMeta, ObjectReader, Storage, StorageError};
+use super::{checked_range, Digest, Hashing, ObjectMeta, ObjectReader, Storage, StorageError};
 
 /// Bytes read from the source at a time, and the size of each uploaded part.
 const PART_BYTES: usize = 8 << 20;
@@ -179,28 +179,17 @@ impl S3Storage {
         content: &mut (dyn AsyncRead + Send + Unpin),
         size_max: u64,
     ) -> Result<ObjectMeta, StorageError> {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut source = Hashing::new(content, size_max);
         let mut buf = vec![0u8; PART_BYTES];
-        let mut size = 0u64;
         loop {
-            let n = content.read(&mut buf).await.map_err(StorageError::Source)?;
+            let n = source.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
-            size += n as u64;
-            if size > size_max {
-                return Err(StorageError::TooLarge { max: size_max });
-            }
-            hash.update(&buf[..n]);
             upload.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
             upload.write(&buf[..n]);
         }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(hash.finish().as_ref());
-        Ok(ObjectMeta {
-            digest: Digest(digest),
-            size,
-        })
+        Ok(source.finish())
     }
 }
 
@@ -255,15 +244,7 @@ impl Storage for S3Storage {
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ObjectReader, StorageError> {
         let key = self.key(digest);
         let size = self.stat(digest).await?.ok_or(StorageError::NotFound(*digest))?.size;
-        let Range { start, end } = range.unwrap_or(0..size);
-        if start > end || end > size {
-            return Err(StorageError::Range {
-                digest: *digest,
-                size,
-                start,
-                end,
-            });
-        }
+        let Range { start, end } = checked_range(digest, size, range)?;
         if start == end {
             return Ok(Box::pin(tokio::io::empty()));
         }

@@ -62,6 +62,8 @@ pub enum RecordsError {
     BadRecord { index: i32, reason: &'static str },
     #[error("record set holds no batch")]
     Empty,
+    #[error("record {index} carries the courier.offchain header, which only Courier writes")]
+    ReservedHeader { index: i32 },
 }
 
 /// The fixed-size header of a v2 batch.
@@ -271,6 +273,9 @@ pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers_count: i32,
+    /// Whether one of its headers is [`crate::offchain::OFFCHAIN_HEADER`]
+    /// (which only a node may write).
+    pub offchain_header: bool,
 }
 
 /// Calls `f` for every record of a batch body (the bytes after the header),
@@ -299,6 +304,7 @@ where
             key: r.key,
             value: r.value,
             headers_count: r.headers_count,
+            offchain_header: r.headers().any(|(k, _)| k == crate::offchain::OFFCHAIN_HEADER),
         })
     })
 }

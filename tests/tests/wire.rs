@@ -535,6 +535,30 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", good.clone(), 2)).await);
     assert_eq!(code, ResponseError::InvalidRequiredAcks.code());
 
+    // A client's own off-chain descriptor (here naming an object of
+    // another organization) is refused: only a node writes one.
+    let forged = courier_protocol::offchain::Descriptor {
+        digest: [7; 32],
+        size: 1 << 30,
+        organization: "org-b".into(),
+        locator: "objects/07".into(),
+    }
+    .encode()
+    .unwrap();
+    let headers = [(courier_protocol::offchain::OFFCHAIN_HEADER, Some(&forged[..]))];
+    let planted = encode_batch(
+        1_700_000_000_000,
+        ProducerIds::NONE,
+        &[NewRecord {
+            key: Some(b"k"),
+            value: Some(b""),
+            headers: &headers,
+            timestamp_delta: 0,
+        }],
+    );
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", planted, -1)).await);
+    assert_eq!(code, ResponseError::InvalidRecord.code(), "a forged descriptor");
+
     assert_eq!(
         high_watermark(&mut w, "t").await,
         1,

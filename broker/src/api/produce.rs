@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::records::{validate_record_set, RecordLimits, RecordsError};
+use courier_protocol::records::{split_batches, validate_batch_records, RecordLimits, RecordsError};
 use courier_protocol::{ApiKey, ResponseKind};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -137,7 +137,27 @@ fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol:
         batch_bytes_max: usize::MAX,
         decompressed_bytes_max: batch_bytes_max.saturating_mul(DECOMPRESSION_RATIO_MAX),
     };
-    let batches = validate_record_set(&records, &limits).map_err(|e| (records_code(&e), e.to_string()))?;
+    // A client may not write an off-chain descriptor: one naming another
+    // organization's object would otherwise be served as that object.
+    let mut batches = Vec::new();
+    for batch in split_batches(&records) {
+        let bytes = batch
+            .map(|b| records.slice_ref(b))
+            .map_err(|e| (records_code(&e), e.to_string()))?;
+        let mut index = 0;
+        let header = validate_batch_records(&bytes, &limits, |_, r| {
+            index += 1;
+            if r.offchain_header {
+                return Err(RecordsError::ReservedHeader { index: index - 1 });
+            }
+            Ok(())
+        })
+        .map_err(|e| (records_code(&e), e.to_string()))?;
+        batches.push(courier_protocol::records::Batch { header, bytes });
+    }
+    if batches.is_empty() {
+        return Err((ResponseError::CorruptMessage.code(), RecordsError::Empty.to_string()));
+    }
     for b in &batches {
         if b.bytes.len() > batch_bytes_max {
             return Err((
@@ -161,6 +181,7 @@ fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol:
 fn records_code(e: &RecordsError) -> i16 {
     match e {
         RecordsError::DecompressedTooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        RecordsError::ReservedHeader { .. } => ResponseError::InvalidRecord.code(),
         _ => ResponseError::CorruptMessage.code(),
     }
 }

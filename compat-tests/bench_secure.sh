@@ -24,16 +24,8 @@
 #   COURIER_BENCH_ROUNDS=n    rounds (default 3; --short: 1)
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
-records=${COURIER_BENCH_RECORDS:-100000}
-rounds=${COURIER_BENCH_ROUNDS:-3}
-if [ "${1:-}" = "--short" ]; then records=20000; rounds=1; shift; fi
-data=$(mktemp -d)
-results=$data/results.tsv
-port=${COURIER_BENCH_PORT:-24092}
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
-trap cleanup EXIT
+bench_port_default=24092
+. "$(dirname "$0")/bench_setup.sh"
 
 d=$data/d
 "$top/target/release/courier" dev --secure --port "$port" --admin-port 0 --data-dir "$d" \

@@ -26,16 +26,8 @@
 # SHA-256 of every read for comparison).
 # Builds nothing: run `cargo build --release -p courier -p courier-compat-tests` first.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
-records=${COURIER_BENCH_RECORDS:-100000}
-rounds=${COURIER_BENCH_ROUNDS:-3}
-if [ "${1:-}" = "--short" ]; then records=20000; rounds=1; shift; fi
-data=$(mktemp -d)
-results=$data/results.tsv
-port=${COURIER_BENCH_PORT:-25092}
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$data"; }
-trap cleanup EXIT
+bench_port_default=25092
+. "$(dirname "$0")/bench_setup.sh"
 
 # One case: a fresh 4-replica cluster with the given settings, an optional
 # unmeasured preload, then the measured courier-bench case.

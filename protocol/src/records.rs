@@ -304,7 +304,7 @@ where
             key: r.key,
             value: r.value,
             headers_count: r.headers_count,
-            offchain_header: r.headers().any(|(k, _)| k == crate::offchain::OFFCHAIN_HEADER),
+            offchain_header: r.offchain_header,
         })
     })
 }
@@ -318,6 +318,9 @@ pub(crate) struct RawRecord<'a> {
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: Option<&'a [u8]>,
     pub(crate) headers_count: i32,
+    /// Whether a header is [`crate::offchain::OFFCHAIN_HEADER`] (noted in
+    /// the one pass that checks the headers).
+    pub(crate) offchain_header: bool,
     /// The headers' encoding (already checked to hold `headers_count`).
     headers: &'a [u8],
 }
@@ -362,10 +365,13 @@ where
             return Err(bad("negative header count"));
         }
         let headers_at = rec.at;
+        let mut offchain_header = false;
         for _ in 0..headers_count {
-            rec.nullable_bytes()
+            let k = rec
+                .nullable_bytes()
                 .ok_or(bad("header key"))?
                 .ok_or(bad("null header key"))?;
+            offchain_header |= k == crate::offchain::OFFCHAIN_HEADER;
             rec.nullable_bytes().ok_or(bad("header value"))?;
         }
         if rec.at != end {
@@ -380,6 +386,7 @@ where
             key,
             value,
             headers_count,
+            offchain_header,
             headers,
         })?;
     }

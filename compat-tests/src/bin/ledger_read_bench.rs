@@ -46,20 +46,7 @@ fn main() -> anyhow::Result<()> {
             batches.extend_from_slice(&b);
         }
         written += batches.len();
-        let block = Block {
-            partition: PK,
-            height: state.next_height,
-            view: 0,
-            prev_hash: state.last_hash,
-            base_offset: state.next_offset,
-            next_offset: offset,
-            max_timestamp: 1_000,
-            config_version: 0,
-            requests: vec![],
-            senders: vec![],
-            receipts: vec![],
-            batches: batches.freeze(),
-        };
+        let block = Block::of_batches(PK, &state, batches.freeze(), offset, 1_000);
         store.commit(&WriteSet {
             blocks: vec![block.seal()],
             ..Default::default()

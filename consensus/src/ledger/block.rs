@@ -250,6 +250,32 @@ pub struct SealedBlock {
 }
 
 impl Block {
+    /// The next block of a partition whose ledger stands at `state`,
+    /// holding `batches` alone (offsets assigned up to `next_offset`) and
+    /// no requests or receipts: what tests, benchmarks and tools append.
+    pub fn of_batches(
+        partition: PartitionKey,
+        state: &super::PartitionState,
+        batches: Bytes,
+        next_offset: i64,
+        max_timestamp: i64,
+    ) -> Self {
+        Block {
+            partition,
+            height: state.next_height,
+            view: 0,
+            prev_hash: state.last_hash,
+            base_offset: state.next_offset,
+            next_offset,
+            max_timestamp,
+            config_version: 0,
+            requests: vec![],
+            senders: vec![],
+            receipts: vec![],
+            batches,
+        }
+    }
+
     pub fn seal(self) -> SealedBlock {
         let head = self.encode_head().freeze();
         let hash = BlockHash::of(&head);

@@ -50,20 +50,7 @@ mod tests {
                 batches.extend_from_slice(&b);
                 offset += 1;
             }
-            let block = Block {
-                partition: PK,
-                height: state.next_height,
-                view: 0,
-                prev_hash: state.last_hash,
-                base_offset: state.next_offset,
-                next_offset: offset,
-                max_timestamp: 1000 + offset - 1,
-                config_version: 0,
-                requests: vec![],
-                senders: vec![],
-                receipts: vec![],
-                batches: batches.freeze(),
-            };
+            let block = Block::of_batches(PK, &state, batches.freeze(), offset, 1000 + offset - 1);
             store
                 .commit(&WriteSet {
                     blocks: vec![block.seal()],
@@ -285,21 +272,7 @@ mod tests {
     /// its commit writes only the database.
     fn empty_block(store: &LedgerStore) -> SealedBlock {
         let state = store.partition_state(&PK).unwrap();
-        Block {
-            partition: PK,
-            height: state.next_height,
-            view: 0,
-            prev_hash: state.last_hash,
-            base_offset: state.next_offset,
-            next_offset: state.next_offset,
-            max_timestamp: -1,
-            config_version: 0,
-            requests: vec![],
-            senders: vec![],
-            receipts: vec![],
-            batches: Bytes::new(),
-        }
-        .seal()
+        Block::of_batches(PK, &state, Bytes::new(), state.next_offset, -1).seal()
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct BrokerConfig {
     #[serde(rename = "message.max.bytes")]
     pub message_max_bytes: i32,
     /// Largest request frame; anything bigger closes the connection.
+    /// Courier default 314572800 (300 MiB, Kafka's is 100 MiB): an
+    /// off-chain topic takes values of 256 MiB and more.
     #[serde(rename = "socket.request.max.bytes")]
     pub socket_request_max_bytes: i32,
     /// Recorded and reported; enforcement arrives with the retention work.
@@ -240,6 +242,45 @@ pub struct BrokerConfig {
     /// Courier: how often unfinished consensus work is sent again.
     #[serde(rename = "pbft.retransmit.ms")]
     pub pbft_retransmit_ms: u64,
+    /// Courier: where this node keeps its organization's off-chain
+    /// payloads (values of topics with `courier.offchain.threshold.bytes`
+    /// that it received from producers): `fs` or `s3`. Default `fs`.
+    #[serde(rename = "offchain.storage.type")]
+    pub offchain_storage_type: String,
+    /// Courier: the `fs` storage's directory; objects go under
+    /// `<dir>/<organization>/objects`. Default: `<log.dirs>/offchain`.
+    #[serde(rename = "offchain.storage.fs.dir")]
+    pub offchain_storage_fs_dir: Option<PathBuf>,
+    /// Courier: the `s3` storage's endpoint (empty: AWS for the region).
+    #[serde(rename = "offchain.storage.s3.endpoint")]
+    pub offchain_storage_s3_endpoint: String,
+    #[serde(rename = "offchain.storage.s3.region")]
+    pub offchain_storage_s3_region: String,
+    #[serde(rename = "offchain.storage.s3.bucket")]
+    pub offchain_storage_s3_bucket: String,
+    /// Keys start with this prefix, then `<organization>/objects/`.
+    #[serde(rename = "offchain.storage.s3.prefix")]
+    pub offchain_storage_s3_prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`). Default true, as most
+    /// S3-compatible servers want.
+    #[serde(rename = "offchain.storage.s3.path.style")]
+    pub offchain_storage_s3_path_style: bool,
+    /// Plain HTTP to the endpoint. Default false.
+    #[serde(rename = "offchain.storage.s3.allow.http")]
+    pub offchain_storage_s3_allow_http: bool,
+    /// An AWS shared-credentials file; unset: the `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` environment variables. Credentials are read
+    /// by this node only: they never enter the Raft state, a ledger or a log.
+    #[serde(rename = "offchain.storage.s3.credentials.file")]
+    pub offchain_storage_s3_credentials_file: Option<PathBuf>,
+    /// The profile of that file. Default `default`.
+    #[serde(rename = "offchain.storage.s3.credentials.profile")]
+    pub offchain_storage_s3_credentials_profile: String,
+    /// Courier: how long a consumer's node waits for another
+    /// organization's node to serve an off-chain payload before the fetch
+    /// fails (retriable). Default 30000.
+    #[serde(rename = "offchain.fetch.timeout.ms")]
+    pub offchain_fetch_timeout_ms: u64,
     /// Courier: the organization that runs this node (recorded in the Raft
     /// state; clients are routed to their own organization's nodes).
     /// Default: `local`.
@@ -270,6 +311,17 @@ impl Default for BrokerConfig {
         Self {
             node_id: 1,
             organization: "local".into(),
+            offchain_storage_type: "fs".into(),
+            offchain_storage_fs_dir: None,
+            offchain_storage_s3_endpoint: String::new(),
+            offchain_storage_s3_region: "us-east-1".into(),
+            offchain_storage_s3_bucket: String::new(),
+            offchain_storage_s3_prefix: String::new(),
+            offchain_storage_s3_path_style: true,
+            offchain_storage_s3_allow_http: false,
+            offchain_storage_s3_credentials_file: None,
+            offchain_storage_s3_credentials_profile: "default".into(),
+            offchain_fetch_timeout_ms: 30_000,
             cluster_size: 0,
             cluster_join: false,
             cluster_leave: false,
@@ -294,7 +346,7 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             num_partitions: 1,
             message_max_bytes: 1_048_588,
-            socket_request_max_bytes: 104_857_600,
+            socket_request_max_bytes: 314_572_800,
             log_retention_ms: 604_800_000,
             log_retention_bytes: -1,
             group_initial_rebalance_delay_ms: 3000,
@@ -514,6 +566,15 @@ impl BrokerConfig {
         }
         if self.max_connections_per_ip == 0 || self.connections_write_timeout_ms == 0 {
             return bad("max.connections.per.ip and connections.write.timeout.ms must be positive".into());
+        }
+        match self.offchain_storage_type.as_str() {
+            "fs" => {}
+            "s3" if !self.offchain_storage_s3_bucket.is_empty() => {}
+            "s3" => return bad("offchain.storage.type=s3 needs offchain.storage.s3.bucket".into()),
+            other => return bad(format!("offchain.storage.type {other:?}: expected fs or s3")),
+        }
+        if self.offchain_fetch_timeout_ms == 0 {
+            return bad("offchain.fetch.timeout.ms must be positive".into());
         }
         if self.authentication_timeout_ms == 0 {
             return bad("authentication.timeout.ms must be positive".into());

@@ -22,6 +22,8 @@ use crate::RunningBroker;
 pub const SSL_PORT_OFFSET: u16 = 100;
 /// The topic the organizations exchange.
 pub const TOPIC: &str = "orders";
+/// Its `courier.offchain.threshold.bytes`: values above it are off-chain.
+pub const OFFCHAIN_THRESHOLD: usize = 1 << 20;
 
 /// A user of the secure development cluster.
 pub struct DevUser {
@@ -297,7 +299,9 @@ pub async fn bootstrap(node: &RunningBroker) -> Result<(), String> {
         .await
         .map_err(plain)?;
     if broker.topics.get(TOPIC).is_none() {
-        crate::api::create_topics::create(broker, TOPIC, Some(3), Default::default())
+        // Values above 1 MiB stay in the producing organization's storage.
+        let configs = [(crate::offchain::THRESHOLD_CONFIG.to_owned(), OFFCHAIN_THRESHOLD.to_string())].into();
+        crate::api::create_topics::create(broker, TOPIC, Some(3), configs)
             .await
             .map_err(plain)?;
     }

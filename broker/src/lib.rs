@@ -19,6 +19,7 @@ pub mod groups;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod offchain;
 pub mod replication;
 pub mod scrub;
 pub mod security;
@@ -69,6 +70,8 @@ pub enum StartError {
     Tls(#[from] auth::tls::TlsSetupError),
     #[error(transparent)]
     Security(#[from] security::SecurityStoreError),
+    #[error("cannot open the off-chain storage: {0}")]
+    Offchain(#[from] courier_connector_plugins::storage::StorageError),
 }
 
 /// How clients reach this node.
@@ -103,6 +106,8 @@ pub struct Broker {
     pub request_memory: Arc<memory::RequestMemory>,
     /// The background scrubber's progress and findings.
     pub scrub: Arc<std::sync::Mutex<scrub::ScrubStatus>>,
+    /// This organization's storage for off-chain values.
+    pub offchain: offchain::Offchain,
 }
 
 impl Broker {
@@ -339,8 +344,10 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         stop_scrub.store(true, std::sync::atomic::Ordering::Relaxed);
         stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+    let offchain = offchain::Offchain::open(&config).await?;
     let broker = Arc::new(Broker {
         scrub,
+        offchain,
         node: NodeInfo {
             node_id: config.node_id,
             host,
@@ -360,6 +367,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         groups,
         admin_lock: Mutex::new(()),
     });
+    if let Some(r) = broker.sequencer.replicated() {
+        r.serve_objects(Arc::new(offchain::ObjectService {
+            broker: Arc::downgrade(&broker),
+        }));
+    }
     metrics::install();
     let admin_addr = if broker.config.admin_listener.is_empty() {
         None

@@ -494,7 +494,12 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     overrides.extend(args.settings.overrides);
     // As Kafka's shipped development config does: no initial rebalance delay.
     let dev_defaults = ["group.initial.rebalance.delay.ms=0"];
-    let config = BrokerConfig::load_layers(&dev_defaults, args.settings.config.as_deref(), &overrides)?;
+    let mut config = BrokerConfig::load_layers(&dev_defaults, args.settings.config.as_deref(), &overrides)?;
+    // Each organization's nodes share one filesystem storage for off-chain
+    // values: `<data-dir>/storage/<organization>/objects`.
+    if config.offchain_storage_fs_dir.is_none() {
+        config.offchain_storage_fs_dir = Some(config.log_dirs.join("storage"));
+    }
     let (_, kafka_port) = courier::config::host_port(&config.listen_addr()?)?;
     let peer_port = args.peer_port.unwrap_or(if kafka_port == 0 {
         0
@@ -505,6 +510,15 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         Some(n) => courier::dev::multi_cluster_configs(&config, n, 4, peer_port)?,
         None => courier::dev::node_configs(&config, args.replicas, peer_port)?,
     };
+    // The secure cluster is two organizations': the first half of the
+    // nodes run for org A, the rest for org B.
+    let mut configs = configs;
+    if args.secure {
+        let half = configs.len().div_ceil(2);
+        for (i, c) in configs.iter_mut().enumerate() {
+            c.organization = if i < half { "org-a" } else { "org-b" }.into();
+        }
+    }
     let clusters = match args.nodes {
         Some(n) => n / 4,
         None => 1,
@@ -539,12 +553,22 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         for (i, n) in nodes.iter().enumerate() {
             let listeners: Vec<String> = n.listeners.iter().map(|(name, a)| format!("{a} ({name})")).collect();
-            println!("  Kafka:  {}, node {i}", listeners.join(", "));
+            println!(
+                "  Kafka:  {}, node {i} ({})",
+                listeners.join(", "),
+                configs[i].organization
+            );
         }
         if let Some(admin) = nodes[0].admin_addr {
             println!("  Admin:  http://{admin}/metrics  /health  /raft  /global (node i: port + i)");
         }
         println!("  Data:   {}", data_dir.display());
+        let mut orgs: Vec<&str> = configs.iter().map(|c| c.organization.as_str()).collect();
+        orgs.dedup();
+        for org in orgs {
+            let dir = configs[0].offchain_storage_fs_dir.clone().unwrap_or_default();
+            println!("  Storage of {org} (off-chain values): {}", dir.join(org).join("objects").display());
+        }
         if secure {
             print_secure_help(&data_dir, &nodes[0])?;
         } else {
@@ -600,6 +624,11 @@ fn print_secure_help(data_dir: &std::path::Path, node: &RunningBroker) -> anyhow
     let clients = data_dir.join("clients");
     courier::dev_secure::write_client_files(&clients, &certs, &sasl, &ssl)?;
     println!("Secured: SASL_SSL (SCRAM-SHA-512) on {sasl}, SSL with client certificates on {ssl}; ACLs enforced.");
+    println!(
+        "  Values above {} bytes in `{}` stay in the producing organization's storage (off-chain).",
+        courier::dev_secure::OFFCHAIN_THRESHOLD,
+        courier::dev_secure::TOPIC
+    );
     println!(
         "  Users (password = <name>-secret; certificates in {}):",
         certs.join("users").display()

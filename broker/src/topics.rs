@@ -21,6 +21,10 @@ pub const TOPIC_CONFIGS: &[(&str, ConfigKind)] = &[
     ("min.insync.replicas", ConfigKind::Int),
     ("segment.bytes", ConfigKind::Int),
     ("compression.type", ConfigKind::OneOf(&["producer"])),
+    // Courier: record values longer than this many bytes stay in the
+    // producing organization's storage, with a descriptor on the ledger
+    // (-1, the default: off).
+    (crate::offchain::THRESHOLD_CONFIG, ConfigKind::Long),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +41,7 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
     };
     let ok = match kind {
         ConfigKind::Int => value.parse::<i32>().is_ok(),
+        ConfigKind::Long if name == crate::offchain::THRESHOLD_CONFIG => value.parse::<i64>().is_ok_and(|t| t >= -1),
         ConfigKind::Long => value.parse::<i64>().is_ok(),
         ConfigKind::OneOf(allowed) => allowed.contains(&value),
     };

@@ -45,7 +45,7 @@ pub enum RestoreError {
         index: usize,
         organization: String,
         digest: Digest,
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("record {index}: {organization} served {got_size} bytes hashing to {got}, not the {want_size} bytes hashing to {want} on the ledger")]
     Altered {
@@ -99,15 +99,15 @@ pub async fn offload<S: Storage>(
 }
 
 /// The batch with every off-chain value put back, each fetched with
-/// `fetch` and checked against its descriptor; `None` when the batch holds
-/// none.
+/// `fetch` (given the record's offset and descriptor) and checked against
+/// its descriptor; `None` when the batch holds none.
 pub async fn restore<F, Fut>(
     batch: &Bytes,
     decompressed_bytes_max: usize,
     mut fetch: F,
 ) -> Result<Option<Bytes>, RestoreError>
 where
-    F: FnMut(Descriptor) -> Fut,
+    F: FnMut(i64, Descriptor) -> Fut,
     Fut: Future<Output = Result<Bytes, StorageError>>,
 {
     let (header, mut records) = offchain::decode(batch, decompressed_bytes_max)?;
@@ -118,11 +118,12 @@ where
         let Some(d) = r.descriptor() else { continue };
         let d = d.map_err(|source| RestoreError::Descriptor { index, source })?;
         let (want, want_size, organization) = (Digest(d.digest), d.size, d.organization.clone());
-        let value = fetch(d).await.map_err(|source| RestoreError::Unavailable {
+        let offset = header.base_offset + i64::from(r.offset_delta);
+        let value = fetch(offset, d).await.map_err(|source| RestoreError::Unavailable {
             index,
             organization: organization.clone(),
             digest: want,
-            source,
+            source: Box::new(source),
         })?;
         let got = Digest::of(&value);
         if got != want || value.len() as u64 != want_size {
@@ -138,6 +139,20 @@ where
         offchain::restore(r, value);
     }
     Ok(Some(offchain::encode(&header, &records)))
+}
+
+/// How long `batch` becomes once [`restore`]d, from its descriptors'
+/// sizes (without fetching anything); its own length when it holds none.
+pub fn restored_len(batch: &Bytes, decompressed_bytes_max: usize) -> Result<u64, RestoreError> {
+    let (_, records) = offchain::decode(batch, decompressed_bytes_max)?;
+    let mut len = batch.len() as u64;
+    for (index, r) in records.iter().enumerate() {
+        if let Some(d) = r.descriptor() {
+            let d = d.map_err(|source| RestoreError::Descriptor { index, source })?;
+            len = len.saturating_add(d.size);
+        }
+    }
+    Ok(len)
 }
 
 /// Fetches a value from this node's own organization's storage: at most
@@ -209,14 +224,23 @@ mod tests {
         };
         validate_batch(&stored, &limits).unwrap();
         assert_eq!(storage.list("").await.unwrap().len(), 2);
-        let served = restore(&stored, MAX, |d| async move { from_storage(s, &d).await })
-            .await
-            .unwrap()
-            .expect("restored");
+        assert_eq!(
+            restored_len(&stored, MAX).unwrap(),
+            stored.len() as u64 + big.len() as u64 + huge.len() as u64
+        );
+        let mut offsets = Vec::new();
+        let served = restore(&stored, MAX, |offset, d| {
+            offsets.push(offset);
+            async move { from_storage(s, &d).await }
+        })
+        .await
+        .unwrap()
+        .expect("restored");
         assert_eq!(served, original, "the consumer gets the producer's batch");
+        assert_eq!(offsets, [1, 3], "each value is asked for with its record's offset");
         let small = batch(&[b"a", b"b"]);
         assert!(offload(&small, 1024, MAX, &storage, "org-a").await.unwrap().is_none());
-        assert!(restore(&small, MAX, |d| async move { from_storage(s, &d).await })
+        assert!(restore(&small, MAX, |_, d| async move { from_storage(s, &d).await })
             .await
             .unwrap()
             .is_none());
@@ -242,11 +266,11 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let got = restore(&stored, MAX, |d| async move { from_storage(s, &d).await }).await;
+        let got = restore(&stored, MAX, |_, d| async move { from_storage(s, &d).await }).await;
         assert!(matches!(&got, Err(RestoreError::Altered { index: 0, .. })), "{got:?}");
         // Another organization's node serving other bytes.
         let altered = Bytes::from(bytes);
-        let got = restore(&stored, MAX, |_| {
+        let got = restore(&stored, MAX, |_, _| {
             let altered = altered.clone();
             async move { Ok(altered) }
         })
@@ -254,14 +278,11 @@ mod tests {
         assert!(matches!(&got, Err(RestoreError::Altered { index: 0, .. })), "{got:?}");
         // Gone.
         std::fs::remove_file(&path).unwrap();
-        let got = restore(&stored, MAX, |d| async move { from_storage(s, &d).await }).await;
+        let got = restore(&stored, MAX, |_, d| async move { from_storage(s, &d).await }).await;
         assert!(
             matches!(
                 &got,
-                Err(RestoreError::Unavailable {
-                    source: StorageError::NotFound(_),
-                    ..
-                })
+                Err(RestoreError::Unavailable { source, .. }) if matches!(**source, StorageError::NotFound(_))
             ),
             "{got:?}"
         );

@@ -21,8 +21,14 @@ const fn api(api_key: ApiKey, min: i16, max: i16) -> Supported {
 /// Every API Courier serves. Minimum versions follow Apache Kafka 4.0, which
 /// removed the older ones (KIP-896); Produce starts at v3 and Fetch at v4
 /// because only v2 record batches (magic 2) are stored.
+///
+/// Produce stops at v8: from v9 (flexible versions) the record set's length
+/// is a compact varint, and librdkafka reserves four bytes for it, so a
+/// record set of 256 MiB or more reaches the broker with length 0 (see
+/// `rd_kafka_buf_finalize_arraycnt`). v9 adds nothing else; at v8 the
+/// length is an int32 and values of any size the limits allow arrive whole.
 pub const SUPPORTED: &[Supported] = &[
-    api(ApiKey::Produce, 3, 9),
+    api(ApiKey::Produce, 3, 8),
     api(ApiKey::Fetch, 4, 12),
     api(ApiKey::ListOffsets, 1, 7),
     api(ApiKey::Metadata, 0, 12),

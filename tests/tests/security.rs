@@ -380,7 +380,7 @@ async fn set_up_matrix(admin: &mut TlsWire) {
             panic!()
         };
         assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
-        let ResponseKind::Produce(r) = admin.call(ApiKey::Produce, 9, &produce(&t)).await else {
+        let ResponseKind::Produce(r) = admin.call(ApiKey::Produce, 8, &produce(&t)).await else {
             panic!()
         };
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
@@ -437,7 +437,7 @@ async fn run_matrix(w: &mut TlsWire, who: &str) -> Vec<Call> {
         .any(|x| x.name.as_ref().map(|n| n.as_str()) == Some(t.as_str()));
     push("Metadata (all topics lists it)", if listed { 0 } else { TAF }, TAF);
 
-    let r = call!(ApiKey::Produce, 9, produce(&t), Produce);
+    let r = call!(ApiKey::Produce, 8, produce(&t), Produce);
     push("Produce", r.responses[0].partition_responses[0].error_code, TAF);
 
     let fetch = FetchRequest::default()
@@ -864,7 +864,7 @@ async fn every_api_allows_exactly_what_the_acls_grant_over_sasl_ssl_and_mtls() {
                 .with_replication_factor(-1),
         ]));
         admin.call(ApiKey::CreateTopics, 7, &req).await;
-        admin.call(ApiKey::Produce, 9, &produce("t-allowed")).await;
+        admin.call(ApiKey::Produce, 8, &produce("t-allowed")).await;
     }
     assert!(
         failures.is_empty(),
@@ -1078,12 +1078,12 @@ async fn acls_and_credentials_survive_a_restart() {
     // The allowed user's password and ACLs are still there; nobody's
     // password too, and still no ACL.
     let mut allowed = connect_as(&broker, &certs, "allowed", true).await;
-    let ResponseKind::Produce(r) = allowed.call(ApiKey::Produce, 9, &produce("t-allowed")).await else {
+    let ResponseKind::Produce(r) = allowed.call(ApiKey::Produce, 8, &produce("t-allowed")).await else {
         panic!()
     };
     assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     let mut nobody = connect_as(&broker, &certs, "nobody", true).await;
-    let ResponseKind::Produce(r) = nobody.call(ApiKey::Produce, 9, &produce("t-nobody")).await else {
+    let ResponseKind::Produce(r) = nobody.call(ApiKey::Produce, 8, &produce("t-nobody")).await else {
         panic!()
     };
     assert_eq!(r.responses[0].partition_responses[0].error_code, TAF);
@@ -1233,7 +1233,7 @@ async fn may_produce(certs: &Certs, addr: SocketAddr, user: &str, pw: &str, topi
     if scram_login(&mut w, ScramMechanism::Sha512, user, pw).await.is_err() {
         return false;
     }
-    let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 9, &produce(topic)).await else {
+    let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 8, &produce(topic)).await else {
         return false;
     };
     r.responses[0].partition_responses[0].error_code == 0
@@ -1432,7 +1432,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
     let big = "x".repeat(900 * 1024);
     for _ in 0..8 {
         let req = produce_value("slow-reader", &big);
-        let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 9, &req).await else {
+        let ResponseKind::Produce(r) = w.call(ApiKey::Produce, 8, &req).await else {
             panic!()
         };
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
@@ -1586,7 +1586,7 @@ async fn a_greedy_client_does_not_starve_another_or_pass_the_bound() {
     let request = produce_value("greedy", &big);
     let sender = tokio::spawn(async move {
         for id in 0..GREEDY {
-            let frame = common::request_frame(ApiKey::Produce, 9, id as i32, &request);
+            let frame = common::request_frame(ApiKey::Produce, 8, id as i32, &request);
             tokio::io::AsyncWriteExt::write_all(&mut writer, &frame).await.unwrap();
         }
         writer
@@ -1608,8 +1608,8 @@ async fn a_greedy_client_does_not_starve_another_or_pass_the_bound() {
                 assert!(n > 0, "the greedy connection closed");
             };
             let mut b = frame.freeze();
-            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-            let ResponseKind::Produce(p) = common::decode_response(ApiKey::Produce, &mut b, 9) else {
+            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(8)).unwrap();
+            let ResponseKind::Produce(p) = common::decode_response(ApiKey::Produce, &mut b, 8) else {
                 panic!()
             };
             assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
@@ -1620,7 +1620,7 @@ async fn a_greedy_client_does_not_starve_another_or_pass_the_bound() {
     let _ = within(Duration::from_secs(5), || async { memory.used() > 0 }).await;
     let mut modest = Wire::connect(broker.addr()).await;
     for i in 0..3 {
-        let ResponseKind::Produce(p) = modest.call(ApiKey::Produce, 9, &produce_value("modest", "m")).await else {
+        let ResponseKind::Produce(p) = modest.call(ApiKey::Produce, 8, &produce_value("modest", "m")).await else {
             panic!()
         };
         assert_eq!(

@@ -490,7 +490,7 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     let good = batch(&["one"], ProducerIds::NONE);
     assert_eq!(
         produce_result(
-            w.call(ApiKey::Produce, 9, &produce_request("t", good.clone(), -1))
+            w.call(ApiKey::Produce, 8, &produce_request("t", good.clone(), -1))
                 .await
         ),
         (0, 0)
@@ -500,17 +500,17 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     let last = flipped.len() - 2;
     flipped[last] ^= 0x40;
     let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", flipped.freeze(), -1))
+        w.call(ApiKey::Produce, 8, &produce_request("t", flipped.freeze(), -1))
             .await,
     );
     assert_eq!(code, ResponseError::CorruptMessage.code(), "CRC mismatch");
 
     let truncated = good.slice(..good.len() - 3);
-    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", truncated, -1)).await);
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 8, &produce_request("t", truncated, -1)).await);
     assert_eq!(code, ResponseError::CorruptMessage.code(), "truncated batch");
 
     let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", Bytes::new(), -1))
+        w.call(ApiKey::Produce, 8, &produce_request("t", Bytes::new(), -1))
             .await,
     );
     assert_eq!(code, ResponseError::CorruptMessage.code(), "empty record set");
@@ -527,12 +527,12 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
     assert_eq!(code, ResponseError::MessageTooLarge.code(), "over message.max.bytes");
 
     let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("nope", good.clone(), -1))
+        w.call(ApiKey::Produce, 8, &produce_request("nope", good.clone(), -1))
             .await,
     );
     assert_eq!(code, ResponseError::UnknownTopicOrPartition.code());
 
-    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", good.clone(), 2)).await);
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 8, &produce_request("t", good.clone(), 2)).await);
     assert_eq!(code, ResponseError::InvalidRequiredAcks.code());
 
     // A client's own off-chain descriptor (here naming an object of
@@ -556,7 +556,7 @@ async fn corrupt_and_oversized_batches_are_refused_and_the_ledger_is_unchanged()
             timestamp_delta: 0,
         }],
     );
-    let (code, _) = produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", planted, -1)).await);
+    let (code, _) = produce_result(w.call(ApiKey::Produce, 8, &produce_request("t", planted, -1)).await);
     assert_eq!(code, ResponseError::InvalidRecord.code(), "a forged descriptor");
 
     assert_eq!(
@@ -598,26 +598,26 @@ async fn idempotent_retries_are_deduplicated_and_gaps_refused() {
     let first = batch(&["a", "b"], ids(0));
     assert_eq!(
         produce_result(
-            w.call(ApiKey::Produce, 9, &produce_request("t", first.clone(), -1))
+            w.call(ApiKey::Produce, 8, &produce_request("t", first.clone(), -1))
                 .await
         ),
         (0, 0)
     );
     // The same batch again (a retry after a lost response): same offset, not written twice.
     assert_eq!(
-        produce_result(w.call(ApiKey::Produce, 9, &produce_request("t", first, -1)).await),
+        produce_result(w.call(ApiKey::Produce, 8, &produce_request("t", first, -1)).await),
         (0, 0)
     );
     assert_eq!(
         produce_result(
-            w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["c"], ids(2)), -1))
+            w.call(ApiKey::Produce, 8, &produce_request("t", batch(&["c"], ids(2)), -1))
                 .await
         ),
         (0, 2)
     );
     // A gap in the sequence.
     let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["e"], ids(9)), -1))
+        w.call(ApiKey::Produce, 8, &produce_request("t", batch(&["e"], ids(9)), -1))
             .await,
     );
     assert_eq!(code, ResponseError::OutOfOrderSequenceNumber.code());
@@ -629,13 +629,13 @@ async fn idempotent_retries_are_deduplicated_and_gaps_refused() {
     };
     assert_eq!(
         produce_result(
-            w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["f"], new_epoch), -1))
+            w.call(ApiKey::Produce, 8, &produce_request("t", batch(&["f"], new_epoch), -1))
                 .await
         ),
         (0, 3)
     );
     let (code, _) = produce_result(
-        w.call(ApiKey::Produce, 9, &produce_request("t", batch(&["g"], ids(3)), -1))
+        w.call(ApiKey::Produce, 8, &produce_request("t", batch(&["g"], ids(3)), -1))
             .await,
     );
     assert_eq!(code, ResponseError::InvalidProducerEpoch.code());
@@ -676,7 +676,7 @@ async fn pipelined_produces_are_answered_in_order_with_contiguous_offsets() {
         );
     }
     for (i, id) in ids.into_iter().enumerate() {
-        let (got, resp) = w.recv(ApiKey::Produce, 9).await.expect("response");
+        let (got, resp) = w.recv(ApiKey::Produce, 8).await.expect("response");
         assert_eq!(got, id, "responses come back in request order");
         assert_eq!(produce_result(resp), (0, 2 * i as i64));
     }

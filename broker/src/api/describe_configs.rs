@@ -35,6 +35,7 @@ pub fn topic_default(config: &BrokerConfig, name: &str) -> String {
         "min.insync.replicas" => "1".into(),
         "segment.bytes" => "1073741824".into(),
         "compression.type" => "producer".into(),
+        crate::offchain::THRESHOLD_CONFIG => "-1".into(),
         _ => String::new(),
     }
 }

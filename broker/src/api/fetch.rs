@@ -57,9 +57,13 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: FetchReques
         .collect();
     drop(access);
     let mut commits = broker.sequencer.commits();
+    let reader = crate::offchain::Reader {
+        principal: ctx.principal.clone(),
+        host: ctx.host.clone(),
+    };
     loop {
         commits.borrow_and_update();
-        let (response, bytes, errors) = read_once(broker, &req, &denied).await;
+        let (response, bytes, errors) = read_once(broker, &req, &denied, &reader).await;
         if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
             return response;
         }
@@ -72,7 +76,12 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: FetchReques
 
 /// Builds the response from what is committed now; returns it with the
 /// record bytes it carries and whether any partition had an error.
-async fn read_once(broker: &Arc<Broker>, req: &FetchRequest, denied: &[bool]) -> (FetchResponse, usize, bool) {
+async fn read_once(
+    broker: &Arc<Broker>,
+    req: &FetchRequest,
+    denied: &[bool],
+    reader: &crate::offchain::Reader,
+) -> (FetchResponse, usize, bool) {
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut reads = Vec::new();
     let mut errors = false;
@@ -145,12 +154,27 @@ async fn read_once(broker: &Arc<Broker>, req: &FetchRequest, denied: &[bool]) ->
         metrics::histogram!("courier_fetch_ledger_read_seconds").record(read_started.elapsed().as_secs_f64());
         match result {
             Ok(records) => {
-                for ((ti, pi, _), read) in reads.iter().zip(records) {
+                for ((ti, pi, job), read) in reads.iter().zip(records) {
                     let part = &mut topics[*ti].partitions[*pi];
                     match read {
                         Ok(bytes) => {
-                            total += bytes.len();
-                            part.records = Some(bytes);
+                            // Off-chain values are put back (checked), as
+                            // many batches as the budget takes once restored.
+                            let budget = job.max_bytes.min(response_max.saturating_sub(total));
+                            match broker
+                                .offchain
+                                .restore(broker, job.pk, bytes, budget, total == 0, reader)
+                                .await
+                            {
+                                Ok(bytes) => {
+                                    total += bytes.len();
+                                    part.records = Some(bytes);
+                                }
+                                Err(e) => {
+                                    errors = true;
+                                    part.error_code = crate::offchain::restore_code(&e);
+                                }
+                            }
                         }
                         Err(e) => {
                             // A damaged block (being repaired) or a failed

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_protocol::records::{split_batches, validate_batch_records, RecordLimits, RecordsError};
+use courier_protocol::records::{split_batches, validate_batch_records, Batch, RecordLimits, RecordsError};
 use courier_protocol::{ApiKey, ResponseKind};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -71,7 +71,26 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequ
                             .get("max.message.bytes")
                             .and_then(|v| v.parse::<usize>().ok())
                             .unwrap_or(broker.config.message_max_bytes as usize);
-                        match check(p.records.unwrap_or_default(), limit) {
+                        // An off-chain topic takes batches as large as a
+                        // request; what its ledger keeps must fit the limit.
+                        let threshold = crate::offchain::threshold(t);
+                        let received_max = match threshold {
+                            Some(_) => broker.config.socket_request_max_bytes.max(0) as usize,
+                            None => limit,
+                        };
+                        let decompressed_max = limit.saturating_mul(DECOMPRESSION_RATIO_MAX).max(received_max);
+                        let batches = match (
+                            check(p.records.unwrap_or_default(), received_max, decompressed_max),
+                            threshold,
+                        ) {
+                            (Ok(batches), Some(threshold)) => broker
+                                .offchain
+                                .offload(batches, threshold, decompressed_max)
+                                .await
+                                .and_then(|b| within(b, limit)),
+                            (checked, _) => checked,
+                        };
+                        match batches {
                             Ok(batches) => Pending::Queued(
                                 broker
                                     .sequencer
@@ -103,7 +122,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequ
                     .with_index(index)
                     .with_log_append_time_ms(-1);
                 let (code, message, appended) = match outcome {
-                    Pending::Failed(code, message) => (code, Some(message), None),
+                    Pending::Failed(code, message) => {
+                        tracing::debug!(code, reason = %message, "produce refused");
+                        (code, Some(message), None)
+                    }
                     Pending::Queued(rx) => match rx.await.unwrap_or(Err(Rejected::ShuttingDown)) {
                         Ok(a) => (0, None, Some(a)),
                         Err(e) => (super::rejected_code(&e), Some(e.to_string()), None),
@@ -132,10 +154,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, req: ProduceRequ
 }
 
 /// Validates a partition's record set; the batches share the request's memory.
-fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol::records::Batch>, (i16, String)> {
+fn check(records: Bytes, batch_bytes_max: usize, decompressed_bytes_max: usize) -> Result<Vec<Batch>, (i16, String)> {
     let limits = RecordLimits {
         batch_bytes_max: usize::MAX,
-        decompressed_bytes_max: batch_bytes_max.saturating_mul(DECOMPRESSION_RATIO_MAX),
+        decompressed_bytes_max,
     };
     // A client may not write an off-chain descriptor: one naming another
     // organization's object would otherwise be served as that object.
@@ -153,21 +175,13 @@ fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol:
             Ok(())
         })
         .map_err(|e| (records_code(&e), e.to_string()))?;
-        batches.push(courier_protocol::records::Batch { header, bytes });
+        batches.push(Batch { header, bytes });
     }
     if batches.is_empty() {
         return Err((ResponseError::CorruptMessage.code(), RecordsError::Empty.to_string()));
     }
+    let batches = within(batches, batch_bytes_max)?;
     for b in &batches {
-        if b.bytes.len() > batch_bytes_max {
-            return Err((
-                ResponseError::MessageTooLarge.code(),
-                format!(
-                    "batch of {} bytes exceeds max.message.bytes {batch_bytes_max}",
-                    b.bytes.len()
-                ),
-            ));
-        }
         if b.header.is_transactional() || b.header.is_control() {
             return Err((
                 ResponseError::InvalidRecord.code(),
@@ -176,6 +190,20 @@ fn check(records: Bytes, batch_bytes_max: usize) -> Result<Vec<courier_protocol:
         }
     }
     Ok(batches)
+}
+
+/// `batches`, if each fits `max.message.bytes`.
+fn within(batches: Vec<Batch>, batch_bytes_max: usize) -> Result<Vec<Batch>, (i16, String)> {
+    match batches.iter().find(|b| b.bytes.len() > batch_bytes_max) {
+        Some(b) => Err((
+            ResponseError::MessageTooLarge.code(),
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {batch_bytes_max}",
+                b.bytes.len()
+            ),
+        )),
+        None => Ok(batches),
+    }
 }
 
 fn records_code(e: &RecordsError) -> i16 {

@@ -14,6 +14,7 @@
 //! request  1 Submit  | partition key [20] | command payload…
 //!          2 Offsets | group id (UTF-8)…
 //!          3 Blocks  | partition key [20] | from_height u64 | max_bytes u32
+//!          4 Object  | a chunk of an off-chain value (`crate::offchain`)
 //! answer   Submit:  0 (not ordered) | 1 origin u8 number u64 error i16 base_offset i64
 //!          Offsets: count u32, then per partition: key [20] | len u32 | committed offset
 //!          Blocks:  certified_end u64 | blocks (`transport::encode_block_list`)
@@ -35,6 +36,7 @@ use super::Input;
 const SUBMIT: u8 = 1;
 const OFFSETS: u8 = 2;
 const BLOCKS: u8 = 3;
+const OBJECT: u8 = 4;
 /// Largest block read a peer may ask for.
 const BLOCKS_BYTES_MAX: u32 = 8 << 20;
 /// Block reads are quick or not at all.
@@ -49,8 +51,15 @@ pub const FORWARD_WAIT: Duration = Duration::from_secs(25);
 /// Offset reads are quick or not at all.
 const OFFSETS_WAIT: Duration = Duration::from_secs(5);
 
+/// Serves other nodes' requests for off-chain values (the broker's
+/// `offchain::ObjectService`: it holds the storage and the ACLs).
+pub trait ObjectServer: Send + Sync {
+    fn serve(&self, from: u8, body: Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send + '_>>;
+}
+
 pub struct Forwarder {
     transport: OnceLock<Arc<Transport>>,
+    objects: OnceLock<Arc<dyn ObjectServer>>,
     calls: Calls,
     engine: mpsc::Sender<Input>,
     store: Arc<LedgerStore>,
@@ -89,6 +98,7 @@ impl Forwarder {
     pub fn new(engine: mpsc::Sender<Input>, store: Arc<LedgerStore>) -> Self {
         Self {
             transport: OnceLock::new(),
+            objects: OnceLock::new(),
             calls: Calls::default(),
             engine,
             store,
@@ -121,6 +131,19 @@ impl Forwarder {
         body.put_u32(max_bytes);
         let answer = self.call(to, body.freeze(), BLOCKS_WAIT).await?;
         decode_blocks(answer)
+    }
+
+    /// Serves off-chain values to other nodes from now on.
+    pub fn serve_objects(&self, server: Arc<dyn ObjectServer>) {
+        let _ = self.objects.set(server);
+    }
+
+    /// A chunk of an off-chain value as node `to` answers `request`.
+    pub async fn object(&self, to: u8, request: Bytes, wait: Duration) -> Option<Bytes> {
+        let mut body = BytesMut::with_capacity(1 + request.len());
+        body.put_u8(OBJECT);
+        body.put_slice(&request);
+        self.call(to, body.freeze(), wait).await
     }
 
     /// Whether node `node` is reachable now.
@@ -210,7 +233,7 @@ impl Forwarder {
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let answer = this.serve(body).await;
+            let answer = this.serve(from, body).await;
             if let (Some(answer), Some(t)) = (answer, this.transport.get()) {
                 t.send(
                     from,
@@ -226,7 +249,7 @@ impl Forwarder {
         });
     }
 
-    async fn serve(&self, mut body: Bytes) -> Option<Bytes> {
+    async fn serve(&self, from: u8, mut body: Bytes) -> Option<Bytes> {
         if body.is_empty() {
             return None;
         }
@@ -281,6 +304,10 @@ impl Forwarder {
                 }
                 Some(encode_blocks(&served))
             }
+            OBJECT => match self.objects.get() {
+                Some(server) => Some(server.serve(from, body).await),
+                None => None,
+            },
             _ => None,
         }
     }

@@ -314,6 +314,16 @@ impl Replicated {
         rx
     }
 
+    /// See [`forward::Forwarder::serve_objects`].
+    pub fn serve_objects(&self, server: Arc<dyn forward::ObjectServer>) {
+        self.forward.serve_objects(server);
+    }
+
+    /// See [`forward::Forwarder::object`].
+    pub async fn object(&self, to: u8, request: Bytes, wait: std::time::Duration) -> Option<Bytes> {
+        self.forward.object(to, request, wait).await
+    }
+
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }

@@ -204,6 +204,55 @@ impl<'r> Hashing<'r> {
     }
 }
 
+/// An organization's storage as a node's settings choose it: one of the
+/// plugins, behind the one contract.
+pub enum OrgStorage {
+    Fs(FsStorage),
+    S3(S3Storage),
+}
+
+impl Storage for OrgStorage {
+    async fn put(
+        &self,
+        content: &mut (dyn AsyncRead + Send + Unpin),
+        expected: Option<Digest>,
+        size_max: u64,
+    ) -> Result<ObjectMeta, StorageError> {
+        match self {
+            OrgStorage::Fs(s) => s.put(content, expected, size_max).await,
+            OrgStorage::S3(s) => s.put(content, expected, size_max).await,
+        }
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<ObjectReader, StorageError> {
+        match self {
+            OrgStorage::Fs(s) => s.get(digest, range).await,
+            OrgStorage::S3(s) => s.get(digest, range).await,
+        }
+    }
+
+    async fn stat(&self, digest: &Digest) -> Result<Option<ObjectMeta>, StorageError> {
+        match self {
+            OrgStorage::Fs(s) => s.stat(digest).await,
+            OrgStorage::S3(s) => s.stat(digest).await,
+        }
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool, StorageError> {
+        match self {
+            OrgStorage::Fs(s) => s.delete(digest).await,
+            OrgStorage::S3(s) => s.delete(digest).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        match self {
+            OrgStorage::Fs(s) => s.list(prefix).await,
+            OrgStorage::S3(s) => s.list(prefix).await,
+        }
+    }
+}
+
 /// Reads a whole object and checks it against its name before returning
 /// it: what a node does before it serves an off-chain payload.
 pub async fn read_verified<S: Storage>(storage: &S, digest: &Digest, size_max: u64) -> Result<Vec<u8>, StorageError> {

@@ -1,0 +1,357 @@
+//! Off-chain values through unchanged Kafka clients (librdkafka): a topic
+//! with `courier.offchain.threshold.bytes` keeps large values in the
+//! producing organization's storage and only descriptors on the ledger;
+//! a consumer on any node, of either organization, gets the values back
+//! byte for byte, and never a value its storage altered.
+//!
+//! Four nodes in one PBFT cluster: nodes 0 and 1 run for org-a, 2 and 3
+//! for org-b, each with its own filesystem storage under its data
+//! directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use courier::{BrokerConfig, RunningBroker};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(120);
+const THRESHOLD: usize = 100;
+/// The tests read process-wide metrics and move hundreds of MiB: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Cluster {
+    configs: Vec<BrokerConfig>,
+    nodes: Vec<RunningBroker>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = common::config(tmp.path(), &["admin.listener=\"\""]);
+        let mut configs = courier::dev::node_configs(&base, 4, 0).expect("node settings");
+        for (i, c) in configs.iter_mut().enumerate() {
+            c.organization = if i < 2 { "org-a" } else { "org-b" }.into();
+        }
+        let nodes = courier::dev::start_cluster(configs.clone())
+            .await
+            .expect("cluster starts");
+        Self {
+            configs,
+            nodes,
+            _tmp: tmp,
+        }
+    }
+
+    fn bootstrap(&self, i: usize) -> String {
+        self.nodes[i].kafka_addr.to_string()
+    }
+
+    /// Where node `i` keeps its organization's objects.
+    fn objects(&self, i: usize) -> PathBuf {
+        self.configs[i]
+            .log_dirs
+            .join("offchain")
+            .join(&self.configs[i].organization)
+            .join("objects")
+    }
+}
+
+/// `len` bytes no other test value shares (a seeded xorshift).
+fn value(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn create_offchain_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let threshold = THRESHOLD.to_string();
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1))
+        .set("courier.offchain.threshold.bytes", &threshold)
+        .set("max.message.bytes", "1048588");
+    for r in admin
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics")
+    {
+        r.expect("topic created");
+    }
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "300000000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer")
+}
+
+/// A consumer reading partition 0 of `topic` from `offset` through
+/// `bootstrap` only (no group: librdkafka fetches from the node whose
+/// metadata it has, and every node orders the partition).
+fn reader(bootstrap: &str, topic: &str, offset: i64) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "offchain-readers")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "300000000")
+        .set("max.partition.fetch.bytes", "300000000")
+        .set("receive.message.max.bytes", "400000000")
+        .set("fetch.error.backoff.ms", "100")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset)).unwrap();
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// The next `n` records through `bootstrap`: (offset, key, value, first
+/// header, timestamp).
+type Read = (i64, Vec<u8>, Vec<u8>, Option<(String, Vec<u8>)>, Option<i64>);
+
+async fn read(bootstrap: &str, topic: &str, from: i64, n: usize) -> Vec<Read> {
+    let c = reader(bootstrap, topic, from);
+    let deadline = Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.recv()).await {
+            Ok(Ok(m)) => out.push((
+                m.offset(),
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+                m.headers()
+                    .and_then(|h| h.iter().next())
+                    .map(|h: Header<'_, &[u8]>| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())),
+                m.timestamp().to_millis(),
+            )),
+            Ok(Err(e)) => panic!("{bootstrap}: consumer error after {} records: {e}", out.len()),
+            Err(_) => panic!("{bootstrap} served {} of {n} records", out.len()),
+        }
+    }
+    out
+}
+
+/// 1 KiB and 1 MiB values (and a small one that stays inline) go out
+/// through org-a's node and come back through every node: org-a's other
+/// node and org-b's nodes fetch them from org-a's node, checked. No
+/// ledger or PBFT log holds a byte of them, and only the producing node's
+/// storage has them. A byte changed in that storage is reported to the
+/// consumer and never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offchain_values_come_back_exactly_through_either_organization() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start().await;
+    create_offchain_topic(&cluster.bootstrap(0), "files").await;
+    let values = [value(1024, 1), value(1 << 20, 2), b"inline".to_vec(), value(5000, 3)];
+    let p = producer(&cluster.bootstrap(0));
+    let mut acked = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("file-{i}");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "name",
+            value: Some(key.as_bytes()),
+        });
+        let record = FutureRecord::to("files")
+            .key(&key)
+            .payload(v)
+            .headers(headers)
+            .timestamp(1_700_000_000_000 + i as i64);
+        let d = p
+            .send(record, Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("acknowledged");
+        acked.push((d.partition, d.offset));
+    }
+    drop(p);
+    assert_eq!(acked.iter().map(|a| a.1).collect::<Vec<_>>(), [0, 1, 2, 3]);
+
+    // Which node stored them: the one librdkafka produced to (each node
+    // orders the partition, so each names itself its leader).
+    let holders: Vec<usize> = (0..4)
+        .filter(|i| !files_under(&cluster.objects(*i)).is_empty())
+        .collect();
+    assert_eq!(holders.len(), 1, "one node's storage holds the values: {holders:?}");
+    let holder = holders[0];
+    assert_eq!(
+        files_under(&cluster.objects(holder)).len(),
+        3,
+        "three values above the threshold"
+    );
+
+    let offchain_bytes: usize = [&values[0], &values[1], &values[3]].iter().map(|v| v.len()).sum();
+    for node in 0..4 {
+        let fetched = fetched_bytes();
+        let got = read(&cluster.bootstrap(node), "files", 0, values.len()).await;
+        let moved = fetched_bytes() - fetched;
+        if node == holder {
+            assert_eq!(moved, 0, "node {node} serves its own storage");
+        } else {
+            assert!(
+                moved >= offchain_bytes as u64,
+                "node {node} fetched the values from node {holder}: {moved} bytes"
+            );
+        }
+        for (i, (offset, key, v, header, ts)) in got.iter().enumerate() {
+            assert_eq!(*offset, i as i64);
+            assert_eq!(key, format!("file-{i}").as_bytes(), "node {node}: key");
+            assert!(
+                v == &values[i],
+                "node {node}: value {i} comes back byte for byte ({} bytes)",
+                v.len()
+            );
+            assert_eq!(
+                header.as_ref().map(|(k, v)| (k.as_str(), v.as_slice())),
+                Some(("name", format!("file-{i}").as_bytes())),
+                "node {node}: the producer's headers only"
+            );
+            assert_eq!(*ts, Some(1_700_000_000_000 + i as i64), "node {node}: timestamp");
+        }
+    }
+
+    // No ledger, PBFT log or Raft file holds a byte of an off-chain value.
+    for (i, c) in cluster.configs.iter().enumerate() {
+        for f in files_under(&c.log_dirs) {
+            if f.starts_with(c.log_dirs.join("offchain")) {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            for v in [&values[0], &values[1], &values[3]] {
+                assert!(
+                    memmem(&bytes, &v[200..264]).is_none(),
+                    "node {i}'s {} holds off-chain bytes",
+                    f.display()
+                );
+            }
+        }
+    }
+
+    // A byte changed in the stored 1 MiB value: never served, reported.
+    let digest = ring::digest::digest(&ring::digest::SHA256, &values[1]);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let path = cluster.objects(holder).join(&hex[..2]).join(&hex);
+    let mut stored = std::fs::read(&path).expect("stored object");
+    stored[12345] ^= 0x40;
+    std::fs::write(&path, &stored).expect("tampered");
+    let other_org = if holder < 2 { 2 } else { 0 };
+    for node in [holder, other_org] {
+        let c = reader(&cluster.bootstrap(node), "files", 1);
+        let err = match tokio::time::timeout(Duration::from_secs(30), c.recv()).await {
+            Ok(Ok(m)) => panic!(
+                "node {node} served offset {} ({} bytes) from an altered object",
+                m.offset(),
+                m.payload().map_or(0, <[u8]>::len)
+            ),
+            Ok(Err(e)) => e,
+            Err(_) => panic!("node {node}: the consumer was told nothing"),
+        };
+        assert!(
+            matches!(
+                err,
+                rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::InvalidMessage)
+            ),
+            "node {node}: {err:?}"
+        );
+    }
+    // Put back, it is served again.
+    stored[12345] ^= 0x40;
+    std::fs::write(&path, &stored).expect("restored");
+    let got = read(&cluster.bootstrap(other_org), "files", 1, 1).await;
+    assert!(got[0].2 == values[1]);
+    for n in cluster.nodes {
+        n.stop().await;
+    }
+}
+
+/// A 256 MiB value through librdkafka with only its size settings raised,
+/// produced through org-a's node and consumed through org-b's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_value_travels_end_to_end() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start().await;
+    create_offchain_topic(&cluster.bootstrap(0), "large").await;
+    let big = value(256 << 20, 9);
+    let started = Instant::now();
+    let p = producer(&cluster.bootstrap(0));
+    let offset = p
+        .send(
+            FutureRecord::to("large").key("big").payload(&big),
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("acknowledged")
+        .offset;
+    drop(p);
+    let produced = started.elapsed();
+    let holder = (0..4)
+        .find(|i| !files_under(&cluster.objects(*i)).is_empty())
+        .expect("a node stored it");
+    let consumer_node = if holder < 2 { 3 } else { 1 };
+    let started = Instant::now();
+    let got = read(&cluster.bootstrap(consumer_node), "large", offset, 1).await;
+    eprintln!(
+        "256 MiB: produced in {produced:?} (stored by node {holder}), consumed through node {consumer_node} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(got[0].2.len(), big.len());
+    assert!(got[0].2 == big, "the value comes back byte for byte");
+    for n in cluster.nodes {
+        n.stop().await;
+    }
+}
+
+/// Off-chain bytes nodes fetched from other nodes so far (all nodes of
+/// the test share the process's metrics).
+fn fetched_bytes() -> u64 {
+    courier::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix("courier_offchain_bytes_fetched_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -300,7 +300,11 @@ pub async fn bootstrap(node: &RunningBroker) -> Result<(), String> {
         .map_err(plain)?;
     if broker.topics.get(TOPIC).is_none() {
         // Values above 1 MiB stay in the producing organization's storage.
-        let configs = [(crate::offchain::THRESHOLD_CONFIG.to_owned(), OFFCHAIN_THRESHOLD.to_string())].into();
+        let configs = [(
+            crate::offchain::THRESHOLD_CONFIG.to_owned(),
+            OFFCHAIN_THRESHOLD.to_string(),
+        )]
+        .into();
         crate::api::create_topics::create(broker, TOPIC, Some(3), configs)
             .await
             .map_err(plain)?;

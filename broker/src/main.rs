@@ -567,7 +567,10 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         orgs.dedup();
         for org in orgs {
             let dir = configs[0].offchain_storage_fs_dir.clone().unwrap_or_default();
-            println!("  Storage of {org} (off-chain values): {}", dir.join(org).join("objects").display());
+            println!(
+                "  Storage of {org} (off-chain values): {}",
+                dir.join(org).join("objects").display()
+            );
         }
         if secure {
             print_secure_help(&data_dir, &nodes[0])?;

@@ -299,6 +299,55 @@ async fn offchain_values_come_back_exactly_through_either_organization() {
     std::fs::write(&path, &stored).expect("restored");
     let got = read(&cluster.bootstrap(other_org), "files", 1, 1).await;
     assert!(got[0].2 == values[1]);
+
+    // Storage that fails: the produce gets a retriable KAFKA_STORAGE_ERROR
+    // and nothing reaches the ledger; once it works again, so does the produce.
+    let tmp_dirs: Vec<PathBuf> = (0..4).map(|i| cluster.objects(i).with_file_name("tmp")).collect();
+    for d in &tmp_dirs {
+        std::fs::remove_dir_all(d).expect("tmp dir");
+        std::fs::write(d, b"not a directory").expect("blocked");
+    }
+    let once: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap(0))
+        .set("message.send.max.retries", "0")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    let big = value(4096, 4);
+    let err = once
+        .send(
+            FutureRecord::to("files").key("k").payload(&big),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|d| d.offset)
+        .map_err(|(e, _)| e);
+    assert!(
+        matches!(
+            err,
+            Err(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::KafkaStorageError
+            ))
+        ),
+        "{err:?}"
+    );
+    for n in &cluster.nodes {
+        let pk = n.broker.topics.get("files").expect("topic").partition_key(0);
+        assert_eq!(n.broker.topics.state(&pk).next_offset, 4, "nothing reached the ledger");
+    }
+    for d in &tmp_dirs {
+        std::fs::remove_file(d).expect("unblocked");
+        std::fs::create_dir(d).expect("tmp dir back");
+    }
+    let d = once
+        .send(
+            FutureRecord::to("files").key("k").payload(&big),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("stored once the storage works");
+    assert_eq!(d.offset, 4);
     for n in cluster.nodes {
         n.stop().await;
     }

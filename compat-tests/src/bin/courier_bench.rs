@@ -72,6 +72,15 @@ struct Args {
     /// `-X security.protocol=SASL_SSL`.
     #[arg(short = 'X', value_name = "NAME=VALUE")]
     client_settings: Vec<String>,
+    /// A topic setting for every topic the benchmark creates (repeatable),
+    /// e.g. `--topic-config courier.offchain.threshold.bytes=1048576`.
+    #[arg(long = "topic-config", value_name = "NAME=VALUE")]
+    topic_configs: Vec<String>,
+    /// Make every value different (its first 8 bytes are the record's
+    /// number), so that storage which names values by content cannot keep
+    /// one copy for all of them.
+    #[arg(long)]
+    distinct_values: bool,
 }
 
 /// A client configuration: the bootstrap address and every `-X` setting.
@@ -172,13 +181,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 async fn create_topic(args: &Args, name: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client(args)?.create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for s in &args.topic_configs {
+        let (k, v) = s.split_once('=').context("--topic-config takes NAME=VALUE")?;
+        topic = topic.set(k, v);
+    }
+    for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     Ok(())
@@ -209,8 +217,16 @@ fn produce(args: &Args, topic: &str, size: usize, rate_bytes_s: Option<f64>) -> 
                 std::thread::sleep(due - now);
             }
         }
+        let distinct = args.distinct_values.then(|| {
+            let mut p = payload.clone();
+            let n = (i as u64).to_be_bytes();
+            let len = p.len().min(8);
+            p[..len].copy_from_slice(&n[..len]);
+            p
+        });
+        let value = distinct.as_deref().unwrap_or(&payload[..]);
         let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
-            BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(&payload[..]);
+            BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -63,12 +63,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-awk -F'\t' '
-  function median(list,   n, a, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
+awk -F'\t' "$awk_median"'
   FILENAME == ARGV[1] { produce[$1] = produce[$1] " " $4; consume[$1] = consume[$1] " " $5; next }
   { replica[$1] = replica[$1] " " $2; storage[$1] = storage[$1] " " $3 }
   END {

@@ -59,12 +59,7 @@ done
 kill -INT "$pid"; wait "$pid" || true; pid=
 
 # Medians over the rounds, then the ratios to PLAINTEXT.
-awk -F'\t' '
-  function median(list,   n, a, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
+awk -F'\t' "$awk_median"'
   { key = $1 "\t" $2 "\t" $3; if (!(key in prod)) order[++n] = key
     prod[key] = prod[key] " " $4; cons[key] = cons[key] " " $5; cpu[key] = cpu[key] " " $6 }
   END {

@@ -75,12 +75,7 @@ for round in $(seq 1 "$rounds"); do
 done
 
 # results.tsv: label, size, partitions, produce MB/s, consume MB/s, ...
-awk -F'\t' '
-  function median(list,   n, a, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
+awk -F'\t' "$awk_median"'
   { produce[$1] = produce[$1] " " $4; consume[$1] = consume[$1] " " $5 }
   END {
     for (l in produce) printf "%-10s produce %8.1f MB/s  consume %8.1f MB/s (medians)\n", l, median(produce[l]), median(consume[l])

@@ -160,7 +160,9 @@ pub fn restored_len(batch: &Bytes, decompressed_bytes_max: usize) -> Result<u64,
 /// as altered), not hashed here: [`restore`] checks it, once.
 pub async fn from_storage<S: Storage>(storage: &S, d: &Descriptor) -> Result<Bytes, StorageError> {
     let mut reader = storage.get(&Digest(d.digest), None).await?;
-    let mut value = Vec::with_capacity(d.size.min(1 << 30) as usize);
+    // Room for the one byte past the size that shows a longer object, so
+    // that reading to the end never regrows (and copies) the buffer.
+    let mut value = Vec::with_capacity(d.size.saturating_add(1).min(1 << 30) as usize);
     (&mut reader)
         .take(d.size.saturating_add(1))
         .read_to_end(&mut value)

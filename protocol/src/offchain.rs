@@ -22,8 +22,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::records::{
-    decompress, parse_records, put_bytes, put_varlong, seal_batch, BatchHeader, Compression, RecordsError,
-    BATCH_HEADER_BYTES,
+    bytes_len, decompress, parse_records, put_bytes, put_header, put_varlong, seal_crc, varlong_len, BatchHeader,
+    Compression, RecordsError, BATCH_HEADER_BYTES,
 };
 
 /// The record header that carries a descriptor.
@@ -162,32 +162,49 @@ pub fn decode(batch: &Bytes, decompressed_bytes_max: usize) -> Result<(BatchHead
 }
 
 /// A batch with `header`'s fields and `records`, uncompressed (the
-/// compression bits cleared), with its length and CRC-32C set.
+/// compression bits cleared), with its length and CRC-32C set. Each value
+/// is copied once, straight into the batch.
 pub fn encode(header: &BatchHeader, records: &[Record]) -> Bytes {
-    let mut body = BytesMut::new();
-    let mut rec = BytesMut::new();
-    for r in records {
-        rec.clear();
-        rec.put_u8(r.attributes);
-        put_varlong(&mut rec, r.timestamp_delta);
-        put_varlong(&mut rec, r.offset_delta as i64);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varlong(&mut rec, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            put_bytes(&mut rec, Some(k));
-            put_bytes(&mut rec, v.as_deref());
-        }
-        put_varlong(&mut body, rec.len() as i64);
-        body.put_slice(&rec);
-    }
-    seal_batch(
+    let lens: Vec<usize> = records.iter().map(record_len).collect();
+    let body_len: usize = lens.iter().map(|l| varlong_len(*l as i64) + l).sum();
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body_len);
+    put_header(
+        &mut out,
         &BatchHeader {
             records_count: records.len() as i32,
             ..*header
         },
-        &body,
-    )
+        body_len,
+    );
+    for (r, len) in records.iter().zip(lens) {
+        put_varlong(&mut out, len as i64);
+        out.put_u8(r.attributes);
+        put_varlong(&mut out, r.timestamp_delta);
+        put_varlong(&mut out, r.offset_delta as i64);
+        put_bytes(&mut out, r.key.as_deref());
+        put_bytes(&mut out, r.value.as_deref());
+        put_varlong(&mut out, r.headers.len() as i64);
+        for (k, v) in &r.headers {
+            put_bytes(&mut out, Some(k));
+            put_bytes(&mut out, v.as_deref());
+        }
+    }
+    debug_assert_eq!(out.len(), BATCH_HEADER_BYTES + body_len);
+    seal_crc(&mut out);
+    out.freeze()
+}
+
+/// The bytes of one record's encoding after its length prefix.
+fn record_len(r: &Record) -> usize {
+    1 + varlong_len(r.timestamp_delta)
+        + varlong_len(r.offset_delta as i64)
+        + bytes_len(r.key.as_deref())
+        + bytes_len(r.value.as_deref())
+        + varlong_len(r.headers.len() as i64)
+        + r.headers
+            .iter()
+            .map(|(k, v)| bytes_len(Some(k)) + bytes_len(v.as_deref()))
+            .sum::<usize>()
 }
 
 /// Whether a client's record carries the header only a node may write.

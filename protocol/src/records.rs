@@ -572,6 +572,17 @@ pub(crate) fn put_bytes(out: &mut BytesMut, v: Option<&[u8]>) {
     }
 }
 
+/// How many bytes [`put_varlong`] writes for `v`.
+pub(crate) fn varlong_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - z.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// How many bytes [`put_bytes`] writes for `v`.
+pub(crate) fn bytes_len(v: Option<&[u8]>) -> usize {
+    v.map_or(1, |v| varlong_len(v.len() as i64) + v.len())
+}
+
 /// Sets a built batch's CRC-32C (over everything from the attributes on).
 pub(crate) fn seal_crc(batch: &mut [u8]) {
     let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
@@ -622,8 +633,17 @@ pub fn encode_batch(base_timestamp: i64, producer: ProducerIds, records: &[NewRe
 /// `body`.
 pub(crate) fn seal_batch(header: &BatchHeader, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+    put_header(&mut out, header, body.len());
+    out.put_slice(body);
+    seal_crc(&mut out);
+    out.freeze()
+}
+
+/// Writes `header`'s fields (uncompressed, CRC still 0) for a body of
+/// `body_len` bytes; the caller appends the body and then seals the CRC.
+pub(crate) fn put_header(out: &mut BytesMut, header: &BatchHeader, body_len: usize) {
     out.put_i64(header.base_offset);
-    out.put_i32((BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + body.len()) as i32);
+    out.put_i32((BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + body_len) as i32);
     out.put_i32(header.partition_leader_epoch);
     out.put_i8(2);
     out.put_u32(0);
@@ -635,14 +655,25 @@ pub(crate) fn seal_batch(header: &BatchHeader, body: &[u8]) -> Bytes {
     out.put_i16(header.producer_epoch);
     out.put_i32(header.base_sequence);
     out.put_i32(header.records_count);
-    out.put_slice(body);
-    seal_crc(&mut out);
-    out.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varlong_lengths_are_what_put_varlong_writes() {
+        let mut values = vec![0i64, 1, -1, 63, 64, -64, -65, i64::MAX, i64::MIN, 1 << 28, -(1 << 28)];
+        values.extend((0..63).map(|s| 1i64 << s));
+        values.extend((0..63).map(|s| -(1i64 << s)));
+        for v in values {
+            let mut out = BytesMut::new();
+            put_varlong(&mut out, v);
+            assert_eq!(varlong_len(v), out.len(), "{v}");
+        }
+        assert_eq!(bytes_len(None), 1);
+        assert_eq!(bytes_len(Some(&[7u8; 300][..])), 302);
+    }
     use proptest::prelude::*;
 
     const LIMITS: RecordLimits = RecordLimits {

@@ -24,6 +24,13 @@ pub const SSL_PORT_OFFSET: u16 = 100;
 pub const TOPIC: &str = "orders";
 /// Its `courier.offchain.threshold.bytes`: values above it are off-chain.
 pub const OFFCHAIN_THRESHOLD: usize = 1 << 20;
+/// Where org A's source connector keeps its offsets.
+pub const OFFSETS_TOPIC: &str = "connect-offsets";
+/// The connectors `courier dev --secure` writes settings for: org A's
+/// source (its `outbox/` directory into `orders`) and org B's sink
+/// (`orders` into its `inbox/` directory), with their REST ports.
+pub const SOURCE_CONNECTOR: (&str, u16) = ("org-a-outbox", 8083);
+pub const SINK_CONNECTOR: (&str, u16) = ("org-b-inbox", 8084);
 
 /// A user of the secure development cluster.
 pub struct DevUser {
@@ -49,8 +56,10 @@ pub fn users() -> Vec<DevUser> {
     ]
 }
 
-/// The ACLs: org A's producer writes `orders`, org B's consumer reads it
-/// in groups whose names start with `org-b`.
+/// The ACLs: org A's producer writes `orders` (and reads it, and its
+/// source connector's offsets topic, to send each file once); org B's
+/// consumer reads it in groups whose names start with `org-b` or are its
+/// sink connector's (`connect-org-b…`).
 pub fn acls() -> Vec<Acl> {
     let acl = |rt: i8, name: &str, pt: i8, who: &str, op: i8| Acl {
         resource_type: rt,
@@ -67,6 +76,16 @@ pub fn acls() -> Vec<Acl> {
         acl(
             resource::GROUP,
             "org-b",
+            pattern::PREFIXED,
+            "b-consumer",
+            operation::READ,
+        ),
+        acl(resource::TOPIC, TOPIC, pattern::LITERAL, "a-producer", operation::READ),
+        acl(resource::TOPIC, OFFSETS_TOPIC, pattern::LITERAL, "a-producer", operation::WRITE),
+        acl(resource::TOPIC, OFFSETS_TOPIC, pattern::LITERAL, "a-producer", operation::READ),
+        acl(
+            resource::GROUP,
+            "connect-org-b",
             pattern::PREFIXED,
             "b-consumer",
             operation::READ,
@@ -309,5 +328,70 @@ pub async fn bootstrap(node: &RunningBroker) -> Result<(), String> {
             .await
             .map_err(plain)?;
     }
+    if broker.topics.get(OFFSETS_TOPIC).is_none() {
+        crate::api::create_topics::create(broker, OFFSETS_TOPIC, Some(1), Default::default())
+            .await
+            .map_err(plain)?;
+    }
     Ok(())
+}
+
+/// Settings files for the two connectors (`connect/<name>.properties`),
+/// and their directories: org A's source reads `<storage>/org-a/outbox`
+/// as a-producer over SASL_SSL through `source_addr`, org B's sink writes
+/// `<storage>/org-b/inbox` as b-consumer over SSL through `sink_addr` (an
+/// org-b node, which fetches off-chain values from org A's nodes).
+pub fn write_connector_files(
+    root: &Path,
+    storage: &Path,
+    source_addr: &str,
+    sink_addr: &str,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    let dir = root.join("connect");
+    let certs = root.join("certs");
+    let outbox = storage.join("org-a").join("outbox");
+    let inbox = storage.join("org-b").join("inbox");
+    for d in [&dir, &outbox, &inbox] {
+        std::fs::create_dir_all(d).map_err(|source| IdentityError::Write {
+            path: d.to_path_buf(),
+            source,
+        })?;
+    }
+    let (source, source_port) = SOURCE_CONNECTOR;
+    let (sink, sink_port) = SINK_CONNECTOR;
+    let ca = certs.join("ca.pem");
+    let source_file = dir.join(format!("{source}.properties"));
+    write(
+        &source_file,
+        format!(
+            "# Worker\nbootstrap.servers={source_addr}\nsecurity.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\n\
+             sasl.username=a-producer\nsasl.password=a-producer-secret\nssl.ca.location={}\n\
+             listeners=http://127.0.0.1:{source_port}\noffset.storage.topic={OFFSETS_TOPIC}\n\
+             # Connector: each file dropped into the outbox becomes one record of {TOPIC}\n\
+             name={source}\nconnector.class=courier.connect.FileSourceConnector\ntasks.max=1\n\
+             topic={TOPIC}\ninput.path={}\nmode=file\n\
+             value.converter=org.apache.kafka.connect.converters.ByteArrayConverter\n",
+            ca.display(),
+            outbox.display()
+        )
+        .as_bytes(),
+    )?;
+    let sink_file = dir.join(format!("{sink}.properties"));
+    write(
+        &sink_file,
+        format!(
+            "# Worker\nbootstrap.servers={sink_addr}\nsecurity.protocol=SSL\nssl.ca.location={}\n\
+             ssl.certificate.location={}\nssl.key.location={}\nlisteners=http://127.0.0.1:{sink_port}\n\
+             # Connector: each record of {TOPIC} becomes a file of the inbox, checked\n\
+             name={sink}\nconnector.class=courier.connect.FileSinkConnector\ntasks.max=1\n\
+             topics={TOPIC}\noutput.path={}\n\
+             value.converter=org.apache.kafka.connect.converters.ByteArrayConverter\n",
+            ca.display(),
+            certs.join("users/b-consumer.pem").display(),
+            certs.join("users/b-consumer.key").display(),
+            inbox.display()
+        )
+        .as_bytes(),
+    )?;
+    Ok(vec![source_file, sink_file])
 }

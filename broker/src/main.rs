@@ -38,6 +38,16 @@ enum Command {
     /// machine, only a salted hash of it).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Run Kafka-Connect-style connectors that move files between an
+    /// organization's directory or bucket and topics (REST interface on
+    /// `listeners`, Kafka Connect's paths).
+    Connect {
+        /// Worker settings (bootstrap.servers, the client's security
+        /// settings, listeners, offset.storage.topic) and, if it names one,
+        /// a connector's (name, connector.class, tasks.max, topic(s), ...).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// How `courier users` reaches and authenticates to a node.
@@ -270,6 +280,8 @@ fn main() -> ExitCode {
     // only openraft's warnings.
     let default_filter = match cli.command {
         Command::Dev(_) => "warn",
+        // On a terminal the progress bars say what moves.
+        Command::Connect { .. } if std::io::IsTerminal::is_terminal(&std::io::stderr()) => "warn",
         _ => "info,openraft=warn",
     };
     tracing_subscriber::fmt()
@@ -336,6 +348,7 @@ fn main() -> ExitCode {
             list_receipts(&data_dir, group.as_deref(), topic.as_deref())
         }
         Command::Users(command) => users(command),
+        Command::Connect { config } => connect(&config),
     };
     match result {
         Ok(code) => code,
@@ -573,7 +586,8 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if secure {
-            print_secure_help(&data_dir, &nodes[0])?;
+            let storage = configs[0].offchain_storage_fs_dir.clone().unwrap_or_default();
+            print_secure_help(&data_dir, &storage, &nodes)?;
         } else {
             println!("Connect any Kafka client to {}, e.g.:", nodes[0].kafka_addr);
             println!("  kcat -b {} -L", nodes[0].kafka_addr);
@@ -612,17 +626,29 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn connect(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(courier_connector_plugins::connect::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What `courier dev --secure` prints: the users, and settings for kcat
 /// and confluent-kafka to paste.
-fn print_secure_help(data_dir: &std::path::Path, node: &RunningBroker) -> anyhow::Result<()> {
-    let addr = |proto: &str| {
+fn print_secure_help(
+    data_dir: &std::path::Path,
+    storage: &std::path::Path,
+    nodes: &[RunningBroker],
+) -> anyhow::Result<()> {
+    let addr = |node: &RunningBroker, proto: &str| {
         node.listeners
             .iter()
             .find(|(n, _)| n == proto)
             .map(|(_, a)| a.to_string())
             .unwrap_or_default()
     };
-    let (sasl, ssl) = (addr("SASL_SSL"), addr("SSL"));
+    let (sasl, ssl) = (addr(&nodes[0], "SASL_SSL"), addr(&nodes[0], "SSL"));
+    // Org B's sink reads through an org-b node: the second half's first.
+    let org_b_ssl = addr(&nodes[nodes.len() / 2], "SSL");
     let certs = data_dir.join("certs");
     let clients = data_dir.join("clients");
     courier::dev_secure::write_client_files(&clients, &certs, &sasl, &ssl)?;
@@ -640,7 +666,8 @@ fn print_secure_help(data_dir: &std::path::Path, node: &RunningBroker) -> anyhow
         println!("    {:<11} {}", u.name, u.organization);
     }
     println!(
-        "  ACLs: a-producer may write `orders`; b-consumer may read it in groups named org-b*; admin is a super user."
+        "  ACLs: a-producer may write and read `orders` and `connect-offsets`; b-consumer may read `orders` \
+         in groups named org-b* and connect-org-b*; admin is a super user."
     );
     println!(
         "  Settings for each user and listener: {}/<user>.{{sasl,ssl}}.properties",
@@ -655,6 +682,16 @@ fn print_secure_help(data_dir: &std::path::Path, node: &RunningBroker) -> anyhow
     println!(
         "  kcat -F {}/b-consumer.ssl.properties -X auto.offset.reset=earliest -G org-b-readers orders",
         clients.display()
+    );
+    let connectors = courier::dev_secure::write_connector_files(data_dir, storage, &sasl, &org_b_ssl)?;
+    println!("Connectors: org A's outbox into `orders`, `orders` into org B's inbox (files checked by SHA-256):");
+    for c in &connectors {
+        println!("  courier connect --config {}", c.display());
+    }
+    println!(
+        "  then: cp FILE {}/  and it appears in {}/",
+        storage.join("org-a").join("outbox").display(),
+        storage.join("org-b").join("inbox").display()
     );
     println!("confluent-kafka:");
     println!(

@@ -3,9 +3,11 @@
 //! A storage plugin keeps large payloads in the sending organization's own
 //! storage, addressed by content (SHA-256), so that only hashes travel on the
 //! ledger ([`storage`]); [`offchain`] moves a batch's large values into
-//! that storage and back. The Kafka-Connect-style connectors that move
-//! files between an organization's storage and topics come next.
+//! that storage and back. [`connect`] is the Kafka-Connect-style runner
+//! whose connectors move files between an organization's directory or
+//! bucket and topics.
 #![forbid(unsafe_code)]
 
+pub mod connect;
 pub mod offchain;
 pub mod storage;

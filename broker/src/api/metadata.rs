@@ -4,7 +4,11 @@
 //! (DescribeCluster lists every registered node). This node leads every partition its
 //! clusters order (any member accepts and submits to the cluster); for
 //! another cluster's partition it names a member of that cluster, one of
-//! its own organization when there is one. Every node reports the same
+//! its own organization when there is one. A client of another
+//! organization than this node's is told of a live member of its own
+//! organization instead, when the partition's cluster has one: a producer
+//! thus sends to a node of its own organization, and the off-chain values
+//! it sends stay in its organization's storage. Every node reports the same
 //! leader epoch for a partition (the topic's), so a client moving between
 //! nodes never sees an epoch go back.
 
@@ -30,6 +34,7 @@ pub async fn handle(
 ) -> MetadataResponse {
     let access = broker.access(ctx);
     let me = BrokerId(broker.node.node_id);
+    let organization = ctx.organization(&broker.security.snapshot()).to_owned();
     // v0 asks for all topics with an empty list; later versions with null.
     let requested = match req.topics {
         None => None,
@@ -46,7 +51,7 @@ pub async fn handle(
                 .all()
                 .into_iter()
                 .filter(|t| access.quietly(DESCRIBE, resource::TOPIC, &t.name))
-                .map(|t| describe(broker, &t, me)),
+                .map(|t| describe(broker, &t, me, &organization)),
         ),
         Some(list) => {
             for wanted in list {
@@ -67,7 +72,7 @@ pub async fn handle(
                     continue;
                 }
                 let entry = match (found, &wanted.name) {
-                    (Some(t), _) => describe(broker, &t, me),
+                    (Some(t), _) => describe(broker, &t, me, &organization),
                     (None, Some(name)) if auto_create && !super::create_topics::may_create(&access, name) => missing(
                         Some(name.as_str()),
                         wanted.topic_id,
@@ -75,7 +80,7 @@ pub async fn handle(
                     ),
                     (None, Some(name)) if auto_create => {
                         match super::create_topics::create(broker, name, None, Default::default()).await {
-                            Ok(t) => describe(broker, &t, me),
+                            Ok(t) => describe(broker, &t, me, &organization),
                             Err((code, _)) => missing(Some(name.as_str()), wanted.topic_id, code),
                         }
                     }
@@ -127,7 +132,38 @@ fn brokers(broker: &Broker, listener: &str) -> Vec<MetadataResponseBroker> {
         .collect()
 }
 
-pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId) -> MetadataResponseTopic {
+/// The leader a client of `organization` is told of: `answer` (this
+/// node's) when that node is of the client's organization, else a live
+/// member of the cluster of that organization (the partition's index
+/// spreads partitions over them), else `answer`.
+fn leader_for(
+    broker: &Broker,
+    replicas: &[i32],
+    answer: i32,
+    partition: i32,
+    organization: &str,
+    nodes: &[crate::topics::BrokerAddr],
+) -> i32 {
+    let org_of = |id: i32| nodes.iter().find(|n| n.id == id).map(|n| n.organization.as_str());
+    if org_of(answer).is_none_or(|o| o == organization) {
+        return answer;
+    }
+    let Some(replicated) = broker.sequencer.replicated() else {
+        return answer;
+    };
+    let own: Vec<i32> = replicas
+        .iter()
+        .copied()
+        .filter(|r| org_of(*r) == Some(organization) && replicated.is_up(*r))
+        .collect();
+    if own.is_empty() {
+        return answer;
+    }
+    own[partition.unsigned_abs() as usize % own.len()]
+}
+
+pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId, organization: &str) -> MetadataResponseTopic {
+    let nodes = broker.topics.brokers();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&t.name)))
         .with_topic_id(Uuid::from_bytes(t.id))
@@ -140,6 +176,7 @@ pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId) -> MetadataRespo
                                 .sequencer
                                 .replicated()
                                 .map_or(r.leader, |rep| rep.live_leader(&r));
+                            let leader = leader_for(broker, &r.replicas, leader, p, organization, &nodes);
                             (BrokerId(leader), r.replicas.into_iter().map(BrokerId).collect())
                         }
                         None => (me, vec![me]),

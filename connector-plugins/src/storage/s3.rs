@@ -71,6 +71,41 @@ impl std::fmt::Debug for S3Settings {
     }
 }
 
+impl S3Settings {
+    /// A client of the bucket, with the credentials the settings name.
+    pub fn store(&self) -> Result<Arc<AmazonS3>, StorageError> {
+        // reqwest's rustls takes the process's provider: Courier's is ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = AmazonS3Builder::new()
+            .with_region(&self.region)
+            .with_bucket_name(&self.bucket)
+            .with_virtual_hosted_style_request(!self.path_style)
+            .with_allow_http(self.allow_http);
+        if let Some(endpoint) = &self.endpoint {
+            b = b.with_endpoint(endpoint);
+        }
+        let (id, secret, token) = match &self.credentials {
+            S3Credentials::Environment => {
+                let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+                    (Some(id), Some(secret)) => (id, secret, var("AWS_SESSION_TOKEN")),
+                    _ => {
+                        return Err(StorageError::Unavailable(
+                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into(),
+                        ))
+                    }
+                }
+            }
+            S3Credentials::File { path, profile } => credentials_from_file(path, profile)?,
+        };
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
+        if let Some(token) = token {
+            b = b.with_token(token);
+        }
+        Ok(Arc::new(b.build().map_err(store_error)?))
+    }
+}
+
 pub struct S3Storage {
     store: Arc<AmazonS3>,
     root: String,
@@ -128,42 +163,14 @@ impl S3Storage {
                 "{organization:?} is not an organization name a key can hold"
             )));
         }
-        // reqwest's rustls takes the process's provider: Courier's is ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = AmazonS3Builder::new()
-            .with_region(&settings.region)
-            .with_bucket_name(&settings.bucket)
-            .with_virtual_hosted_style_request(!settings.path_style)
-            .with_allow_http(settings.allow_http);
-        if let Some(endpoint) = &settings.endpoint {
-            b = b.with_endpoint(endpoint);
-        }
-        let (id, secret, token) = match &settings.credentials {
-            S3Credentials::Environment => {
-                let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-                match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-                    (Some(id), Some(secret)) => (id, secret, var("AWS_SESSION_TOKEN")),
-                    _ => {
-                        return Err(StorageError::Unavailable(
-                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into(),
-                        ))
-                    }
-                }
-            }
-            S3Credentials::File { path, profile } => credentials_from_file(path, profile)?,
-        };
-        b = b.with_access_key_id(id).with_secret_access_key(secret);
-        if let Some(token) = token {
-            b = b.with_token(token);
-        }
-        let store = b.build().map_err(store_error)?;
+        let store = settings.store()?;
         let root = if settings.prefix.is_empty() {
             organization.to_owned()
         } else {
             format!("{}/{organization}", settings.prefix.trim_matches('/'))
         };
         Ok(Self {
-            store: Arc::new(store),
+            store,
             root,
         })
     }

@@ -57,7 +57,8 @@ pub fn users() -> Vec<DevUser> {
 }
 
 /// The ACLs: org A's producer writes `orders` (and reads it, and its
-/// source connector's offsets topic, to send each file once); org B's
+/// source connector's offsets topic, to send each file once, in groups
+/// `connect-org-a…`); org B's
 /// consumer reads it in groups whose names start with `org-b` or are its
 /// sink connector's (`connect-org-b…`).
 pub fn acls() -> Vec<Acl> {
@@ -81,8 +82,27 @@ pub fn acls() -> Vec<Acl> {
             operation::READ,
         ),
         acl(resource::TOPIC, TOPIC, pattern::LITERAL, "a-producer", operation::READ),
-        acl(resource::TOPIC, OFFSETS_TOPIC, pattern::LITERAL, "a-producer", operation::WRITE),
-        acl(resource::TOPIC, OFFSETS_TOPIC, pattern::LITERAL, "a-producer", operation::READ),
+        acl(
+            resource::TOPIC,
+            OFFSETS_TOPIC,
+            pattern::LITERAL,
+            "a-producer",
+            operation::WRITE,
+        ),
+        acl(
+            resource::TOPIC,
+            OFFSETS_TOPIC,
+            pattern::LITERAL,
+            "a-producer",
+            operation::READ,
+        ),
+        acl(
+            resource::GROUP,
+            "connect-org-a",
+            pattern::PREFIXED,
+            "a-producer",
+            operation::READ,
+        ),
         acl(
             resource::GROUP,
             "connect-org-b",

@@ -666,8 +666,8 @@ fn print_secure_help(
         println!("    {:<11} {}", u.name, u.organization);
     }
     println!(
-        "  ACLs: a-producer may write and read `orders` and `connect-offsets`; b-consumer may read `orders` \
-         in groups named org-b* and connect-org-b*; admin is a super user."
+        "  ACLs: a-producer may write and read `orders` and `connect-offsets` (groups connect-org-a*); \
+         b-consumer may read `orders` in groups named org-b* and connect-org-b*; admin is a super user."
     );
     println!(
         "  Settings for each user and listener: {}/<user>.{{sasl,ssl}}.properties",

@@ -11,3 +11,5 @@
 pub mod connect;
 pub mod offchain;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -142,6 +142,9 @@ pub struct ConnectorConfig {
     pub poll_interval: std::time::Duration,
     /// The largest file a source sends as one record.
     pub file_max_bytes: u64,
+    /// How long after a send began a source waits for it to appear in the
+    /// topic when a previous run died during it.
+    pub reconcile_grace_ms: u64,
     /// A sink's consumer group: `connect-<name>`, as Kafka Connect names
     /// it, unless `consumer.override.group.id` says otherwise.
     pub group: String,
@@ -259,7 +262,10 @@ impl ConnectorConfig {
             return Err(ConnectError::Config("tasks.max must be at least 1".into()));
         }
         Ok(Self {
-            group: p.get("consumer.override.group.id").cloned().unwrap_or_else(|| format!("connect-{name}")),
+            group: p
+                .get("consumer.override.group.id")
+                .cloned()
+                .unwrap_or_else(|| format!("connect-{name}")),
             name,
             class,
             tasks_max,
@@ -268,6 +274,7 @@ impl ConnectorConfig {
             mode,
             poll_interval: std::time::Duration::from_millis(number(p, "poll.interval.ms", 1000u64)?),
             file_max_bytes: number(p, "file.max.bytes", 256u64 << 20)?,
+            reconcile_grace_ms: number(p, "reconcile.grace.ms", 30_000u64)?,
             properties: p.clone(),
         })
     }
@@ -338,11 +345,17 @@ mod tests {
         assert_eq!(c.class, Class::FileSource);
         assert_eq!(c.mode, Mode::File);
         assert_eq!(c.group, "connect-out");
-        p.insert("value.converter".into(), "org.apache.kafka.connect.json.JsonConverter".into());
+        p.insert(
+            "value.converter".into(),
+            "org.apache.kafka.connect.json.JsonConverter".into(),
+        );
         assert!(ConnectorConfig::parse(&p).is_err());
         p.remove("value.converter");
         p.insert("connector.class".into(), "courier.connect.FileSinkConnector".into());
-        assert!(ConnectorConfig::parse(&p).is_err(), "a sink needs topics and output.path");
+        assert!(
+            ConnectorConfig::parse(&p).is_err(),
+            "a sink needs topics and output.path"
+        );
         p.insert("topics".into(), "a, b".into());
         p.insert("output.path".into(), "/tmp/y".into());
         p.insert("tasks.max".into(), "3".into());

@@ -80,11 +80,19 @@ pub fn consumer_config(worker: &Properties) -> ClientConfig {
     )
 }
 
+/// A consumer that reads partitions it assigns itself, for `connector`.
+/// librdkafka assigns only in a consumer group, so it is in
+/// `connect-<connector>`, though it never joins it nor commits.
+pub fn reader(worker: &Properties, connector: &str) -> Result<BaseConsumer, ConnectError> {
+    consumer_config(worker)
+        .set("group.id", format!("connect-{connector}"))
+        .create()
+        .map_err(kafka)
+}
+
 /// The partitions of `topic`.
 pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConnectError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(kafka)?;
+    let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(kafka)?;
     let t = md
         .topics()
         .iter()
@@ -135,7 +143,8 @@ pub fn scan<T>(
     for (&p, &end) in &ends {
         let start = starts.get(&p).copied().unwrap_or(0).min(end);
         if start < end {
-            tpl.add_partition_offset(topic, p, Offset::Offset(start)).map_err(kafka)?;
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
+                .map_err(kafka)?;
             left.insert(p, end);
         }
     }
@@ -154,7 +163,14 @@ pub fn scan<T>(
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let m = m.map_err(kafka)?;
+        let m = match m {
+            Ok(m) => m,
+            // The group's coordinator, say: not the partitions read.
+            Err(e) => {
+                tracing::debug!("reading {topic}: {e}");
+                continue;
+            }
+        };
         if let Some(t) = extract(&m) {
             out.push(t);
         }
@@ -212,7 +228,7 @@ impl SourceOffsets {
         producer: FutureProducer,
     ) -> Result<Self, ConnectError> {
         ensure_topic(worker, topic).await?;
-        let consumer: BaseConsumer = consumer_config(worker).create().map_err(kafka)?;
+        let consumer = reader(worker, connector)?;
         let (t, name) = (topic.to_owned(), connector.to_owned());
         let records = tokio::task::spawn_blocking(move || {
             scan(consumer, &t, &BTreeMap::new(), |m| {
@@ -251,6 +267,13 @@ impl SourceOffsets {
 
     pub fn iter(&self) -> impl Iterator<Item = &Value> {
         self.entries.values()
+    }
+
+    /// Every (partition, offset).
+    pub fn entries(&self) -> impl Iterator<Item = (Value, &Value)> {
+        self.entries
+            .iter()
+            .map(|(k, v)| (serde_json::from_str(k).unwrap_or(Value::Null), v))
     }
 
     /// Records `offset` for `partition`, durably (acknowledged by the

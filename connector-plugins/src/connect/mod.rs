@@ -360,7 +360,8 @@ impl Worker {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let mut out = String::new();
-        let families: [(&str, &str, &str, fn(&Metrics) -> i64); 4] = [
+        type Family = (&'static str, &'static str, &'static str, fn(&Metrics) -> i64);
+        let families: [Family; 4] = [
             (
                 "courier_connect_records_total",
                 "counter",

@@ -48,9 +48,9 @@ pub enum Place {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 1024
-        && name.split('/').all(|part| {
-            !part.is_empty() && !part.starts_with('.') && !part.contains(['\\', '\0'])
-        })
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.') && !part.contains(['\\', '\0']))
 }
 
 fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ConnectError + 'p {
@@ -133,7 +133,9 @@ impl Place {
                     let name = if prefix.is_empty() {
                         full
                     } else {
-                        full.strip_prefix(prefix.as_str()).and_then(|n| n.strip_prefix('/')).unwrap_or("")
+                        full.strip_prefix(prefix.as_str())
+                            .and_then(|n| n.strip_prefix('/'))
+                            .unwrap_or("")
                     };
                     if valid_name(name) {
                         out.push(Entry {
@@ -164,7 +166,9 @@ impl Place {
                 let mut f = tokio::fs::File::open(&path).await.map_err(io("open", &path))?;
                 let len = f.metadata().await.map_err(io("stat", &path))?.len();
                 let want = len.saturating_sub(start).min(max);
-                f.seek(std::io::SeekFrom::Start(start)).await.map_err(io("seek", &path))?;
+                f.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(io("seek", &path))?;
                 // One byte more than expected, so a file that grew is seen
                 // without the buffer regrowing.
                 let mut out = BytesMut::with_capacity(usize::try_from(want).unwrap_or(usize::MAX).saturating_add(1));
@@ -207,7 +211,9 @@ impl Place {
             Place::Dir(dir) => {
                 let target = dir.join(name);
                 let parent = target.parent().unwrap_or(dir).to_owned();
-                tokio::fs::create_dir_all(&parent).await.map_err(io("create", &parent))?;
+                tokio::fs::create_dir_all(&parent)
+                    .await
+                    .map_err(io("create", &parent))?;
                 let tmp = dir.join(TMP_DIR).join(format!(
                     "{}-{}",
                     std::process::id(),
@@ -258,7 +264,9 @@ impl Place {
         };
         let target = dir.join(name);
         let parent = target.parent().unwrap_or(dir).to_owned();
-        tokio::fs::create_dir_all(&parent).await.map_err(io("create", &parent))?;
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(io("create", &parent))?;
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -266,7 +274,9 @@ impl Place {
             .open(&target)
             .await
             .map_err(io("open", &target))?;
-        f.seek(std::io::SeekFrom::Start(position)).await.map_err(io("seek", &target))?;
+        f.seek(std::io::SeekFrom::Start(position))
+            .await
+            .map_err(io("seek", &target))?;
         f.write_all(content).await.map_err(io("write", &target))
     }
 
@@ -295,7 +305,17 @@ mod tests {
         for ok in ["a", "a/b.bin", "x y/z"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "/a", "a/", "../a", "a/../b", ".hidden", "a/.courier-connect/x", "a\\b", "a//b"] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "../a",
+            "a/../b",
+            ".hidden",
+            "a/.courier-connect/x",
+            "a\\b",
+            "a//b",
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }
@@ -306,13 +326,22 @@ mod tests {
         let place = Place::open(&Location::Dir(tmp.path().to_owned())).await.expect("opens");
         let content = crate::storage::contract::pattern(3 * CHUNK_BYTES / 2, 7);
         let mut written = 0;
-        place.write("sub/f.bin", &content, |n| written += n).await.expect("writes");
+        place
+            .write("sub/f.bin", &content, |n| written += n)
+            .await
+            .expect("writes");
         assert_eq!(written, content.len());
         let listed = place.list().await.expect("lists");
         assert_eq!(listed.len(), 1, "the write in progress is not listed: {listed:?}");
-        assert_eq!((listed[0].name.as_str(), listed[0].size), ("sub/f.bin", content.len() as u64));
+        assert_eq!(
+            (listed[0].name.as_str(), listed[0].size),
+            ("sub/f.bin", content.len() as u64)
+        );
         let mut seen = 0;
-        let got = place.read("sub/f.bin", 0, u64::MAX, |c| seen += c.len()).await.expect("reads");
+        let got = place
+            .read("sub/f.bin", 0, u64::MAX, |c| seen += c.len())
+            .await
+            .expect("reads");
         assert_eq!(&got[..], &content[..]);
         assert_eq!(seen, content.len());
         let tail = place.read("sub/f.bin", 10, 5, |_| {}).await.expect("reads");
@@ -320,6 +349,9 @@ mod tests {
         place.write_at("lines.txt", 4, b"two\n").await.expect("writes");
         place.write_at("lines.txt", 0, b"one\n").await.expect("writes");
         place.sync("lines.txt").await.expect("syncs");
-        assert_eq!(std::fs::read(tmp.path().join("lines.txt")).expect("read"), b"one\ntwo\n");
+        assert_eq!(
+            std::fs::read(tmp.path().join("lines.txt")).expect("read"),
+            b"one\ntwo\n"
+        );
     }
 }

@@ -123,9 +123,10 @@ async fn list(State(w): Shared, RawQuery(query): RawQuery) -> Json<Value> {
     Json(Value::Object(out))
 }
 
-fn properties(v: &Value) -> Result<Properties, Response> {
+/// A JSON config as properties, or why it is not one.
+fn properties(v: &Value) -> Result<Properties, String> {
     let Some(map) = v.as_object() else {
-        return Err(error(StatusCode::BAD_REQUEST, "the config must be a JSON object"));
+        return Err("the config must be a JSON object".into());
     };
     let mut out = Properties::new();
     for (k, v) in map {
@@ -133,7 +134,7 @@ fn properties(v: &Value) -> Result<Properties, Response> {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
-            _ => return Err(error(StatusCode::BAD_REQUEST, format!("{k}: a string, number or boolean"))),
+            _ => return Err(format!("{k}: a string, number or boolean")),
         };
         out.insert(k.clone(), v);
     }
@@ -150,7 +151,7 @@ fn refused(e: ConnectError) -> Response {
 async fn create(State(w): Shared, Json(body): Json<Value>) -> Response {
     let mut props = match properties(body.get("config").unwrap_or(&Value::Null)) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     if let Some(name) = body.get("name").and_then(Value::as_str) {
         props.insert("name".into(), name.to_owned());
@@ -173,7 +174,7 @@ async fn config(State(w): Shared, Path(name): Path<String>) -> Response {
 async fn put_config(State(w): Shared, Path(name): Path<String>, Json(body): Json<Value>) -> Response {
     let props = match properties(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match w.put(&name, &props) {
         Ok(created) => {
@@ -189,7 +190,9 @@ async fn status(State(w): Shared, Path(name): Path<String>) -> Response {
 }
 
 async fn tasks(State(w): Shared, Path(name): Path<String>) -> Response {
-    let Some(c) = w.config(&name) else { return not_found(&name) };
+    let Some(c) = w.config(&name) else {
+        return not_found(&name);
+    };
     let tasks: Vec<Value> = (0..c.tasks())
         .map(|t| json!({ "id": { "connector": name, "task": t }, "config": c.properties }))
         .collect();

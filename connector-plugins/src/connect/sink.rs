@@ -152,7 +152,11 @@ impl Sink<'_> {
         let name = match kafka::header(m, NAME) {
             Some(n) if valid_name(n) => n.to_owned(),
             Some(n) => {
-                warn!(offset = m.offset(), "the record names {n:?}, not a plain relative path: writing it as {}", fallback());
+                warn!(
+                    offset = m.offset(),
+                    "the record names {n:?}, not a plain relative path: writing it as {}",
+                    fallback()
+                );
                 fallback()
             }
             None => fallback(),
@@ -202,7 +206,11 @@ impl Sink<'_> {
             .write(&name, value, |n| bar.inc(n as u64))
             .instrument(tracing::info_span!("write", file = %name, bytes = value.len()))
             .await?;
-        bar.finish_with_message(if sha256.is_some() { "verified, written" } else { "written" });
+        bar.finish_with_message(if sha256.is_some() {
+            "verified, written"
+        } else {
+            "written"
+        });
         self.task.metrics.sent(value.len() as u64);
         info!(
             file = %name,

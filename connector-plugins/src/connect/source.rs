@@ -19,11 +19,15 @@
 //! record whose offset was not written; the next run reads the topic's
 //! partitions from past the last offsets it recorded (or from where they
 //! ended when the connector first ran) and adopts the offsets it finds on
-//! its own records before sending anything, so nothing is sent twice. A
-//! failed delivery (which may still have landed) is reconciled the same
-//! way before the file is tried again.
+//! its own records before sending anything, so nothing is sent twice.
+//! Before each send the source records its intent; a send the dead run
+//! had under way may still be ordered after it died, so a file with an
+//! intent and no record is looked for until `reconcile.grace.ms` (30 s)
+//! after the send began, and only then sent again. A failed delivery
+//! (which may still have landed) is reconciled the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
@@ -124,7 +128,9 @@ impl Source<'_> {
             Mode::File => {
                 !self.refused.contains(&e.name)
                     && done.is_none_or(|o| {
-                        o["size"].as_u64() != Some(e.size) || o["version"].as_str() != Some(e.version.as_str())
+                        o["kafka.offset"].is_null()
+                            || o["size"].as_u64() != Some(e.size)
+                            || o["version"].as_str() != Some(e.version.as_str())
                     })
             }
             Mode::Line => done.and_then(|o| o["position"].as_u64()).unwrap_or(0) < e.size,
@@ -132,46 +138,78 @@ impl Source<'_> {
     }
 
     /// Adopts the offsets of this connector's records that reached the
-    /// topic but not the offsets topic.
+    /// topic but not the offsets topic. A send that was under way when a
+    /// run died (its intent recorded, its outcome not) may still be
+    /// ordered after the run is gone: such a file is looked for again
+    /// until `reconcile.grace.ms` after the send began, and only then
+    /// counted as not sent.
     async fn reconcile(&mut self, offsets: &mut SourceOffsets) -> Result<(), ConnectError> {
-        let name = self.task.config.name.clone();
-        let worker = self.task.worker.properties.clone();
         let marker = json!({ "topic": self.topic });
+        let Some(m) = offsets.get(&marker) else {
+            // The first run: nothing of ours can be in the topic yet.
+            let consumer = self.consumer()?;
+            let topic = self.topic.clone();
+            let ends = tokio::task::spawn_blocking(move || kafka::high_watermarks(&consumer, &topic))
+                .await
+                .map_err(|e| ConnectError::Kafka(e.to_string()))??;
+            let start: serde_json::Map<String, Value> = ends.iter().map(|(p, o)| (p.to_string(), json!(o))).collect();
+            return offsets.put(marker, json!({ "start": start })).await;
+        };
         let mut starts: BTreeMap<i32, i64> = BTreeMap::new();
-        match offsets.get(&marker) {
-            Some(m) => {
-                for (p, o) in m["start"].as_object().into_iter().flatten() {
-                    if let (Ok(p), Some(o)) = (p.parse(), o.as_i64()) {
-                        starts.insert(p, o);
-                    }
+        for (p, o) in m["start"].as_object().into_iter().flatten() {
+            if let (Ok(p), Some(o)) = (p.parse(), o.as_i64()) {
+                starts.insert(p, o);
+            }
+        }
+        loop {
+            for o in offsets.iter() {
+                if let (Some(p), Some(at)) = (o["kafka.partition"].as_i64(), o["kafka.offset"].as_i64()) {
+                    let s = starts.entry(p as i32).or_insert(0);
+                    *s = (*s).max(at + 1);
                 }
             }
-            None => {
-                // The first run: nothing of ours can be in the topic yet.
-                let consumer: BaseConsumer = kafka::consumer_config(&worker)
-                    .create()
-                    .map_err(|e| ConnectError::Kafka(e.to_string()))?;
-                let topic = self.topic.clone();
-                let ends = tokio::task::spawn_blocking(move || kafka::high_watermarks(&consumer, &topic))
-                    .await
-                    .map_err(|e| ConnectError::Kafka(e.to_string()))??;
-                let start: serde_json::Map<String, Value> =
-                    ends.iter().map(|(p, o)| (p.to_string(), json!(o))).collect();
-                offsets.put(marker, json!({ "start": start })).await?;
+            // The last record of each file says how far it was sent.
+            let found: BTreeMap<String, Value> = self.scan(&starts).await?.into_iter().collect();
+            for (file, offset) in found {
+                info!(%file, "adopting the offset of a record a previous run sent: {offset}");
+                offsets.put(file_key(&file), offset).await?;
+            }
+            let pending: Vec<(Value, Value)> = offsets
+                .entries()
+                .filter(|(_, o)| o["pending"] == json!(true))
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            let Some(since) = pending.iter().filter_map(|(_, o)| o["since_ms"].as_u64()).max() else {
                 return Ok(());
+            };
+            let wait = Duration::from_millis((since + self.task.config.reconcile_grace_ms).saturating_sub(now_ms()));
+            if !wait.is_zero() {
+                info!(files = pending.len(), "waiting {wait:?} for sends a previous run began");
+                tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                continue;
             }
-        }
-        for o in offsets.iter() {
-            if let (Some(p), Some(at)) = (o["kafka.partition"].as_i64(), o["kafka.offset"].as_i64()) {
-                let s = starts.entry(p as i32).or_insert(0);
-                *s = (*s).max(at + 1);
+            // Past the grace period and still not in the topic: not sent.
+            for (key, mut offset) in pending {
+                if let Some(o) = offset.as_object_mut() {
+                    o.remove("pending");
+                    o.remove("since_ms");
+                }
+                offsets.put(key, offset).await?;
             }
+            return Ok(());
         }
-        let consumer: BaseConsumer = kafka::consumer_config(&worker)
-            .create()
-            .map_err(|e| ConnectError::Kafka(e.to_string()))?;
-        let topic = self.topic.clone();
-        let found = tokio::task::spawn_blocking(move || {
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer, ConnectError> {
+        kafka::reader(&self.task.worker.properties, &self.task.config.name)
+    }
+
+    /// This connector's records from `starts` on: each file's name and
+    /// the offset its headers carry, with where it landed.
+    async fn scan(&self, starts: &BTreeMap<i32, i64>) -> Result<Vec<(String, Value)>, ConnectError> {
+        let consumer = self.consumer()?;
+        let (topic, name, starts) = (self.topic.clone(), self.task.config.name.clone(), starts.clone());
+        tokio::task::spawn_blocking(move || {
             kafka::scan(consumer, &topic, &starts, |m| {
                 if kafka::header(m, CONNECTOR)? != name {
                     return None;
@@ -184,12 +222,7 @@ impl Source<'_> {
             })
         })
         .await
-        .map_err(|e| ConnectError::Kafka(e.to_string()))??;
-        for (file, offset) in found {
-            info!(%file, "adopting the offset of a record a previous run sent: {offset}");
-            offsets.put(file_key(&file), offset).await?;
-        }
-        Ok(())
+        .map_err(|e| ConnectError::Kafka(e.to_string()))?
     }
 
     fn bar(&self, name: &str, len: u64) -> ProgressBar {
@@ -232,11 +265,32 @@ impl Source<'_> {
         let size = e.size.to_string();
         let offset_text = offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: NAME, value: Some(&e.name) })
-            .insert(Header { key: SIZE, value: Some(&size) })
-            .insert(Header { key: SHA256, value: Some(&sha256) })
-            .insert(Header { key: CONNECTOR, value: Some(&self.task.config.name) })
-            .insert(Header { key: OFFSET, value: Some(&offset_text) });
+            .insert(Header {
+                key: NAME,
+                value: Some(&e.name),
+            })
+            .insert(Header {
+                key: SIZE,
+                value: Some(&size),
+            })
+            .insert(Header {
+                key: SHA256,
+                value: Some(&sha256),
+            })
+            .insert(Header {
+                key: CONNECTOR,
+                value: Some(&self.task.config.name),
+            })
+            .insert(Header {
+                key: OFFSET,
+                value: Some(&offset_text),
+            });
+        // The intent first: a run that dies now leaves it for the next to
+        // resolve (see `reconcile`).
+        let mut intent = offset.clone();
+        intent["pending"] = json!(true);
+        intent["since_ms"] = json!(now_ms());
+        offsets.put(file_key(&e.name), intent).await?;
         bar.set_message("ordering on the ledger");
         let record = FutureRecord::to(&self.topic)
             .key(&e.name)
@@ -272,18 +326,41 @@ impl Source<'_> {
                 }
                 return Ok(()); // The last line is not finished yet.
             };
+            offsets
+                .put(
+                    key.clone(),
+                    json!({ "position": position, "pending": true, "since_ms": now_ms() }),
+                )
+                .await?;
             let mut sends = Vec::new();
             let mut start = 0usize;
             let mut last_offset = Value::Null;
-            for end in chunk[..=last].iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i) {
+            for end in chunk[..=last]
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i)
+            {
                 let at = (position + start as u64).to_string();
                 let offset = json!({ "position": position + end as u64 + 1 });
                 let offset_text = offset.to_string();
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: NAME, value: Some(&e.name) })
-                    .insert(Header { key: POSITION, value: Some(&at) })
-                    .insert(Header { key: CONNECTOR, value: Some(&self.task.config.name) })
-                    .insert(Header { key: OFFSET, value: Some(&offset_text) });
+                    .insert(Header {
+                        key: NAME,
+                        value: Some(&e.name),
+                    })
+                    .insert(Header {
+                        key: POSITION,
+                        value: Some(&at),
+                    })
+                    .insert(Header {
+                        key: CONNECTOR,
+                        value: Some(&self.task.config.name),
+                    })
+                    .insert(Header {
+                        key: OFFSET,
+                        value: Some(&offset_text),
+                    });
                 let record = FutureRecord::to(&self.topic)
                     .key(&e.name)
                     .payload(&chunk[start..end])
@@ -307,6 +384,12 @@ impl Source<'_> {
         }
         Ok(())
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn memchr_last(bytes: &[u8]) -> Option<usize> {

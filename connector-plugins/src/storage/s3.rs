@@ -169,10 +169,7 @@ impl S3Storage {
         } else {
             format!("{}/{organization}", settings.prefix.trim_matches('/'))
         };
-        Ok(Self {
-            store,
-            root,
-        })
+        Ok(Self { store, root })
     }
 
     fn key(&self, digest: &Digest) -> ObjectPath {
@@ -312,74 +309,7 @@ impl Storage for S3Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    /// A real S3-compatible server (moto's) on loopback, stopped when
-    /// dropped. `.ci/run` installs it and names it in
-    /// `COURIER_TEST_MOTO_SERVER` (and sets `COURIER_REQUIRE_S3`, so that
-    /// there a missing server fails instead of skipping).
-    struct Moto {
-        child: Child,
-        endpoint: String,
-    }
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn moto() -> Option<Moto> {
-        let bin = std::env::var("COURIER_TEST_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .ok()?;
-        let spawned = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("COURIER_REQUIRE_S3").is_none(),
-                    "COURIER_REQUIRE_S3 is set but {bin} does not start: {e}"
-                );
-                eprintln!("SKIPPED: no S3-compatible server ({bin}: {e}); set COURIER_TEST_MOTO_SERVER");
-                return None;
-            }
-        };
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the S3 server listens");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-
-    /// CreateBucket, as any S3 client sends it (the server does not check
-    /// signatures).
-    fn create_bucket(endpoint: &str, bucket: &str) {
-        let host = endpoint.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(host).unwrap();
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
+    use crate::testing::{create_bucket, moto};
 
     fn settings(endpoint: &str, credentials: S3Credentials) -> S3Settings {
         S3Settings {

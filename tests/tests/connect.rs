@@ -1,0 +1,407 @@
+//! Connectors between organizations: a 200 MiB file placed in org A's
+//! directory arrives in org B's bucket (a real S3-compatible server)
+//! through a file source connector, Courier (off-chain) and an S3 sink
+//! connector, each killed and restarted mid-transfer; nothing is lost or
+//! duplicated, and the replicas of a third organization hold no byte of it.
+//!
+//! Four nodes in one PBFT cluster: node 0 runs for org-a, node 1 for
+//! org-b, nodes 2 and 3 for org-c. Clients authenticate (SCRAM over
+//! SASL_PLAINTEXT) as principals of org-a and org-b, so every node tells
+//! each of them of its own organization's node.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use courier::{BrokerConfig, RunningBroker};
+use courier_connector_plugins::connect::config::{Location, Properties};
+use courier_connector_plugins::connect::place::Place;
+use courier_connector_plugins::connect::Runner;
+use courier_connector_plugins::storage::{S3Credentials, S3Settings};
+use courier_connector_plugins::testing::{create_bucket, moto};
+use courier_consensus::security::{ScramMechanism, SecurityCommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TOPIC: &str = "transfers";
+const BIG: usize = 200 << 20;
+const WAIT: Duration = Duration::from_secs(240);
+
+struct Cluster {
+    configs: Vec<BrokerConfig>,
+    nodes: Vec<RunningBroker>,
+    _tmp: tempfile::TempDir,
+}
+
+fn organization(node: usize) -> &'static str {
+    match node {
+        0 => "org-a",
+        1 => "org-b",
+        _ => "org-c",
+    }
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = common::config(
+            tmp.path(),
+            &[
+                "admin.listener=\"\"",
+                "listeners=\"SASL_PLAINTEXT://127.0.0.1:0\"",
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            ],
+        );
+        let mut configs = courier::dev::node_configs(&base, 4, 0).expect("node settings");
+        for (i, c) in configs.iter_mut().enumerate() {
+            c.organization = organization(i).into();
+        }
+        let nodes = courier::dev::start_cluster(configs.clone())
+            .await
+            .expect("cluster starts");
+        let security = &nodes[0].broker.security;
+        for (user, org) in [("alice", "org-a"), ("bob", "org-b")] {
+            let credential = courier::auth::scram::new_credential(ScramMechanism::Sha512, &format!("{user}-pw"), 4096)
+                .expect("credential");
+            security
+                .change(SecurityCommand::SetScram {
+                    user: user.into(),
+                    mechanism: ScramMechanism::Sha512,
+                    credential: Some(credential),
+                })
+                .await
+                .expect("password set");
+            security
+                .change(SecurityCommand::SetOrganization {
+                    principal: format!("User:{user}"),
+                    organization: Some(org.into()),
+                })
+                .await
+                .expect("organization set");
+        }
+        Self {
+            configs,
+            nodes,
+            _tmp: tmp,
+        }
+    }
+
+    /// Settings of `user`'s clients through node `i`.
+    fn client(&self, i: usize, user: &str) -> Properties {
+        [
+            ("bootstrap.servers", self.nodes[i].kafka_addr.to_string()),
+            ("security.protocol", "SASL_PLAINTEXT".into()),
+            ("sasl.mechanisms", "SCRAM-SHA-512".into()),
+            ("sasl.username", user.into()),
+            ("sasl.password", format!("{user}-pw")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn client_config(&self, i: usize, user: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.client(i, user) {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// `len` bytes no other file shares (a seeded xorshift).
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each record of the topic: (partition, offset, file name).
+fn records(cluster: &Cluster) -> Vec<(i32, i64, String)> {
+    let c: BaseConsumer = cluster
+        .client_config(0, "alice")
+        .set("group.id", "transfer-auditors")
+        .set("fetch.max.bytes", "300000000")
+        .set("max.partition.fetch.bytes", "300000000")
+        .set("receive.message.max.bytes", "400000000")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..2 {
+        let (_, high) = c
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
+            .expect("watermarks");
+        if high > 0 {
+            tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+                .expect("partition");
+            ends.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + WAIT;
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading {TOPIC} to its end");
+        let Some(m) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.expect("record");
+        let name = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "courier.file.name"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        out.push((m.partition(), m.offset(), name));
+        if m.offset() + 1 >= ends[&m.partition()] {
+            ends.remove(&m.partition());
+        }
+    }
+    out
+}
+
+/// A 200 MiB file and a dozen small ones go from org A's directory into
+/// org B's bucket. The source is stopped mid-transfer (no chance to record
+/// what it sent) and started again, then the sink likewise: the topic
+/// holds each file once, the bucket holds each file once with its bytes,
+/// the sink's commits (Courier's receipts) reach the end, org A's storage
+/// holds the large file off-chain, and no disk of org B's or org C's
+/// nodes holds a byte of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_cross_from_one_organizations_directory_to_anothers_bucket_exactly_once() {
+    // RUST_LOG=info shows what the connectors do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let Some(s3) = moto() else { return };
+    create_bucket(&s3.endpoint, "org-b");
+    let cluster = Cluster::start().await;
+    let admin: AdminClient<DefaultClientContext> = cluster.client_config(0, "alice").create().expect("admin");
+    let topics = [
+        NewTopic::new(TOPIC, 2, TopicReplication::Fixed(1))
+            .set("courier.offchain.threshold.bytes", "1048576")
+            .set("max.message.bytes", "2000000"),
+        NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics")
+    {
+        r.expect("topic created");
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let outbox = tmp.path().join("org-a-outbox");
+    std::fs::create_dir_all(&outbox).expect("outbox");
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert("big.bin".into(), content(BIG, 1));
+    for i in 0..12u64 {
+        let len = [10_000, 1_500_000, 3_000_000][i as usize % 3];
+        files.insert(format!("f{i:02}.dat"), content(len, 100 + i));
+    }
+    for (name, bytes) in &files {
+        std::fs::write(outbox.join(name), bytes).expect("file written");
+    }
+
+    let mut source = cluster.client(0, "alice");
+    for (k, v) in [
+        ("listeners", "http://127.0.0.1:0".to_owned()),
+        ("name", "a-out".into()),
+        ("connector.class", "courier.connect.FileSourceConnector".into()),
+        ("topic", TOPIC.into()),
+        ("input.path", outbox.display().to_string()),
+        ("poll.interval.ms", "200".into()),
+        ("reconcile.grace.ms", "15000".into()),
+    ] {
+        source.insert(k.into(), v);
+    }
+    let credentials = tmp.path().join("aws-credentials");
+    std::fs::write(
+        &credentials,
+        "[org-b]\naws_access_key_id = AKIDORGB\naws_secret_access_key = org-b-secret\n",
+    )
+    .expect("credentials");
+    let mut sink = cluster.client(1, "bob");
+    for (k, v) in [
+        ("listeners", "http://127.0.0.1:0".to_owned()),
+        ("name", "b-in".into()),
+        ("connector.class", "S3Sink".into()),
+        ("topics", TOPIC.into()),
+        ("s3.bucket.name", "org-b".into()),
+        ("s3.prefix", "inbox".into()),
+        ("store.url", s3.endpoint.clone()),
+        ("s3.allow.http", "true".into()),
+        ("aws.credentials.file", credentials.display().to_string()),
+        ("aws.credentials.profile", "org-b".into()),
+    ] {
+        sink.insert(k.into(), v);
+    }
+
+    // The source, stopped while it sends the large file (the first by
+    // name), then run again.
+    let runner = Runner::start(&source).await.expect("source starts");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    runner.stop();
+    let source_runner = Runner::start(&source).await.expect("source starts again");
+
+    // The sink, stopped once it has written a few files, then run again.
+    let runner = Runner::start(&sink).await.expect("sink starts");
+    let metrics = runner.worker.metrics("b-in").expect("sink metrics");
+    wait_for("the sink to write 3 files", async || metrics.records() >= 3).await;
+    runner.stop();
+    let sink_runner = Runner::start(&sink).await.expect("sink starts again");
+
+    let bucket = Place::open(&Location::Bucket {
+        settings: S3Settings {
+            endpoint: Some(s3.endpoint.clone()),
+            region: "us-east-1".into(),
+            bucket: "org-b".into(),
+            path_style: true,
+            allow_http: true,
+            prefix: "inbox".into(),
+            credentials: S3Credentials::File {
+                path: credentials.clone(),
+                profile: "org-b".into(),
+            },
+        },
+    })
+    .await
+    .expect("bucket");
+    wait_for("every file in org B's bucket", async || {
+        bucket.list().await.is_ok_and(|l| l.len() >= files.len())
+    })
+    .await;
+    // Settled: the sink commits once it has written; let its last commit land.
+    let sink_metrics = sink_runner.worker.metrics("b-in").expect("sink metrics");
+    wait_for("the sink to have nothing left", async || sink_metrics.lag() == 0).await;
+
+    let listed = bucket.list().await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        files.keys().map(String::as_str).collect::<Vec<_>>(),
+        "each file once, nothing else"
+    );
+    for (name, bytes) in &files {
+        let got = bucket.read(name, 0, u64::MAX, |_| {}).await.expect("object");
+        assert!(
+            got.len() == bytes.len() && sha256(&got) == sha256(bytes),
+            "{name} arrived whole"
+        );
+    }
+
+    // The topic holds each file exactly once.
+    let recs = records(&cluster);
+    let mut per_file: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, _, name) in &recs {
+        *per_file.entry(name.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_file.len() == files.len() && per_file.values().all(|n| *n == 1),
+        "each file sent once: {per_file:?}"
+    );
+
+    // The sink's group committed to the end of each partition: those
+    // commits are the delivery receipts.
+    let group: BaseConsumer = cluster
+        .client_config(1, "bob")
+        .set("group.id", "connect-b-in")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition(TOPIC, p);
+    }
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .expect("committed");
+    for p in 0..2 {
+        let end = recs.iter().filter(|r| r.0 == p).map(|r| r.1 + 1).max().unwrap_or(0);
+        let at = committed
+            .find_partition(TOPIC, p)
+            .map(|e| e.offset())
+            .unwrap_or(Offset::Invalid);
+        assert!(
+            end == 0 || at == Offset::Offset(end),
+            "partition {p}: committed {at:?}, end {end}"
+        );
+    }
+
+    // Off-chain: org A's storage holds the large file, named by its digest;
+    // no disk of org B's or org C's nodes holds a piece of it.
+    let big = &files["big.bin"];
+    let stored = cluster.configs[0]
+        .log_dirs
+        .join("offchain/org-a/objects")
+        .join(&sha256(big)[..2])
+        .join(sha256(big));
+    assert_eq!(std::fs::metadata(&stored).map(|m| m.len()).ok(), Some(BIG as u64));
+    let samples: Vec<&[u8]> = (1..8).map(|i| &big[i * BIG / 8..i * BIG / 8 + 64]).collect();
+    for node in 1..4 {
+        for f in files_under(&cluster.configs[node].log_dirs) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            for s in &samples {
+                assert!(
+                    memchr::memmem::find(&bytes, s).is_none(),
+                    "node {node} ({}) holds bytes of the file in {}",
+                    organization(node),
+                    f.display()
+                );
+            }
+        }
+    }
+    source_runner.stop();
+    sink_runner.stop();
+}

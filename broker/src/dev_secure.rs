@@ -402,6 +402,8 @@ pub fn write_connector_files(
         format!(
             "# Worker\nbootstrap.servers={sink_addr}\nsecurity.protocol=SSL\nssl.ca.location={}\n\
              ssl.certificate.location={}\nssl.key.location={}\nlisteners=http://127.0.0.1:{sink_port}\n\
+             # A sink that died gives its partitions up after 10 s (librdkafka's default is 45 s)\n\
+             consumer.session.timeout.ms=10000\n\
              # Connector: each record of {TOPIC} becomes a file of the inbox, checked\n\
              name={sink}\nconnector.class=courier.connect.FileSinkConnector\ntasks.max=1\n\
              topics={TOPIC}\noutput.path={}\n\

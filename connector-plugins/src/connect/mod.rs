@@ -260,11 +260,11 @@ impl Worker {
 
     /// Starts a connector (`ConnectError::Exists` if one has its name).
     pub fn create(&self, properties: &Properties) -> Result<ConnectorConfig, ConnectError> {
-        let config = ConnectorConfig::parse(properties)?;
         let mut all = self.lock();
-        if all.contains_key(&config.name) {
-            return Err(ConnectError::Exists(config.name));
+        if let Some(name) = properties.get("name").filter(|n| all.contains_key(*n)) {
+            return Err(ConnectError::Exists(name.clone()));
         }
+        let config = ConnectorConfig::parse(properties)?;
         let running = self.start(config.clone());
         all.insert(config.name.clone(), running);
         Ok(config)

@@ -72,6 +72,26 @@ pub struct Offchain {
     /// The longest value a produce can carry: a descriptor claiming more
     /// is not fetched.
     value_max: u64,
+    /// Incidents already recorded on the ledger by this node (a consumer
+    /// retrying an altered value records it once, not at every fetch).
+    recorded: std::sync::Mutex<std::collections::HashSet<(PartitionKey, i64, &'static str)>>,
+}
+
+/// The internal topic where nodes record, on the ledger, each off-chain
+/// value they refused to serve: one JSON record per incident (who offered
+/// what: the descriptor, the node that served, the size and SHA-256 of
+/// what it served, the consumer, the reporting node). Ordered and
+/// certified like any partition; readable by super users (and whomever
+/// the ACLs allow).
+pub const INCIDENTS_TOPIC: &str = "__courier_offchain_incidents";
+/// Incidents remembered per node before the memory starts over.
+const RECORDED_MAX: usize = 10_000;
+
+/// Which value a restore was getting, and from which node.
+#[derive(Default)]
+struct LastFetch {
+    offset: i64,
+    served_by: Option<i32>,
 }
 
 /// Who a fetch serves, as the sending organization's node checks it.
@@ -117,6 +137,7 @@ impl Offchain {
             organization,
             fetch_timeout: Duration::from_millis(config.offchain_fetch_timeout_ms),
             value_max: config.socket_request_max_bytes.max(0) as u64,
+            recorded: Default::default(),
         })
     }
 
@@ -178,7 +199,7 @@ impl Offchain {
     /// Unchanged when they hold no descriptor.
     pub async fn restore(
         &self,
-        broker: &Broker,
+        broker: &Arc<Broker>,
         pk: PartitionKey,
         records: Bytes,
         budget: usize,
@@ -200,11 +221,25 @@ impl Offchain {
             if total + len > budget as u64 && !(first && pieces.is_empty()) {
                 break;
             }
+            let last = std::sync::Mutex::new(LastFetch::default());
             let restored = plugin::restore(&batch, decode_max, |offset, d| {
-                self.value(broker, pk, offset, d, reader)
+                if let Ok(mut l) = last.lock() {
+                    *l = LastFetch {
+                        offset,
+                        served_by: None,
+                    };
+                }
+                self.value(broker, pk, offset, d, reader, &last)
             })
-            .await
-            .inspect_err(|e| incident(pk, e))?;
+            .await;
+            let restored = match restored {
+                Ok(r) => r,
+                Err(e) => {
+                    let last = last.into_inner().unwrap_or_default();
+                    self.incident(broker, pk, &e, last, reader);
+                    return Err(e);
+                }
+            };
             let piece = restored.unwrap_or(batch);
             total += piece.len() as u64;
             pieces.push(piece);
@@ -229,14 +264,23 @@ impl Offchain {
         offset: i64,
         d: Descriptor,
         reader: &Reader,
+        last: &std::sync::Mutex<LastFetch>,
     ) -> Result<Bytes, StorageError> {
+        let served = |node: i32| {
+            if let Ok(mut l) = last.lock() {
+                l.served_by = Some(node);
+            }
+        };
         if d.size > self.value_max {
             return Err(StorageError::TooLarge { max: self.value_max });
         }
         let mut last = None;
         if d.organization == self.organization {
             match plugin::from_storage(&self.storage, &d).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    served(broker.node.node_id);
+                    return Ok(v);
+                }
                 Err(StorageError::NotFound(_)) => {}
                 Err(e) => last = Some(e),
             }
@@ -252,6 +296,7 @@ impl Offchain {
             match self.value_from(replicated, node.id as u8, pk, offset, &d, reader).await {
                 Ok(v) => {
                     metrics::counter!("courier_offchain_bytes_fetched_total").increment(v.len() as u64);
+                    served(node.id);
                     return Ok(v);
                 }
                 Err(e) => {
@@ -306,16 +351,125 @@ impl Offchain {
     }
 }
 
-/// A value that could not be had or was altered: never served, logged on
-/// the audit target and counted.
-fn incident(pk: PartitionKey, e: &RestoreError) {
-    let reason = match e {
-        RestoreError::Altered { .. } => "altered",
-        RestoreError::Unavailable { .. } => "unavailable",
-        RestoreError::Descriptor { .. } | RestoreError::Records(_) => "malformed",
+impl Offchain {
+    /// A value that could not be had or was altered: never served, logged
+    /// on the audit target, counted, and recorded on the ledger (once per
+    /// value and reason on this node) in [`INCIDENTS_TOPIC`].
+    fn incident(&self, broker: &Arc<Broker>, pk: PartitionKey, e: &RestoreError, last: LastFetch, reader: &Reader) {
+        let reason = match e {
+            RestoreError::Altered { .. } => "altered",
+            RestoreError::Unavailable { .. } => "unavailable",
+            RestoreError::Descriptor { .. } | RestoreError::Records(_) => "malformed",
+        };
+        metrics::counter!("courier_offchain_refused_total", "reason" => reason).increment(1);
+        warn!(target: "courier::audit", partition = ?pk, offset = last.offset, served_by = ?last.served_by, reason,
+            error = %e, "off-chain value not served");
+        let Ok(mut recorded) = self.recorded.lock() else { return };
+        if recorded.len() >= RECORDED_MAX {
+            recorded.clear();
+        }
+        if !recorded.insert((pk, last.offset, reason)) {
+            return;
+        }
+        drop(recorded);
+        let topic = broker
+            .topics
+            .get_by_id(&pk.topic_id)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        let mut incident = serde_json::json!({
+            "topic": topic,
+            "partition": pk.partition,
+            "offset": last.offset,
+            "reason": reason,
+            "error": e.to_string(),
+            "served_by": last.served_by,
+            "consumer": &*reader.principal,
+            "reported_by": broker.node.node_id,
+            "reporter_organization": self.organization,
+            "time_ms": now_ms(),
+        });
+        match e {
+            RestoreError::Altered {
+                organization,
+                want,
+                want_size,
+                got,
+                got_size,
+                ..
+            } => {
+                incident["organization"] = organization.as_str().into();
+                incident["sha256"] = want.hex().into();
+                incident["size"] = (*want_size).into();
+                incident["served_sha256"] = got.hex().into();
+                incident["served_size"] = (*got_size).into();
+            }
+            RestoreError::Unavailable {
+                organization, digest, ..
+            } => {
+                incident["organization"] = organization.as_str().into();
+                incident["sha256"] = digest.hex().into();
+            }
+            _ => {}
+        }
+        let key = format!("{topic}-{}@{}", pk.partition, last.offset);
+        tokio::spawn(record_incident(broker.clone(), key, incident));
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Orders `incident` in [`INCIDENTS_TOPIC`] (created on first use), sent
+/// by this node (`Node:<id>` of its organization).
+async fn record_incident(broker: Arc<Broker>, key: String, incident: serde_json::Value) {
+    let topic = match broker.topics.get(INCIDENTS_TOPIC) {
+        Some(t) => t,
+        None => match crate::api::create_topics::create(&broker, INCIDENTS_TOPIC, Some(1), Default::default()).await {
+            Ok(t) => t,
+            Err((code, why)) => match broker.topics.get(INCIDENTS_TOPIC) {
+                Some(t) => t,
+                None => {
+                    warn!(target: "courier::audit", code, "cannot create {INCIDENTS_TOPIC}: {why}");
+                    return;
+                }
+            },
+        },
     };
-    metrics::counter!("courier_offchain_refused_total", "reason" => reason).increment(1);
-    warn!(target: "courier::audit", partition = ?pk, reason, error = %e, "off-chain value not served");
+    let value = incident.to_string();
+    let bytes = courier_protocol::records::encode_batch(
+        now_ms(),
+        courier_protocol::records::ProducerIds::NONE,
+        &[courier_protocol::records::NewRecord {
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            headers: &[],
+            timestamp_delta: 0,
+        }],
+    );
+    let Ok(header) = BatchHeader::parse(&bytes) else { return };
+    let sent_by = crate::sequencer::SentBy {
+        principal: format!("Node:{}", broker.node.node_id).into(),
+        organization: broker.config.organization.as_str().into(),
+    };
+    let outcome = broker
+        .sequencer
+        .enqueue_produce(
+            topic.partition_key(0),
+            topic.epoch,
+            sent_by,
+            vec![Batch { header, bytes }],
+        )
+        .await
+        .await;
+    match outcome {
+        Ok(Ok(_)) => tracing::info!(target: "courier::audit", %key, "off-chain incident recorded on the ledger"),
+        Ok(Err(e)) => warn!(target: "courier::audit", %key, "off-chain incident not recorded: {e:?}"),
+        Err(_) => warn!(target: "courier::audit", %key, "off-chain incident not recorded: the sequencer stopped"),
+    }
 }
 
 /// The Kafka error a consumer gets for a value it cannot be served.

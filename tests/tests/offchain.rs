@@ -294,6 +294,59 @@ async fn offchain_values_come_back_exactly_through_either_organization() {
             "node {node}: {err:?}"
         );
     }
+    // Each node that refused it recorded the incident on the ledger: who
+    // offered what (the object's digest, the node that served it, the
+    // digest of what it served).
+    let mut tampered_hex = String::new();
+    for b in ring::digest::digest(&ring::digest::SHA256, &stored).as_ref() {
+        tampered_hex.push_str(&format!("{b:02x}"));
+    }
+    let deadline = Instant::now() + WAIT;
+    while cluster.nodes[0]
+        .broker
+        .topics
+        .get(courier::offchain::INCIDENTS_TOPIC)
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no incident topic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let incidents = read(&cluster.bootstrap(0), courier::offchain::INCIDENTS_TOPIC, 0, 2).await;
+    let mut reporters = Vec::new();
+    for (_, key, v, _, _) in &incidents {
+        let i: serde_json::Value = serde_json::from_slice(v).expect("an incident is JSON");
+        assert_eq!(key.as_slice(), b"files-0@1", "{i}");
+        assert_eq!(i["reason"], "altered", "{i}");
+        assert_eq!(
+            (i["topic"].as_str(), i["offset"].as_i64()),
+            (Some("files"), Some(1)),
+            "{i}"
+        );
+        assert_eq!(
+            i["sha256"].as_str(),
+            Some(hex.as_str()),
+            "the digest on the ledger: {i}"
+        );
+        assert_eq!(
+            i["served_sha256"].as_str(),
+            Some(tampered_hex.as_str()),
+            "what was offered: {i}"
+        );
+        assert_eq!(
+            i["served_by"].as_i64(),
+            Some(cluster.configs[holder].node_id as i64),
+            "who offered it: {i}"
+        );
+        reporters.push(i["reported_by"].as_i64().expect("reporter"));
+    }
+    reporters.sort_unstable();
+    let mut expected = vec![
+        cluster.configs[holder].node_id as i64,
+        cluster.configs[other_org].node_id as i64,
+    ];
+    expected.sort_unstable();
+    assert_eq!(reporters, expected, "each refusing node recorded it once");
+
     // Put back, it is served again.
     stored[12345] ^= 0x40;
     std::fs::write(&path, &stored).expect("restored");

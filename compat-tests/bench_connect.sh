@@ -22,6 +22,8 @@ courier=$top/target/release/courier
 connectors=()
 cleanup_all() {
   for p in "${connectors[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
+  # COURIER_BENCH_LOGS=DIR keeps the connectors' and the cluster's logs.
+  [ -n "${COURIER_BENCH_LOGS:-}" ] && mkdir -p "$COURIER_BENCH_LOGS" && cp "$data"/*.log "$COURIER_BENCH_LOGS"/
   cleanup
 }
 trap cleanup_all EXIT

@@ -6,9 +6,10 @@
 # `courier.offchain.threshold.bytes` (the producing node stores each value
 # once in its organization's storage; replicas order a descriptor).
 #
-# Reports produce and consume throughput (medians over the rounds), their
-# ratio, and the bytes each case left on disk: per replica (ledger, PBFT
-# log, Raft file) and in the organization's storage.
+# Reports produce and consume throughput (medians over the rounds), the
+# delivery throughput (all bytes produced, then consumed: 1 / (1/produce +
+# 1/consume)), their ratios, and the bytes each case left on disk: per
+# replica (ledger, PBFT log, Raft file) and in the organization's storage.
 #
 # Usage: compat-tests/bench_offchain.sh [--short]
 #   COURIER_BENCH_RECORDS=n   values per case (default 48, 768 MiB; --short: 12)
@@ -64,13 +65,19 @@ for round in $(seq 1 "$rounds"); do
 done
 
 awk -F'\t' "$awk_median"'
-  FILENAME == ARGV[1] { produce[$1] = produce[$1] " " $4; consume[$1] = consume[$1] " " $5; next }
+  FILENAME == ARGV[1] {
+    produce[$1] = produce[$1] " " $4; consume[$1] = consume[$1] " " $5
+    # Delivery: every byte produced, then consumed (one round trip of the data).
+    if ($4 > 0 && $5 > 0) deliver[$1] = deliver[$1] " " 1 / (1 / $4 + 1 / $5)
+    next
+  }
   { replica[$1] = replica[$1] " " $2; storage[$1] = storage[$1] " " $3 }
   END {
     for (l in produce)
-      printf "%-9s produce %7.1f MB/s  consume %7.1f MB/s  on disk per replica %7.1f MB, in storage %7.1f MB (medians)\n",
-        l, median(produce[l]), median(consume[l]), median(replica[l]) / 1e6, median(storage[l]) / 1e6
+      printf "%-9s produce %7.1f MB/s  consume %7.1f MB/s  delivery %7.1f MB/s  on disk per replica %7.1f MB, in storage %7.1f MB (medians)\n",
+        l, median(produce[l]), median(consume[l]), median(deliver[l]), median(replica[l]) / 1e6, median(storage[l]) / 1e6
     if ("inline" in produce && "offchain" in produce)
-      printf "off-chain/inline: produce %.2f, consume %.2f\n",
-        median(produce["offchain"]) / median(produce["inline"]), median(consume["offchain"]) / median(consume["inline"])
+      printf "off-chain/inline: produce %.2f, consume %.2f, delivery %.2f\n",
+        median(produce["offchain"]) / median(produce["inline"]), median(consume["offchain"]) / median(consume["inline"]),
+        median(deliver["offchain"]) / median(deliver["inline"])
   }' "$results" "$data/disk.tsv"

@@ -160,8 +160,13 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Each record of the topic: (partition, offset, file name).
+/// Each record of `TOPIC`: (partition, offset, file name).
 fn records(cluster: &Cluster) -> Vec<(i32, i64, String)> {
+    records_of(cluster, TOPIC)
+}
+
+/// Each record of `topic` (two partitions): (partition, offset, file name).
+fn records_of(cluster: &Cluster, topic: &str) -> Vec<(i32, i64, String)> {
     let c: BaseConsumer = cluster
         .client_config(0, "alice")
         .set("group.id", "transfer-auditors")
@@ -174,10 +179,10 @@ fn records(cluster: &Cluster) -> Vec<(i32, i64, String)> {
     let mut ends = BTreeMap::new();
     for p in 0..2 {
         let (_, high) = c
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
             .expect("watermarks");
         if high > 0 {
-            tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .expect("partition");
             ends.insert(p, high);
         }
@@ -189,7 +194,7 @@ fn records(cluster: &Cluster) -> Vec<(i32, i64, String)> {
     c.assign(&tpl).expect("assign");
     let deadline = Instant::now() + WAIT;
     while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading {TOPIC} to its end");
+        assert!(Instant::now() < deadline, "reading {topic} to its end");
         let Some(m) = c.poll(Duration::from_millis(500)) else {
             continue;
         };
@@ -403,5 +408,156 @@ async fn files_cross_from_one_organizations_directory_to_anothers_bucket_exactly
         }
     }
     source_runner.stop();
+    sink_runner.stop();
+}
+
+/// An S3 source sends each object under a bucket prefix once, and a
+/// line-mode file source sends a growing text file line by line; a file
+/// sink (one task per partition) writes the objects under their names and
+/// rebuilds the text file byte for byte from its lines, also when the
+/// file grew between polls and the sink was restarted in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_source_and_a_line_source_reach_a_file_sink() {
+    let Some(s3) = moto() else { return };
+    create_bucket(&s3.endpoint, "org-a");
+    let cluster = Cluster::start().await;
+    let admin: AdminClient<DefaultClientContext> = cluster.client_config(0, "alice").create().expect("admin");
+    let topics = [
+        NewTopic::new("objects", 2, TopicReplication::Fixed(1)),
+        NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics")
+    {
+        r.expect("topic created");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let credentials = tmp.path().join("aws-credentials");
+    std::fs::write(
+        &credentials,
+        "[org-a]\naws_access_key_id = AKIDORGA\naws_secret_access_key = org-a-secret\n",
+    )
+    .expect("credentials");
+    let settings = S3Settings {
+        endpoint: Some(s3.endpoint.clone()),
+        region: "us-east-1".into(),
+        bucket: "org-a".into(),
+        path_style: true,
+        allow_http: true,
+        prefix: "outgoing".into(),
+        credentials: S3Credentials::File {
+            path: credentials.clone(),
+            profile: "org-a".into(),
+        },
+    };
+    let bucket = Place::open(&Location::Bucket { settings }).await.expect("bucket");
+    let objects: Vec<(String, Vec<u8>)> = (0..3u64)
+        .map(|i| (format!("batch/{i}.csv"), content(5_000 + i as usize * 400_000, 40 + i)))
+        .collect();
+    for (name, bytes) in &objects {
+        bucket.write(name, bytes, |_| {}).await.expect("object stored");
+    }
+    // Larger than the topic's max.message.bytes: refused, reported once.
+    bucket
+        .write("batch/too-large.bin", &content(1_200_000, 9), |_| {})
+        .await
+        .expect("object stored");
+    let lines_dir = tmp.path().join("logs");
+    std::fs::create_dir_all(&lines_dir).expect("dir");
+    let log = lines_dir.join("app.log");
+    let first: String = (0..500).map(|i| format!("event {i}\n")).collect();
+    std::fs::write(&log, format!("{first}half a li")).expect("log");
+
+    let with = |mut p: Properties, settings: &[(&str, String)]| {
+        for (k, v) in settings {
+            p.insert((*k).into(), v.clone());
+        }
+        p
+    };
+    let listen = ("listeners", "http://127.0.0.1:0".to_owned());
+    let s3_source = with(
+        cluster.client(0, "alice"),
+        &[
+            listen.clone(),
+            ("name", "a-bucket".into()),
+            ("connector.class", "S3Source".into()),
+            ("topic", "objects".into()),
+            ("s3.bucket.name", "org-a".into()),
+            ("s3.prefix", "outgoing".into()),
+            ("store.url", s3.endpoint.clone()),
+            ("s3.allow.http", "true".into()),
+            ("aws.credentials.file", credentials.display().to_string()),
+            ("aws.credentials.profile", "org-a".into()),
+            ("poll.interval.ms", "200".into()),
+        ],
+    );
+    let line_source = with(
+        cluster.client(0, "alice"),
+        &[
+            listen.clone(),
+            ("name", "a-log".into()),
+            ("connector.class", "FileSource".into()),
+            ("mode", "line".into()),
+            ("topic", "objects".into()),
+            ("input.path", lines_dir.display().to_string()),
+            ("poll.interval.ms", "200".into()),
+        ],
+    );
+    let inbox = tmp.path().join("inbox");
+    let sink = with(
+        cluster.client(1, "bob"),
+        &[
+            listen,
+            ("name", "b-files".into()),
+            ("connector.class", "FileSink".into()),
+            ("tasks.max", "2".into()),
+            ("topics", "objects".into()),
+            ("output.path", inbox.display().to_string()),
+        ],
+    );
+    let sources = [
+        Runner::start(&s3_source).await.expect("S3 source"),
+        Runner::start(&line_source).await.expect("line source"),
+    ];
+    let first_sink = Runner::start(&sink).await.expect("sink");
+    let done = |path: PathBuf, want: Vec<u8>| async move { std::fs::read(&path).is_ok_and(|got| got == want) };
+    wait_for("the first 500 lines", async || {
+        done(inbox.join("app.log"), first.clone().into_bytes()).await
+    })
+    .await;
+    first_sink.stop();
+    // The file grows (the half line completes) while no sink runs.
+    let second: String = (500..800).map(|i| format!("event {i}\n")).collect();
+    let whole = format!("{first}half a line\n{second}");
+    std::fs::write(&log, &whole).expect("log grows");
+    let sink_runner = Runner::start(&sink).await.expect("sink again");
+    wait_for("every line, rebuilt", async || {
+        done(inbox.join("app.log"), whole.clone().into_bytes()).await
+    })
+    .await;
+    for (name, bytes) in &objects {
+        wait_for(name, async || done(inbox.join(name), bytes.clone()).await).await;
+    }
+    // Sent once each: as many records as objects and lines.
+    let recs = records_of(&cluster, "objects");
+    let lines = whole.lines().count();
+    assert_eq!(recs.len(), objects.len() + lines, "each object and each line once");
+    let metrics = sink_runner.worker.metrics("b-files").expect("metrics");
+    assert_eq!(metrics.errors(), 0);
+    assert!(!inbox.join("batch/too-large.bin").exists());
+    let refused = sources[0].worker.metrics("a-bucket").expect("metrics");
+    assert_eq!(
+        refused.errors(),
+        1,
+        "the refused object is reported once, not sent again"
+    );
+    for r in sources {
+        r.stop();
+    }
     sink_runner.stop();
 }

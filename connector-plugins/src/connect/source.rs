@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -116,8 +117,9 @@ struct Source<'t> {
     topic: String,
     place: Place,
     producer: FutureProducer,
-    /// Files too large to send, reported once.
-    refused: BTreeSet<String>,
+    /// Files (name, version) the cluster or `file.max.bytes` refuses,
+    /// reported once; a changed file is tried again.
+    refused: BTreeSet<(String, String)>,
 }
 
 impl Source<'_> {
@@ -126,7 +128,7 @@ impl Source<'_> {
         let done = offsets.get(&file_key(&e.name));
         match self.task.config.mode {
             Mode::File => {
-                !self.refused.contains(&e.name)
+                !self.refused.contains(&(e.name.clone(), e.version.clone()))
                     && done.is_none_or(|o| {
                         o["kafka.offset"].is_null()
                             || o["size"].as_u64() != Some(e.size)
@@ -238,7 +240,7 @@ impl Source<'_> {
     async fn send_file(&mut self, offsets: &mut SourceOffsets, e: &Entry) -> Result<(), ConnectError> {
         let max = self.task.config.file_max_bytes;
         if e.size > max {
-            self.refused.insert(e.name.clone());
+            self.refused.insert((e.name.clone(), e.version.clone()));
             return Err(ConnectError::Config(format!(
                 "{} holds {} bytes, more than file.max.bytes={max}",
                 e.name, e.size
@@ -296,12 +298,25 @@ impl Source<'_> {
             .key(&e.name)
             .payload(&content[..])
             .headers(headers);
-        let delivery = self
+        let delivery = match self
             .producer
             .send(record, Timeout::Never)
             .instrument(tracing::info_span!("produce", file = %e.name, bytes = e.size))
             .await
-            .map_err(|(err, _)| ConnectError::Kafka(err.to_string()))?;
+        {
+            Ok(d) => d,
+            Err((KafkaError::MessageProduction(code), _)) if refused_for_good(code) => {
+                // The cluster will refuse it however often it is sent (too
+                // large for the topic, say): counted, reported once, and the
+                // intent withdrawn; a changed file is tried again.
+                self.refused.insert((e.name.clone(), e.version.clone()));
+                self.task.metrics.error();
+                bar.abandon_with_message(format!("refused: {code}"));
+                tracing::error!(file = %e.name, bytes = e.size, "the cluster refuses this file: {code}");
+                return offsets.put(file_key(&e.name), offset).await;
+            }
+            Err((err, _)) => return Err(ConnectError::Kafka(err.to_string())),
+        };
         let (partition, at) = (delivery.partition, delivery.offset);
         offset["kafka.partition"] = json!(partition);
         offset["kafka.offset"] = json!(at);
@@ -384,6 +399,17 @@ impl Source<'_> {
         }
         Ok(())
     }
+}
+
+/// Produce errors that sending the same record again cannot cure.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+    )
 }
 
 fn now_ms() -> u64 {

@@ -628,7 +628,10 @@ fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 fn connect(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(courier_connector_plugins::connect::run(config))?;
+    // The error's own message names its cause.
+    runtime
+        .block_on(courier_connector_plugins::connect::run(config))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

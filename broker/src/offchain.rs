@@ -168,7 +168,7 @@ impl Offchain {
             .map_err(|e| {
                 let code = match &e {
                     OffloadError::Storage(StorageError::TooLarge { .. }) => ResponseError::MessageTooLarge.code(),
-                    OffloadError::Storage(s) if s.is_retriable() => ResponseError::KafkaStorageError.code(),
+                    // Retriable or not, the storage failed, not the request.
                     OffloadError::Storage(_) => ResponseError::KafkaStorageError.code(),
                     OffloadError::Records(_) => ResponseError::CorruptMessage.code(),
                     OffloadError::Forged { .. } | OffloadError::Descriptor(_) => ResponseError::InvalidRecord.code(),
@@ -210,7 +210,6 @@ impl Offchain {
             return Ok(records);
         }
         let decode_max = self.value_max as usize;
-        let mut out = BytesMut::new();
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut total = 0u64;
         for batch in split_batches(&records) {
@@ -247,7 +246,7 @@ impl Offchain {
         if pieces.len() == 1 {
             return Ok(pieces.pop().unwrap_or_default());
         }
-        out.reserve(total as usize);
+        let mut out = BytesMut::with_capacity(total as usize);
         for p in pieces {
             out.extend_from_slice(&p);
         }

@@ -1,5 +1,5 @@
 //! Helpers for tests of storage plugins and connectors (the `testing`
-//! feature): a real S3-compatible server on loopback.
+//! feature): a real S3-compatible server on loopback, and test content.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -68,4 +68,17 @@ pub fn create_bucket(endpoint: &str, bucket: &str) {
     let mut answer = String::new();
     s.read_to_string(&mut answer).expect("the S3 server answers");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Deterministic bytes that do not repeat in short runs.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

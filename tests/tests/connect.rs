@@ -12,15 +12,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::files_under;
 use courier::{BrokerConfig, RunningBroker};
 use courier_connector_plugins::connect::config::{Location, Properties};
 use courier_connector_plugins::connect::place::Place;
 use courier_connector_plugins::connect::Runner;
 use courier_connector_plugins::storage::{S3Credentials, S3Settings};
-use courier_connector_plugins::testing::{create_bucket, moto};
+use courier_connector_plugins::testing::{create_bucket, moto, pattern as content};
 use courier_consensus::security::{ScramMechanism, SecurityCommand};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -106,6 +107,21 @@ impl Cluster {
         .collect()
     }
 
+    /// Creates `topics` as alice, through node 0.
+    async fn create_topics(&self, topics: &[NewTopic<'_>]) {
+        let admin: AdminClient<DefaultClientContext> = self.client_config(0, "alice").create().expect("admin");
+        for r in admin
+            .create_topics(
+                topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .expect("create_topics")
+        {
+            r.expect("topic created");
+        }
+    }
+
     fn client_config(&self, i: usize, user: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in self.client(i, user) {
@@ -115,17 +131,12 @@ impl Cluster {
     }
 }
 
-/// `len` bytes no other file shares (a seeded xorshift).
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// `p` with `settings` added.
+fn with(mut p: Properties, settings: &[(&str, String)]) -> Properties {
+    for (k, v) in settings {
+        p.insert((*k).into(), v.clone());
+    }
+    p
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -134,22 +145,6 @@ fn sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -229,23 +224,14 @@ async fn files_cross_from_one_organizations_directory_to_anothers_bucket_exactly
     let Some(s3) = moto() else { return };
     create_bucket(&s3.endpoint, "org-b");
     let cluster = Cluster::start().await;
-    let admin: AdminClient<DefaultClientContext> = cluster.client_config(0, "alice").create().expect("admin");
-    let topics = [
-        NewTopic::new(TOPIC, 2, TopicReplication::Fixed(1))
-            .set("courier.offchain.threshold.bytes", "1048576")
-            .set("max.message.bytes", "2000000"),
-        NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
-    ];
-    for r in admin
-        .create_topics(
-            &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics")
-    {
-        r.expect("topic created");
-    }
+    cluster
+        .create_topics(&[
+            NewTopic::new(TOPIC, 2, TopicReplication::Fixed(1))
+                .set("courier.offchain.threshold.bytes", "1048576")
+                .set("max.message.bytes", "2000000"),
+            NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
+        ])
+        .await;
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let outbox = tmp.path().join("org-a-outbox");
@@ -260,39 +246,39 @@ async fn files_cross_from_one_organizations_directory_to_anothers_bucket_exactly
         std::fs::write(outbox.join(name), bytes).expect("file written");
     }
 
-    let mut source = cluster.client(0, "alice");
-    for (k, v) in [
-        ("listeners", "http://127.0.0.1:0".to_owned()),
-        ("name", "a-out".into()),
-        ("connector.class", "courier.connect.FileSourceConnector".into()),
-        ("topic", TOPIC.into()),
-        ("input.path", outbox.display().to_string()),
-        ("poll.interval.ms", "200".into()),
-        ("reconcile.grace.ms", "15000".into()),
-    ] {
-        source.insert(k.into(), v);
-    }
+    let source = with(
+        cluster.client(0, "alice"),
+        &[
+            ("listeners", "http://127.0.0.1:0".to_owned()),
+            ("name", "a-out".into()),
+            ("connector.class", "courier.connect.FileSourceConnector".into()),
+            ("topic", TOPIC.into()),
+            ("input.path", outbox.display().to_string()),
+            ("poll.interval.ms", "200".into()),
+            ("reconcile.grace.ms", "15000".into()),
+        ],
+    );
     let credentials = tmp.path().join("aws-credentials");
     std::fs::write(
         &credentials,
         "[org-b]\naws_access_key_id = AKIDORGB\naws_secret_access_key = org-b-secret\n",
     )
     .expect("credentials");
-    let mut sink = cluster.client(1, "bob");
-    for (k, v) in [
-        ("listeners", "http://127.0.0.1:0".to_owned()),
-        ("name", "b-in".into()),
-        ("connector.class", "S3Sink".into()),
-        ("topics", TOPIC.into()),
-        ("s3.bucket.name", "org-b".into()),
-        ("s3.prefix", "inbox".into()),
-        ("store.url", s3.endpoint.clone()),
-        ("s3.allow.http", "true".into()),
-        ("aws.credentials.file", credentials.display().to_string()),
-        ("aws.credentials.profile", "org-b".into()),
-    ] {
-        sink.insert(k.into(), v);
-    }
+    let sink = with(
+        cluster.client(1, "bob"),
+        &[
+            ("listeners", "http://127.0.0.1:0".to_owned()),
+            ("name", "b-in".into()),
+            ("connector.class", "S3Sink".into()),
+            ("topics", TOPIC.into()),
+            ("s3.bucket.name", "org-b".into()),
+            ("s3.prefix", "inbox".into()),
+            ("store.url", s3.endpoint.clone()),
+            ("s3.allow.http", "true".into()),
+            ("aws.credentials.file", credentials.display().to_string()),
+            ("aws.credentials.profile", "org-b".into()),
+        ],
+    );
 
     // The source, stopped while it sends the large file (the first by
     // name), then run again.
@@ -421,21 +407,12 @@ async fn an_s3_source_and_a_line_source_reach_a_file_sink() {
     let Some(s3) = moto() else { return };
     create_bucket(&s3.endpoint, "org-a");
     let cluster = Cluster::start().await;
-    let admin: AdminClient<DefaultClientContext> = cluster.client_config(0, "alice").create().expect("admin");
-    let topics = [
-        NewTopic::new("objects", 2, TopicReplication::Fixed(1)),
-        NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
-    ];
-    for r in admin
-        .create_topics(
-            &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics")
-    {
-        r.expect("topic created");
-    }
+    cluster
+        .create_topics(&[
+            NewTopic::new("objects", 2, TopicReplication::Fixed(1)),
+            NewTopic::new("connect-offsets", 1, TopicReplication::Fixed(1)),
+        ])
+        .await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let credentials = tmp.path().join("aws-credentials");
     std::fs::write(
@@ -473,12 +450,6 @@ async fn an_s3_source_and_a_line_source_reach_a_file_sink() {
     let first: String = (0..500).map(|i| format!("event {i}\n")).collect();
     std::fs::write(&log, format!("{first}half a li")).expect("log");
 
-    let with = |mut p: Properties, settings: &[(&str, String)]| {
-        for (k, v) in settings {
-            p.insert((*k).into(), v.clone());
-        }
-        p
-    };
     let listen = ("listeners", "http://127.0.0.1:0".to_owned());
     let s3_source = with(
         cluster.client(0, "alice"),

@@ -227,6 +227,29 @@ impl Source<'_> {
         .map_err(|e| ConnectError::Kafka(e.to_string()))?
     }
 
+    /// A record's headers: the file's name, `extra`, this connector's
+    /// name and the offset the record brings the file to.
+    fn headers(&self, name: &str, extra: &[(&str, &str)], offset: &str) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(extra.len() + 3).insert(Header {
+            key: NAME,
+            value: Some(name),
+        });
+        for (key, value) in extra {
+            h = h.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        h.insert(Header {
+            key: CONNECTOR,
+            value: Some(&self.task.config.name),
+        })
+        .insert(Header {
+            key: OFFSET,
+            value: Some(offset),
+        })
+    }
+
     fn bar(&self, name: &str, len: u64) -> ProgressBar {
         let bar = self.task.progress.add(ProgressBar::new(len));
         bar.set_style(
@@ -266,27 +289,7 @@ impl Source<'_> {
         let mut offset = json!({ "size": e.size, "version": e.version, "sha256": sha256 });
         let size = e.size.to_string();
         let offset_text = offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: NAME,
-                value: Some(&e.name),
-            })
-            .insert(Header {
-                key: SIZE,
-                value: Some(&size),
-            })
-            .insert(Header {
-                key: SHA256,
-                value: Some(&sha256),
-            })
-            .insert(Header {
-                key: CONNECTOR,
-                value: Some(&self.task.config.name),
-            })
-            .insert(Header {
-                key: OFFSET,
-                value: Some(&offset_text),
-            });
+        let headers = self.headers(&e.name, &[(SIZE, &size), (SHA256, &sha256)], &offset_text);
         // The intent first: a run that dies now leaves it for the next to
         // resolve (see `reconcile`).
         let mut intent = offset.clone();
@@ -359,23 +362,7 @@ impl Source<'_> {
                 let at = (position + start as u64).to_string();
                 let offset = json!({ "position": position + end as u64 + 1 });
                 let offset_text = offset.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: NAME,
-                        value: Some(&e.name),
-                    })
-                    .insert(Header {
-                        key: POSITION,
-                        value: Some(&at),
-                    })
-                    .insert(Header {
-                        key: CONNECTOR,
-                        value: Some(&self.task.config.name),
-                    })
-                    .insert(Header {
-                        key: OFFSET,
-                        value: Some(&offset_text),
-                    });
+                let headers = self.headers(&e.name, &[(POSITION, &at)], &offset_text);
                 let record = FutureRecord::to(&self.topic)
                     .key(&e.name)
                     .payload(&chunk[start..end])

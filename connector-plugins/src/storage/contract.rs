@@ -7,19 +7,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::{read_verified, Digest, Storage, StorageError};
-
-/// Deterministic bytes that do not repeat in short runs.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use crate::testing::pattern;
 
 /// Yields `bytes` in small pieces, then fails: a source that breaks
 /// mid-put (a client gone, a crash of the writer).

@@ -187,3 +187,20 @@ pub fn request_frame(api: ApiKey, version: i16, correlation_id: i32, body: &Requ
 pub fn decode_response(api: ApiKey, b: &mut bytes::Bytes, version: i16) -> ResponseKind {
     ResponseKind::decode(api, b, version).unwrap_or_else(|e| panic!("{api:?} v{version} response does not decode: {e}"))
 }
+
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

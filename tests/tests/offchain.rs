@@ -417,6 +417,91 @@ async fn a_256_mib_value_travels_end_to_end() {
     }
 }
 
+/// One raw Fetch of partition 0 of `topic` from `offset` through `addr`:
+/// the partition's error code and its records.
+async fn fetch_once(addr: std::net::SocketAddr, topic: &str, offset: i64) -> (i16, bytes::Bytes) {
+    use kafka_protocol::messages::{
+        fetch_request, ApiKey, BrokerId, FetchRequest, RequestKind, ResponseKind, TopicName,
+    };
+    let mut wire = common::Wire::connect(addr).await;
+    let req = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(8 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                    topic.to_owned(),
+                )))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(8 << 20)])]),
+    );
+    let ResponseKind::Fetch(r) = wire.call(ApiKey::Fetch, 12, &req).await else {
+        panic!("not a Fetch response")
+    };
+    let p = &r.responses[0].partitions[0];
+    (p.error_code, p.records.clone().unwrap_or_default())
+}
+
+/// A value is there while a node of its organization holds it: with the
+/// node that stored it down, a consumer of the other organization gets a
+/// retriable KAFKA_STORAGE_ERROR (never other bytes), and once the node is
+/// back, the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_is_unavailable_while_its_node_is_down_and_served_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start().await;
+    create_offchain_topic(&cluster.bootstrap(0), "down").await;
+    let v = value(300_000, 21);
+    let p = producer(&cluster.bootstrap(0));
+    p.send(FutureRecord::to("down").key("k").payload(&v), Duration::from_secs(60))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("acknowledged");
+    drop(p);
+    let holder = (0..4)
+        .find(|i| !files_under(&cluster.objects(*i)).is_empty())
+        .expect("a node stored it");
+    let reader = cluster.nodes[if holder < 2 { 2 } else { 0 }].kafka_addr;
+    let (code, records) = fetch_once(reader, "down", 0).await;
+    assert!(
+        code == 0 && memchr::memmem::find(&records, &v[..1000]).is_some(),
+        "served while up: {code}"
+    );
+
+    cluster.nodes.remove(holder).stop().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, records) = fetch_once(reader, "down", 0).await;
+        assert!(memchr::memmem::find(&records, &v[..1000]).is_none() || code == 0);
+        if code == kafka_protocol::ResponseError::KafkaStorageError.code() {
+            assert!(records.is_empty(), "nothing is served with the error");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still served ({code}) with its node down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let back = courier::start(cluster.configs[holder].clone())
+        .await
+        .expect("node restarts");
+    cluster.nodes.push(back);
+    loop {
+        let (code, records) = fetch_once(reader, "down", 0).await;
+        if code == 0 && memchr::memmem::find(&records, &v).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not served ({code}) after its node returned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in cluster.nodes {
+        n.stop().await;
+    }
+}
+
 /// Off-chain bytes nodes fetched from other nodes so far (all nodes of
 /// the test share the process's metrics).
 fn fetched_bytes() -> u64 {

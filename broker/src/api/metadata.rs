@@ -132,8 +132,8 @@ fn brokers(broker: &Broker, listener: &str) -> Vec<MetadataResponseBroker> {
         .collect()
 }
 
-/// The leader a client of `organization` is told of: `answer` (this
-/// node's) when that node is of the client's organization, else a live
+/// The leader a client of `organization` is told of: `answer` (what this
+/// node names for anyone) when that node is of the client's organization, else a live
 /// member of the cluster of that organization (the partition's index
 /// spreads partitions over them), else `answer`.
 fn leader_for(
@@ -151,15 +151,16 @@ fn leader_for(
     let Some(replicated) = broker.sequencer.replicated() else {
         return answer;
     };
-    let own: Vec<i32> = replicas
-        .iter()
-        .copied()
-        .filter(|r| org_of(*r) == Some(organization) && replicated.is_up(*r))
-        .collect();
-    if own.is_empty() {
-        return answer;
+    let own = || {
+        replicas
+            .iter()
+            .copied()
+            .filter(|r| org_of(*r) == Some(organization) && replicated.is_up(*r))
+    };
+    match own().count() {
+        0 => answer,
+        n => own().nth(partition.unsigned_abs() as usize % n).unwrap_or(answer),
     }
-    own[partition.unsigned_abs() as usize % own.len()]
 }
 
 pub fn describe(broker: &Broker, t: &TopicRecord, me: BrokerId, organization: &str) -> MetadataResponseTopic {

@@ -61,6 +61,23 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_store_never_hands_out_a_producer_id_again() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = LedgerStore::open(&a.path().join("ledger.redb"), Durability::Immediate).unwrap();
+        let given: Vec<i64> = (0..100).map(|_| first.allocate_producer_id().unwrap()).collect();
+        assert!(given.windows(2).all(|w| w[1] == w[0] + 1), "one after another");
+        drop(first);
+        // The same node with its disk replaced: a fresh store.
+        let replaced = LedgerStore::open(&b.path().join("ledger.redb"), Durability::Immediate).unwrap();
+        let next = replaced.allocate_producer_id().unwrap();
+        assert!(given.iter().all(|g| *g < next), "{next} was handed out before");
+        // Reopened, a store goes on from where it was.
+        drop(replaced);
+        let reopened = LedgerStore::open(&b.path().join("ledger.redb"), Durability::Immediate).unwrap();
+        assert_eq!(reopened.allocate_producer_id().unwrap(), next + 1);
+    }
+
+    #[test]
     fn chain_survives_reopen_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");

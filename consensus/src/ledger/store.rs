@@ -1243,7 +1243,17 @@ impl LedgerStore {
         let id;
         {
             let mut counters = txn.open_table(COUNTERS)?;
-            id = counters.get("next_producer_id")?.map(|v| v.value()).unwrap_or(1000);
+            // A fresh store (a new node, or one whose disk was replaced)
+            // starts at the clock in microseconds, past every id an earlier
+            // store of this node handed out (it would have had to hand out
+            // more than one a microsecond): an id is never given twice,
+            // so no producer inherits another's sequence numbers.
+            id = match counters.get("next_producer_id")?.map(|v| v.value()) {
+                Some(next) => next,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1000, |d| d.as_micros() as u64),
+            };
             counters.insert("next_producer_id", id + 1)?;
         }
         self.finish(txn)?;

@@ -98,10 +98,9 @@ pub(super) async fn run(task: Task) -> Result<(), ConnectError> {
                 }
                 r = tokio::time::timeout(COMMIT_IDLE, consumer.recv()) => match r {
                     Err(_) => sink.commit(&consumer).await?,
-                    Ok(Err(e)) => {
-                        task.metrics.error();
-                        warn!("consuming: {e}");
-                    }
+                    // librdkafka reports what it retries itself (a broker
+                    // connection lost, say): nothing failed to be written.
+                    Ok(Err(e)) => warn!("consuming: {e}"),
                     Ok(Ok(m)) => {
                         let whole = sink.deliver(&m).await?;
                         consumer.store_offset_from_message(&m).map_err(|e| ConnectError::Kafka(e.to_string()))?;

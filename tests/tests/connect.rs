@@ -270,6 +270,9 @@ async fn files_cross_from_one_organizations_directory_to_anothers_bucket_exactly
             ("listeners", "http://127.0.0.1:0".to_owned()),
             ("name", "b-in".into()),
             ("connector.class", "S3Sink".into()),
+            // A stopped sink's members expire soon, so the restarted one is
+            // assigned the partitions without waiting out librdkafka's 45 s.
+            ("consumer.session.timeout.ms", "6000".into()),
             ("topics", TOPIC.into()),
             ("s3.bucket.name", "org-b".into()),
             ("s3.prefix", "inbox".into()),
@@ -486,6 +489,7 @@ async fn an_s3_source_and_a_line_source_reach_a_file_sink() {
             listen,
             ("name", "b-files".into()),
             ("connector.class", "FileSink".into()),
+            ("consumer.session.timeout.ms", "6000".into()),
             ("tasks.max", "2".into()),
             ("topics", "objects".into()),
             ("output.path", inbox.display().to_string()),

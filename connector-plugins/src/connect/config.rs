@@ -60,7 +60,8 @@ pub fn client_settings(worker: &Properties, role: &str) -> Properties {
     }
     let prefix = format!("{role}.");
     for (k, v) in worker {
-        if let Some(k) = k.strip_prefix(&prefix) {
+        // `consumer.override.*` are a connector's own settings (KIP-458).
+        if let Some(k) = k.strip_prefix(&prefix).filter(|k| !k.starts_with("override.")) {
             out.insert(k.to_owned(), v.clone());
         }
     }
@@ -369,12 +370,14 @@ mod tests {
     #[test]
     fn clients_get_the_security_settings_and_their_own_prefix() {
         let p = parse(
-            "bootstrap.servers=h:1\nsecurity.protocol=SSL\nproducer.linger.ms=7\nconsumer.fetch.max.bytes=9\nname=x\n",
+            "bootstrap.servers=h:1\nsecurity.protocol=SSL\nproducer.linger.ms=7\nconsumer.fetch.max.bytes=9\nname=x\n\
+             consumer.override.group.id=g\n",
         )
         .expect("parses");
         let c = client_settings(&p, "producer");
         assert_eq!(c.get("security.protocol").map(String::as_str), Some("SSL"));
         assert_eq!(c.get("linger.ms").map(String::as_str), Some("7"));
         assert!(!c.contains_key("fetch.max.bytes") && !c.contains_key("name"));
+        assert!(!client_settings(&p, "consumer").contains_key("override.group.id"));
     }
 }
